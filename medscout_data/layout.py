@@ -1,0 +1,70 @@
+"""Where each stage reads and writes under the output root (`shards/`).
+
+sample/<source>/                    procedural sample sources (no --root)
+catalogue/<modality>/               ingest: catalogue.parquet, errors.parquet, report.json, parts/
+cache/<modality>/                   ingest: rendered 8-bit images and body masks (.npy)
+plan/<modality>.json                seeded subject partition (bench / train)
+index/<modality>/<model-slug>/      index: embeddings, neighbours.parquet, index.json
+pool/<modality>/<task>-NNNNN.parquet  build: the item pool
+train/<modality>/<task>/train-*.parquet, bench/<modality>/<task>/test-*.parquet  split
+manifest.json                       split: seed, recipe, counts, hashes
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+SAMPLE_SOURCES = {
+    "ct": "totalseg-ct",
+    "mri": "totalseg-mri",
+    "xray": "mimic-cxr-jpg",
+}
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Paths of every stage's outputs under one root."""
+
+    root: Path
+
+    @classmethod
+    def at(cls, root: str | os.PathLike[str]) -> Layout:
+        return cls(Path(root))
+
+    def sample_root(self) -> Path:
+        return self.root / "sample"
+
+    def sample_source(self, modality: str) -> Path:
+        return self.sample_root() / SAMPLE_SOURCES[modality]
+
+    def catalogue_dir(self, modality: str) -> Path:
+        return self.root / "catalogue" / modality
+
+    def catalogue(self, modality: str) -> Path:
+        return self.catalogue_dir(modality) / "catalogue.parquet"
+
+    def cache_dir(self, modality: str) -> Path:
+        return self.root / "cache" / modality
+
+    def plan(self, modality: str) -> Path:
+        return self.root / "plan" / f"{modality}.json"
+
+    def index_dir(self, modality: str, model: str) -> Path:
+        return self.root / "index" / modality / model_slug(model)
+
+    def pool_dir(self, modality: str) -> Path:
+        return self.root / "pool" / modality
+
+    def split_dir(self, side: str) -> Path:
+        return self.root / side
+
+    def manifest(self) -> Path:
+        return self.root / "manifest.json"
+
+
+def model_slug(spec: str) -> str:
+    """A folder name for a model spec (`hf-hub:org/name` -> `hf-hub-org-name`)."""
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", spec).strip("-") or "model"

@@ -1,0 +1,268 @@
+"""Recipes: every count, seed, size, window and threshold of a run, from TOML.
+
+A recipe is a tree of frozen dataclasses. Loading is strict: an unknown key, a
+missing required key or a value of the wrong type is a `RecipeError` that names
+the file and the key, never a silently ignored setting. `Recipe.digest` is a
+stable hash of the whole recipe, recorded in every output it shapes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import sys
+import tomllib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+
+class RecipeError(ValueError):
+    """A recipe that cannot be used, with the file and key at fault."""
+
+
+@dataclass(frozen=True)
+class Window:
+    """A CT display window in Hounsfield units."""
+
+    name: str
+    width: float
+    level: float
+
+
+@dataclass(frozen=True)
+class SampleConfig:
+    """Shape of the procedural sample sources used when no `--root` is given."""
+
+    subjects: int = 10
+    size: int = 128
+    slices: int = 40
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class PoolConfig:
+    """How many items to build and how to shard them."""
+
+    items_per_cell: int
+    bench_per_cell: int
+    shard_max_items: int = 1000
+    row_group_items: int = 64
+
+    @property
+    def bench_fraction(self) -> float:
+        """Fraction of subjects (and items) on the bench side of the partition."""
+        return self.bench_per_cell / self.items_per_cell
+
+
+@dataclass(frozen=True)
+class IngestConfig:
+    """Decoding and rendering of sources into 8-bit 2-D images."""
+
+    ct_windows: tuple[Window, ...] = (Window("soft-tissue", 400.0, 40.0),)
+    ct_body_threshold_hu: float = -500.0
+    mri_percentiles: tuple[float, float] = (1.0, 99.0)
+    min_body_fraction: float = 0.3
+    max_size: int = 512
+    xray_views: tuple[str, ...] = ("PA", "AP")
+    xray_chunk_images: int = 256
+
+
+@dataclass(frozen=True)
+class ScaleConfig:
+    """Hierarchical Scale Localization."""
+
+    n_crops: int = 3
+    level_areas: tuple[float, float] = (0.20, 0.0625)
+    centre_range: tuple[float, float] = (0.2, 0.8)
+    crop_size: int = 224
+    min_anatomy_fraction: float = 0.6
+    max_tries: int = 64
+
+
+@dataclass(frozen=True)
+class JigsawConfig:
+    """Topological Jigsaw Reconstruction."""
+
+    grid: int = 2
+
+
+@dataclass(frozen=True)
+class AnomalyConfig:
+    """Anomaly Consistency Detection (cut-paste of one central cell)."""
+
+    grid: int = 4
+    cells: tuple[int, ...] = (5, 6, 9, 10)
+    ref_distance_mm: tuple[float, float] = (4.0, 12.0)
+    min_cell_difference: float = 10.0
+    max_references: int = 8
+
+
+@dataclass(frozen=True)
+class IndexConfig:
+    """Reference search for X-ray cut-paste."""
+
+    model: str = "pixels"
+    k: int = 8
+    batch_size: int = 64
+    search: str = "exact"
+
+
+@dataclass(frozen=True)
+class PngConfig:
+    """PNG encoding of item images (OpenCV)."""
+
+    compression: int = 1
+    strategy: str = "rle"
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """A whole run's settings. `name` and `seed` identify it in every output."""
+
+    name: str
+    seed: int
+    pool: PoolConfig
+    sample: SampleConfig = field(default_factory=SampleConfig)
+    ingest: IngestConfig = field(default_factory=IngestConfig)
+    scale: ScaleConfig = field(default_factory=ScaleConfig)
+    jigsaw: JigsawConfig = field(default_factory=JigsawConfig)
+    anomaly: AnomalyConfig = field(default_factory=AnomalyConfig)
+    index: IndexConfig = field(default_factory=IndexConfig)
+    png: PngConfig = field(default_factory=PngConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-able form."""
+        return dataclasses.asdict(self)
+
+    @property
+    def digest(self) -> str:
+        """sha256 of the canonical JSON form: equal recipes, equal digests."""
+        blob = json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(blob.encode()).hexdigest()
+
+    def with_seed(self, seed: int | None) -> Recipe:
+        """The same recipe with another seed (None keeps this one)."""
+        return self if seed is None else dataclasses.replace(self, seed=seed)
+
+
+def recipe_dirs() -> list[Path]:
+    """Where recipe names are looked up: the source tree's recipes/, then the install's."""
+    return [
+        Path(__file__).resolve().parent.parent / "recipes",
+        Path(sys.prefix) / "share" / "medscout-data" / "recipes",
+    ]
+
+
+def resolve_recipe_path(name_or_path: str) -> Path:
+    """A recipe name (`sample`, `med-scout-bench`) or a path to a TOML file."""
+    candidate = Path(name_or_path)
+    if candidate.suffix == ".toml" or candidate.exists():
+        if not candidate.is_file():
+            raise RecipeError(f"{candidate}: recipe file not found")
+        return candidate
+    for folder in recipe_dirs():
+        path = folder / f"{name_or_path}.toml"
+        if path.is_file():
+            return path
+    known = sorted({p.stem for d in recipe_dirs() if d.is_dir() for p in d.glob("*.toml")})
+    raise RecipeError(f"unknown recipe {name_or_path!r}; known: {', '.join(known) or 'none'}")
+
+
+def load_recipe(name_or_path: str | Path = "sample") -> Recipe:
+    """Load and validate a recipe; every problem is a `RecipeError` naming file and key."""
+    path = resolve_recipe_path(str(name_or_path))
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except tomllib.TOMLDecodeError as exc:
+        raise RecipeError(f"{path}: not valid TOML: {exc}") from exc
+    recipe = _build(Recipe, data, path, "")
+    _check(recipe, path)
+    return recipe
+
+
+def _build(cls: type, data: Any, path: Path, where: str) -> Any:
+    """Construct dataclass `cls` from a TOML table, refusing unknown keys."""
+    if not isinstance(data, dict):
+        raise RecipeError(f"{path}: [{where or 'top level'}] must be a table")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - set(fields))
+    if unknown:
+        keys = ", ".join(f"{where}.{k}".lstrip(".") for k in unknown)
+        raise RecipeError(f"{path}: unknown key(s) {keys}; known: {', '.join(fields)}")
+    kwargs = {}
+    for name, value in data.items():
+        kwargs[name] = _convert(hints[name], value, path, f"{where}.{name}".lstrip("."))
+    missing = [
+        n
+        for n, f in fields.items()
+        if n not in kwargs and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+    ]
+    if missing:
+        keys = ", ".join(f"{where}.{m}".lstrip(".") for m in missing)
+        raise RecipeError(f"{path}: missing required key(s) {keys}")
+    return cls(**kwargs)
+
+
+def _convert(hint: Any, value: Any, path: Path, key: str) -> Any:
+    """Check `value` against a type hint, turning TOML arrays into tuples."""
+    origin = typing.get_origin(hint)
+    if dataclasses.is_dataclass(hint):
+        return _build(hint, value, path, key)
+    if origin is tuple:
+        if not isinstance(value, list):
+            raise RecipeError(f"{path}: {key} must be an array, got {value!r}")
+        args = typing.get_args(hint)
+        if len(args) == 2 and args[1] is Ellipsis:
+            return tuple(_convert(args[0], v, path, f"{key}[{i}]") for i, v in enumerate(value))
+        if len(value) != len(args):
+            raise RecipeError(f"{path}: {key} must have {len(args)} elements, got {value!r}")
+        return tuple(
+            _convert(a, v, path, f"{key}[{i}]") for i, (a, v) in enumerate(zip(args, value, strict=True))
+        )
+    if origin in (typing.Union, types.UnionType):
+        raise RecipeError(f"{path}: {key}: union types are not supported in recipes")
+    if hint is float and isinstance(value, int | float) and not isinstance(value, bool):
+        return float(value)
+    if hint in (int, str, bool) and type(value) is hint:
+        return value
+    raise RecipeError(f"{path}: {key} must be {hint.__name__}, got {value!r}")
+
+
+def _check(recipe: Recipe, path: Path) -> None:
+    """Cross-field rules a type check cannot see."""
+    pool, scale, anomaly = recipe.pool, recipe.scale, recipe.anomaly
+    rules = [
+        (0 < pool.bench_per_cell < pool.items_per_cell, "pool.bench_per_cell must be in (0, items_per_cell)"),
+        (pool.shard_max_items > 0 and pool.row_group_items > 0, "pool shard sizes must be positive"),
+        (len(recipe.ingest.ct_windows) > 0, "ingest.ct_windows needs at least one window"),
+        (
+            len({w.name for w in recipe.ingest.ct_windows}) == len(recipe.ingest.ct_windows),
+            "ingest.ct_windows names must be unique",
+        ),
+        (all(0 < a < 1 for a in scale.level_areas), "scale.level_areas must be in (0, 1)"),
+        (
+            0 <= scale.centre_range[0] < scale.centre_range[1] <= 1,
+            "scale.centre_range must be increasing in [0, 1]",
+        ),
+        (scale.n_crops > 0 and scale.crop_size >= 8, "scale.n_crops and scale.crop_size must be positive"),
+        (recipe.jigsaw.grid >= 2, "jigsaw.grid must be at least 2"),
+        (all(0 <= c < anomaly.grid**2 for c in anomaly.cells), "anomaly.cells must index the grid"),
+        (
+            0 <= anomaly.ref_distance_mm[0] <= anomaly.ref_distance_mm[1],
+            "anomaly.ref_distance_mm must be increasing",
+        ),
+        (recipe.index.search in ("exact", "ivf", "hnsw"), "index.search must be exact, ivf or hnsw"),
+        (
+            recipe.png.strategy in ("default", "rle", "filtered"),
+            "png.strategy must be default, rle or filtered",
+        ),
+        (0 <= recipe.png.compression <= 9, "png.compression must be in 0..9"),
+    ]
+    for ok, message in rules:
+        if not ok:
+            raise RecipeError(f"{path}: {message}")

@@ -1,0 +1,585 @@
+"""Procedural sample sources in the real on-disk layouts. SYNTHETIC, not patient data.
+
+`write_samples` writes four trees under one folder:
+
+    totalseg-ct/   sXXXX/ct.nii.gz, sXXXX/segmentations/*.nii.gz, meta.csv (';', BOM)
+    totalseg-mri/  sXXXX/mri.nii.gz, sXXXX/segmentations/*.nii.gz, meta.csv
+    mimic-cxr-jpg/ files/pXX/pSUBJECT/sSTUDY/<dicom_id>.jpg, mimic-cxr-2.0.0-{metadata,split}.csv.gz
+    mimic-cxr/     files/pXX/pSUBJECT/sSTUDY/<dicom_id>.dcm, cxr-record-list.csv.gz, cxr-study-list.csv.gz
+
+The anatomy is a labelled phantom (body, fat, muscle, lungs, heart, liver,
+spleen, kidneys, aorta, spine, ribs, bowel gas, small 3-D blobs) defined in
+millimetres, so it is structured at any size (up to realistic 512x512x300) and
+changes along z within a few millimetres. Volumes are stored in several
+orientations and some with anisotropic in-plane spacing, as real ones are.
+Everything is a pure function of (seed, subject): same seed, identical files.
+"""
+
+from __future__ import annotations
+
+import csv
+import gzip
+import io
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from medscout_data.seeding import rng_for
+
+log = logging.getLogger(__name__)
+
+SOURCES = ("totalseg-ct", "totalseg-mri", "mimic-cxr-jpg", "mimic-cxr")
+SYNTHETIC_NOTE = (
+    "SYNTHETIC SAMPLE: procedural phantoms written by `medscout-data sample`. "
+    "Not patient data; anatomy is schematic. Layouts mimic TotalSegmentator and MIMIC-CXR."
+)
+# Orientations the volumes are stored in (SimpleITK DICOMOrient codes), cycled over subjects.
+STORED_ORIENTATIONS = ("LPS", "RAS", "LAS", "RPI")
+
+# Tissue labels of the phantom and their intensities.
+AIR, FAT, SOFT, LUNG, HEART, LIVER, SPLEEN, KIDNEY, AORTA, CORTEX, MARROW, GAS, FLUID, COUCH, STOMACH = range(
+    15
+)
+CT_HU = np.array([-1000, -90, 40, -850, 45, 60, 50, 35, 180, 900, 250, -950, 15, 200, 30], np.float32)
+MR_T1 = np.array([0, 900, 350, 30, 400, 500, 380, 420, 100, 50, 700, 10, 150, 0, 250], np.float32)
+SEGMENTATIONS = {
+    "lung_left": (LUNG, +1),
+    "lung_right": (LUNG, -1),
+    "heart": (HEART, 0),
+    "liver": (LIVER, 0),
+    "spleen": (SPLEEN, 0),
+    "kidney_left": (KIDNEY, +1),
+    "kidney_right": (KIDNEY, -1),
+    "aorta": (AORTA, 0),
+}
+
+
+@dataclass(frozen=True)
+class Torso:
+    """One subject's body shape (mm) and small 3-D blobs (x, y, z, radius, contrast)."""
+
+    half_width: float
+    half_depth: float
+    lung_scale: float
+    liver_scale: float
+    heart_scale: float
+    rib_period: float
+    blobs: np.ndarray
+
+
+def _torso(rng: np.random.Generator, length_mm: float) -> Torso:
+    half_width = rng.uniform(140, 175)
+    half_depth = rng.uniform(95, 120)
+    n_blobs = int(rng.integers(60, 90))
+    blobs = np.column_stack(
+        [
+            rng.uniform(-0.8, 0.8, n_blobs) * half_width,
+            rng.uniform(-0.8, 0.8, n_blobs) * half_depth,
+            rng.uniform(0, length_mm, n_blobs),
+            rng.uniform(3, 10, n_blobs),
+            rng.choice([-1.0, 1.0], n_blobs) * rng.uniform(0.4, 1.0, n_blobs),
+        ]
+    ).astype(np.float32)
+    return Torso(
+        half_width=half_width,
+        half_depth=half_depth,
+        lung_scale=rng.uniform(0.85, 1.1),
+        liver_scale=rng.uniform(0.85, 1.15),
+        heart_scale=rng.uniform(0.85, 1.15),
+        rib_period=rng.uniform(22, 30),
+        blobs=blobs,
+    )
+
+
+def _ellipse(x: np.ndarray, y: np.ndarray, cx: float, cy: float, rx: float, ry: float) -> np.ndarray:
+    if rx <= 0 or ry <= 0:
+        return np.zeros(x.shape, bool)
+    return ((x - cx) / rx) ** 2 + ((y - cy) / ry) ** 2 <= 1.0
+
+
+def _ramp(t: float, start: float, full: float, end: float, stop: float) -> float:
+    """0 before `start`, rising to 1 at `full`, 1 until `end`, 0 after `stop`."""
+    if t <= start or t >= stop:
+        return 0.0
+    if t < full:
+        return (t - start) / (full - start)
+    if t > end:
+        return (stop - t) / (stop - end)
+    return 1.0
+
+
+def _axial_labels(torso: Torso, t: float, z_mm: float, x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Tissue labels of one axial slice. x: mm toward patient's left, y: mm toward posterior.
+
+    `t` in [0, 1] runs from the pelvis (0) to the upper chest (1).
+    """
+    a = torso.half_width * (0.92 + 0.08 * np.sin(np.pi * t))
+    b = torso.half_depth * (0.95 + 0.05 * np.cos(2 * np.pi * t))
+    labels = np.full(x.shape, AIR, np.uint8)
+    labels[(y > b + 22) & (y < b + 32) & (np.abs(x) < a * 1.25)] = COUCH
+    labels[_ellipse(x, y, 0, 0, a, b)] = FAT
+    labels[_ellipse(x, y, 0, 0, a - 14, b - 12)] = SOFT
+
+    lung = _ramp(t, 0.5, 0.68, 1.0, 1.01) * torso.lung_scale
+    for side in (-1, 1):
+        labels[_ellipse(x, y, side * a * 0.45, -b * 0.05, a * 0.36 * lung, b * 0.62 * lung)] = LUNG
+    heart = _ramp(t, 0.58, 0.68, 0.82, 0.92) * torso.heart_scale
+    labels[_ellipse(x, y, 22, -b * 0.28, 58 * heart, 46 * heart)] = HEART
+    liver = _ramp(t, 0.22, 0.32, 0.55, 0.66) * torso.liver_scale
+    labels[_ellipse(x, y, -a * 0.38, -b * 0.02, a * 0.48 * liver, b * 0.58 * liver)] = LIVER
+    spleen = _ramp(t, 0.38, 0.45, 0.55, 0.64)
+    labels[_ellipse(x, y, a * 0.58, b * 0.22, 34 * spleen, 42 * spleen)] = SPLEEN
+    stomach = _ramp(t, 0.42, 0.48, 0.55, 0.62)
+    labels[_ellipse(x, y, a * 0.28, -b * 0.38, 48 * stomach, 32 * stomach)] = STOMACH
+    labels[_ellipse(x, y, a * 0.28, -b * 0.5, 30 * stomach, 12 * stomach)] = GAS
+    kidney = _ramp(t, 0.2, 0.27, 0.38, 0.46)
+    for side in (-1, 1):
+        labels[_ellipse(x, y, side * a * 0.36, b * 0.38, 27 * kidney, 36 * kidney)] = KIDNEY
+        labels[_ellipse(x, y, side * a * 0.33, b * 0.38, 9 * kidney, 14 * kidney)] = FLUID
+    bowel = _ramp(t, -0.01, 0.0, 0.3, 0.45)
+    for k in range(7):
+        angle = k * 0.9 + z_mm / 40.0
+        cx, cy = np.cos(angle) * a * 0.35, -b * 0.25 + np.sin(angle) * b * 0.25
+        labels[_ellipse(x, y, cx, cy, 16 * bowel, 11 * bowel)] = GAS if k % 2 else FLUID
+
+    pelvis = _ramp(t, -0.01, 0.0, 0.12, 0.22)
+    for side in (-1, 1):
+        labels[_ellipse(x, y, side * a * 0.6, b * 0.15, 32 * pelvis, 50 * pelvis)] = CORTEX
+        labels[_ellipse(x, y, side * a * 0.6, b * 0.15, 24 * pelvis, 40 * pelvis)] = MARROW
+    ribs = _ramp(t, 0.48, 0.55, 1.0, 1.01)
+    if ribs > 0:
+        phase = np.sin(2 * np.pi * z_mm / torso.rib_period)
+        for k in range(12):
+            angle = np.pi * (k + 0.5 + 0.3 * phase) / 12 * 2
+            if np.cos(angle + z_mm / 15.0) > -0.2:
+                rx, ry = np.cos(angle) * (a - 20), np.sin(angle) * (b - 18)
+                labels[_ellipse(x, y, rx, ry, 7 * ribs, 5 * ribs)] = CORTEX
+
+    disc = (z_mm % 32.0) < 6.0
+    labels[_ellipse(x, y, 0, b * 0.48, 19, 17)] = CORTEX
+    labels[_ellipse(x, y, 0, b * 0.48, 15, 13)] = FLUID if disc else MARROW
+    labels[_ellipse(x, y, 0, b * 0.48 + 24, 8, 7)] = FLUID
+    labels[_ellipse(x, y, 0, b * 0.48 + 38, 6, 10)] = CORTEX
+    labels[_ellipse(x, y, 16, b * 0.2, 12, 12)] = AORTA
+    return labels
+
+
+def _blob_offsets(torso: Torso, z_mm: float, x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Contrast (-1..1) of the 3-D blobs cut by the plane at z_mm."""
+    offsets = np.zeros(x.shape, np.float32)
+    near = torso.blobs[np.abs(torso.blobs[:, 2] - z_mm) < torso.blobs[:, 3]]
+    for bx, by, bz, radius, contrast in near:
+        r = float(np.sqrt(radius**2 - (z_mm - bz) ** 2))
+        offsets[_ellipse(x, y, float(bx), float(by), r, r)] += contrast
+    return offsets
+
+
+@dataclass(frozen=True)
+class VolumeGeometry:
+    """Voxel grid of one phantom volume, canonical LPS (z, y, x) array order."""
+
+    shape: tuple[int, int, int]
+    spacing: tuple[float, float, float]  # (x, y, z) mm, SimpleITK order
+
+
+def _geometry(subject_index: int, size: int, slices: int, rng: np.random.Generator) -> VolumeGeometry:
+    sx = 380.0 / size
+    sy = sx * (1.25 if subject_index % 3 == 2 else 1.0)  # some subjects: anisotropic in-plane
+    sz = float(rng.choice([1.5, 2.0, 2.5]))
+    return VolumeGeometry(shape=(slices, round(380.0 / sy), size), spacing=(sx, sy, sz))
+
+
+def phantom_volume(torso: Torso, geometry: VolumeGeometry) -> tuple[np.ndarray, np.ndarray]:
+    """(labels, blob offsets) arrays of shape (z, y, x), canonical LPS."""
+    nz, ny, nx = geometry.shape
+    sx, sy, sz = geometry.spacing
+    x = (np.arange(nx, dtype=np.float32) + 0.5) * sx - nx * sx / 2
+    y = (np.arange(ny, dtype=np.float32) + 0.5) * sy - ny * sy / 2
+    xx, yy = np.meshgrid(x, y)
+    labels = np.empty(geometry.shape, np.uint8)
+    offsets = np.empty(geometry.shape, np.float32)
+    for k in range(nz):
+        z_mm = k * sz
+        labels[k] = _axial_labels(torso, k / max(nz - 1, 1), z_mm, xx, yy)
+        offsets[k] = _blob_offsets(torso, z_mm, xx, yy)
+    return labels, offsets
+
+
+def ct_intensities(labels: np.ndarray, offsets: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Hounsfield units (int16) with blob contrast and scanner noise."""
+    hu = CT_HU[labels] + 70.0 * offsets * (labels != AIR)
+    hu += rng.normal(0.0, 12.0, labels.shape).astype(np.float32)
+    return np.clip(hu, -1024, 3071).astype(np.int16)
+
+
+def mri_intensities(labels: np.ndarray, offsets: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """T1-like arbitrary units (int16) with a smooth bias field and Rician noise."""
+    _nz, ny, nx = labels.shape
+    yy, xx = np.mgrid[0:ny, 0:nx].astype(np.float32)
+    bias = 1.0 + 0.2 * np.sin(xx / nx * np.pi + rng.uniform(0, np.pi)) * np.cos(yy / ny * np.pi)
+    signal = (MR_T1[labels] + 160.0 * offsets * (labels != AIR)) * bias[None]
+    noise_a = rng.normal(0.0, 18.0, labels.shape).astype(np.float32)
+    noise_b = rng.normal(0.0, 18.0, labels.shape).astype(np.float32)
+    magnitude = np.sqrt((np.maximum(signal, 0) + noise_a) ** 2 + noise_b**2)
+    return np.clip(magnitude, 0, 32000).astype(np.int16)
+
+
+def _to_image(array: np.ndarray, geometry: VolumeGeometry, orientation: str):
+    """A SimpleITK image of a canonical LPS array, stored in `orientation`."""
+    import SimpleITK as sitk
+
+    image = sitk.GetImageFromArray(array)
+    image.SetSpacing(geometry.spacing)
+    image.SetOrigin((-200.0, -200.0, -500.0))
+    image.SetDirection((1, 0, 0, 0, 1, 0, 0, 0, 1))
+    return sitk.DICOMOrient(image, orientation)
+
+
+def _write_nifti(image, path: Path) -> None:
+    import SimpleITK as sitk
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sitk.WriteImage(image, str(path), useCompression=True)
+
+
+def write_totalseg(out: Path, modality: str, subjects: int, size: int, slices: int, seed: int) -> None:
+    """A TotalSegmentator-layout tree of CT (HU) or MRI phantoms."""
+    out.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for index in tqdm(range(subjects), desc=f"sample {modality}", unit="volume", leave=False):
+        image_id = f"s{index:04d}"
+        rng = rng_for(seed, "sample", modality, image_id)
+        geometry = _geometry(index, size, slices, rng)
+        torso = _torso(rng, geometry.shape[0] * geometry.spacing[2])
+        labels, offsets = phantom_volume(torso, geometry)
+        make = ct_intensities if modality == "ct" else mri_intensities
+        orientation = STORED_ORIENTATIONS[index % len(STORED_ORIENTATIONS)]
+        volume_name = "ct.nii.gz" if modality == "ct" else "mri.nii.gz"
+        _write_nifti(
+            _to_image(make(labels, offsets, rng), geometry, orientation), out / image_id / volume_name
+        )
+        _, _, nx = geometry.shape
+        left = (np.arange(nx) >= nx // 2)[None, None, :]  # LPS: columns run toward patient's left
+        for name, (label, side) in SEGMENTATIONS.items():
+            mask = labels == label
+            if side:
+                mask &= left if side > 0 else ~left
+            seg = _to_image(mask.astype(np.uint8), geometry, orientation)
+            _write_nifti(seg, out / image_id / "segmentations" / f"{name}.nii.gz")
+        rows.append(
+            {
+                "image_id": image_id,
+                "age": str(int(rng.integers(25, 85))),
+                "gender": str(rng.choice(["m", "f"])),
+                "institute": "synthetic",
+                "study_type": "ct thorax-abdomen" if modality == "ct" else "mri t1 abdomen",
+                "split": ["train", "train", "train", "val", "test"][index % 5],
+                "note": "synthetic phantom",
+            }
+        )
+    _write_meta_csv(out / "meta.csv", rows)
+    (out / "README.txt").write_text(SYNTHETIC_NOTE + "\n", encoding="utf-8")
+
+
+def _write_meta_csv(path: Path, rows: list[dict[str, str]]) -> None:
+    """meta.csv as TotalSegmentator ships it: ';'-separated, UTF-8 with BOM."""
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=list(rows[0]), delimiter=";", lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    path.write_text("\ufeff" + buffer.getvalue(), encoding="utf-8")
+
+
+def _write_csv_gz(path: Path, rows: list[dict[str, object]], fieldnames: list[str]) -> None:
+    """A gzipped CSV with a fixed header time, so equal rows give equal bytes."""
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=fieldnames, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    with open(path, "wb") as raw, gzip.GzipFile(filename="", mode="wb", fileobj=raw, mtime=0) as handle:
+        handle.write(buffer.getvalue().encode("utf-8"))
+
+
+@dataclass(frozen=True)
+class ChestParams:
+    """One subject's chest shape for the radiograph phantom."""
+
+    lung_width: float
+    lung_height: float
+    heart_size: float
+    rib_spacing: float
+    body_width: float
+
+
+def _chest_params(rng: np.random.Generator) -> ChestParams:
+    return ChestParams(
+        lung_width=rng.uniform(0.28, 0.36),
+        lung_height=rng.uniform(0.52, 0.64),
+        heart_size=rng.uniform(0.85, 1.2),
+        rib_spacing=rng.uniform(0.075, 0.095),
+        body_width=rng.uniform(0.82, 0.95),
+    )
+
+
+def chest_radiograph(
+    params: ChestParams, view: str, height: int, width: int, rng: np.random.Generator
+) -> np.ndarray:
+    """A chest radiograph phantom in [0, 1], brighter = more attenuation (as displayed).
+
+    Frontal views show the patient's left on the image's right; lateral views a
+    single lung field with the spine behind and the heart in front.
+    """
+    yy, xx = np.mgrid[0:height, 0:width].astype(np.float32)
+    shift_x, shift_y = rng.uniform(-0.03, 0.03, 2)
+    u = (xx / width - 0.5 - shift_x) * 2  # -1..1, image left to right
+    v = (yy / height - 0.45 - shift_y) * 2  # -1..1 top to bottom, centred on the thorax
+    mu = np.zeros((height, width), np.float32)
+    body = np.abs(u) < params.body_width * (1 - 0.15 * np.clip(-v - 0.6, 0, 1))
+    mu[body] = 0.7
+    texture = _smooth_field(rng, height, width, cells=24) * 0.12
+    if view in ("PA", "AP"):
+        for side in (-1, 1):
+            lung = _ellipse(u, v, side * 0.42, -0.1, params.lung_width, params.lung_height)
+            mu[lung] += texture[lung] - 0.45
+        heart = _ellipse(u, v, 0.12, 0.2, 0.26 * params.heart_size, 0.22 * params.heart_size)
+        mu[heart | (np.abs(u) < 0.1)] += 0.45
+        mu[np.abs(u) < 0.06] += 0.25  # spine
+        for k in range(11):
+            arc = -0.7 + k * params.rib_spacing * 2 + 0.12 * (u**2)
+            ribs = (np.abs(v - arc) < 0.018) & (np.abs(u) > 0.08) & (np.abs(u) < params.body_width * 0.95)
+            mu[ribs] += 0.3
+        for side in (-1, 1):
+            clavicle = np.abs(v - (-0.78 + 0.25 * side * u)) < 0.025
+            mu[clavicle & (side * u > 0.05) & (side * u < 0.6)] += 0.4
+        mu[v > params.lung_height - 0.1 + 0.1 * np.cos(u * 3)] += 0.5  # diaphragm and abdomen
+        if view == "AP":
+            line = np.abs(u - (0.05 + 0.3 * (v + 1) ** 2)) < 0.008
+            mu[line & (v < 0.3)] += 0.8  # a line or tube, common on AP films
+    else:
+        lung = _ellipse(u, v, -0.05, -0.1, params.lung_width * 1.9, params.lung_height)
+        mu[lung] += texture[lung] - 0.4
+        mu[_ellipse(u, v, -0.3, 0.25, 0.3 * params.heart_size, 0.25)] += 0.4
+        mu[(u > 0.45) & (u < 0.6)] += 0.45  # spine, posterior
+        mu[v > params.lung_height - 0.05 + 0.15 * u] += 0.5
+    gain = rng.uniform(1.2, 1.6)
+    image = 1.0 - np.exp(-gain * np.clip(mu, 0, None))
+    image += rng.normal(0.0, 0.015, image.shape).astype(np.float32)
+    return np.clip(image / (1.0 - np.exp(-gain * 2.0)), 0.0, 1.0)
+
+
+def _smooth_field(rng: np.random.Generator, height: int, width: int, cells: int) -> np.ndarray:
+    """Low-frequency random texture in about [-1, 1] (vessel markings, overlying tissue)."""
+    import cv2
+
+    coarse = rng.normal(0.0, 1.0, (cells, max(2, round(cells * width / height)))).astype(np.float32)
+    return np.clip(cv2.resize(coarse, (width, height), interpolation=cv2.INTER_CUBIC), -2, 2) / 2
+
+
+@dataclass(frozen=True)
+class Radiograph:
+    """One sample X-ray: ids, view and pixels in [0, 1]."""
+
+    subject_id: str
+    study_id: str
+    dicom_id: str
+    view: str
+    pixels: np.ndarray
+
+    @property
+    def folder(self) -> Path:
+        return Path("files") / f"p{self.subject_id[:2]}" / f"p{self.subject_id}" / f"s{self.study_id}"
+
+
+def radiographs(subjects: int, size: int, seed: int) -> list[Radiograph]:
+    """Every sample X-ray: 1-3 studies per subject, a frontal view each, some laterals."""
+    out = []
+    height, width = round(size * 1.2), size
+    for index in range(subjects):
+        subject_id = str(10000000 + 1379 * index + 17)
+        rng = rng_for(seed, "sample", "xray", subject_id)
+        params = _chest_params(rng)
+        for study in range(int(rng.integers(1, 4))):
+            study_id = str(50000000 + 7919 * index + 101 * study)
+            views = [str(rng.choice(["PA", "AP"]))] + (["LATERAL"] if rng.random() < 0.5 else [])
+            for view in views:
+                dicom_id = "-".join(f"{int(v):08x}" for v in rng.integers(0, 2**32, 5))
+                pixels = chest_radiograph(params, view, height, width, rng)
+                out.append(Radiograph(subject_id, study_id, dicom_id, view, pixels))
+    return out
+
+
+def write_mimic_jpg(out: Path, images: list[Radiograph]) -> None:
+    """A MIMIC-CXR-JPG-layout tree with its metadata and split CSVs."""
+    from PIL import Image
+
+    meta_rows, split_rows = [], []
+    for index, item in enumerate(tqdm(images, desc="sample mimic-cxr-jpg", unit="image", leave=False)):
+        path = out / item.folder / f"{item.dicom_id}.jpg"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(np.round(item.pixels * 255).astype(np.uint8)).save(path, quality=92)
+        rows_px, columns = item.pixels.shape
+        meta_rows.append(
+            {
+                "dicom_id": item.dicom_id,
+                "subject_id": item.subject_id,
+                "study_id": item.study_id,
+                "PerformedProcedureStepDescription": "CHEST (PA AND LAT)",
+                "ViewPosition": item.view,
+                "Rows": rows_px,
+                "Columns": columns,
+                "StudyDate": 21800101 + index,
+                "StudyTime": "120000.000",
+                "ProcedureCodeSequence_CodeMeaning": "CHEST (PA AND LAT)",
+                "ViewCodeSequence_CodeMeaning": "postero-anterior"
+                if item.view == "PA"
+                else "antero-posterior"
+                if item.view == "AP"
+                else "lateral",
+                "PatientOrientationCodeSequence_CodeMeaning": "Erect",
+            }
+        )
+        split_rows.append(
+            {
+                "dicom_id": item.dicom_id,
+                "study_id": item.study_id,
+                "subject_id": item.subject_id,
+                "split": ["train", "train", "train", "validate", "test"][index % 5],
+            }
+        )
+    _write_csv_gz(out / "mimic-cxr-2.0.0-metadata.csv.gz", meta_rows, list(meta_rows[0]))
+    _write_csv_gz(out / "mimic-cxr-2.0.0-split.csv.gz", split_rows, list(split_rows[0]))
+    (out / "README.txt").write_text(SYNTHETIC_NOTE + "\n", encoding="utf-8")
+
+
+def write_mimic_dicom(out: Path, images: list[Radiograph], seed: int) -> None:
+    """A MIMIC-CXR (DICOM) tree: 12-bit pixels, real window tags, MONOCHROME1 on every third image."""
+    records, studies = [], {}
+    for index, item in enumerate(tqdm(images, desc="sample mimic-cxr", unit="image", leave=False)):
+        relative = item.folder / f"{item.dicom_id}.dcm"
+        path = out / relative
+        path.parent.mkdir(parents=True, exist_ok=True)
+        _write_dicom(path, item, monochrome1=index % 3 == 1, seed=seed)
+        records.append(
+            {
+                "subject_id": item.subject_id,
+                "study_id": item.study_id,
+                "dicom_id": item.dicom_id,
+                "path": str(relative),
+            }
+        )
+        studies[item.study_id] = {
+            "subject_id": item.subject_id,
+            "study_id": item.study_id,
+            "path": str(item.folder),
+        }
+    _write_csv_gz(out / "cxr-record-list.csv.gz", records, ["subject_id", "study_id", "dicom_id", "path"])
+    _write_csv_gz(out / "cxr-study-list.csv.gz", list(studies.values()), ["subject_id", "study_id", "path"])
+    (out / "README.txt").write_text(SYNTHETIC_NOTE + "\n", encoding="utf-8")
+
+
+def _write_dicom(path: Path, item: Radiograph, monochrome1: bool, seed: int) -> None:
+    """One uncompressed DICOM radiograph with modality and VOI LUT tags."""
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+    stored = np.round(item.pixels * 3000 + 400).astype(np.uint16)  # 12-bit detector values
+    if monochrome1:
+        stored = (4095 - stored).astype(np.uint16)
+    sop_uid = generate_uid(entropy_srcs=[str(seed), item.dicom_id])
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.1.1"  # Digital X-Ray, for presentation
+    meta.MediaStorageSOPInstanceUID = sop_uid
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = Dataset()
+    ds.file_meta = meta
+    ds.SOPClassUID = meta.MediaStorageSOPClassUID
+    ds.SOPInstanceUID = sop_uid
+    ds.StudyInstanceUID = generate_uid(entropy_srcs=[str(seed), item.study_id])
+    ds.SeriesInstanceUID = generate_uid(entropy_srcs=[str(seed), item.study_id, item.view])
+    ds.PatientID = item.subject_id
+    ds.PatientName = "SYNTHETIC^PHANTOM"
+    ds.StudyID = item.study_id
+    ds.StudyDate = "21800101"
+    ds.Modality = "DX"
+    ds.ViewPosition = item.view
+    ds.ImageComments = "synthetic phantom, not patient data"
+    ds.Rows, ds.Columns = stored.shape
+    ds.SamplesPerPixel = 1
+    ds.PhotometricInterpretation = "MONOCHROME1" if monochrome1 else "MONOCHROME2"
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
+    ds.RescaleIntercept, ds.RescaleSlope, ds.RescaleType = "0", "1", "US"
+    ds.WindowCenter, ds.WindowWidth = "1900", "3200"
+    ds.PixelSpacing = ["0.139", "0.139"]
+    ds.PixelData = stored.tobytes()
+    ds.save_as(path, enforce_file_format=True)
+
+
+def write_samples(
+    out: Path,
+    subjects: int = 10,
+    size: int = 128,
+    slices: int = 40,
+    seed: int = 0,
+    sources: tuple[str, ...] = SOURCES,
+) -> dict[str, Path]:
+    """Write the requested sample trees under `out`; returns source name -> folder."""
+    out = Path(out)
+    written = {}
+    if "totalseg-ct" in sources:
+        write_totalseg(out / "totalseg-ct", "ct", subjects, size, slices, seed)
+    if "totalseg-mri" in sources:
+        write_totalseg(out / "totalseg-mri", "mri", subjects, size, slices, seed)
+    if {"mimic-cxr-jpg", "mimic-cxr"} & set(sources):
+        images = radiographs(subjects, size, seed)
+        if "mimic-cxr-jpg" in sources:
+            write_mimic_jpg(out / "mimic-cxr-jpg", images)
+        if "mimic-cxr" in sources:
+            write_mimic_dicom(out / "mimic-cxr", images, seed)
+    for name in sources:
+        written[name] = out / name
+    (out / "README.txt").write_text(SYNTHETIC_NOTE + "\n", encoding="utf-8")
+    return written
+
+
+def ensure_sample_source(folder: Path, source: str, subjects: int, size: int, slices: int, seed: int) -> Path:
+    """The sample tree `source` in `folder`, written first if missing or made with other settings.
+
+    Written under a temporary name and renamed, so a killed run never leaves a
+    half-written sample that looks complete.
+    """
+    import json
+    import shutil
+
+    folder = Path(folder)
+    settings = {"source": source, "subjects": subjects, "size": size, "slices": slices, "seed": seed}
+    marker = folder / ".sample.json"
+    if marker.exists() and json.loads(marker.read_text()) == settings:
+        return folder
+    tmp = folder.with_name(folder.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    log.info("writing sample source %s to %s", source, folder)
+    write_samples(tmp, subjects, size, slices, seed, sources=(source,))
+    (tmp / source / ".sample.json").write_text(json.dumps(settings))
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    (tmp / source).rename(folder)
+    shutil.rmtree(tmp, ignore_errors=True)
+    return folder
+
+
+def sample_root_for(layout, recipe, modality: str) -> Path:
+    """The embedded sample source of `modality` under the output root, written on first use."""
+    from medscout_data.layout import SAMPLE_SOURCES
+
+    settings = recipe.sample
+    return ensure_sample_source(
+        layout.sample_source(modality),
+        SAMPLE_SOURCES[modality],
+        settings.subjects,
+        settings.size,
+        settings.slices,
+        settings.seed,
+    )

@@ -1,0 +1,80 @@
+"""The declared record schemas: items (the published rows) and the catalogue.
+
+Declared once, never inferred from data. The item schema carries the
+`huggingface` metadata that makes `datasets` decode `images` as a list of PIL
+images straight from a Parquet file, with no dataset card.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pyarrow as pa
+
+IMAGE_TYPE = pa.struct([("bytes", pa.binary()), ("path", pa.string())])
+
+ITEM_FIELDS: list[tuple[str, pa.DataType, dict]] = [
+    ("id", pa.string(), {"dtype": "string", "_type": "Value"}),
+    ("modality", pa.string(), {"dtype": "string", "_type": "Value"}),
+    ("task", pa.string(), {"dtype": "string", "_type": "Value"}),
+    ("variant", pa.string(), {"dtype": "string", "_type": "Value"}),
+    ("images", pa.list_(IMAGE_TYPE), {"feature": {"_type": "Image"}, "_type": "List"}),
+    ("question", pa.string(), {"dtype": "string", "_type": "Value"}),
+    ("question_cot", pa.string(), {"dtype": "string", "_type": "Value"}),
+    ("answer", pa.string(), {"dtype": "string", "_type": "Value"}),
+    ("target", pa.string(), {"dtype": "string", "_type": "Value"}),
+    ("subject_id", pa.string(), {"dtype": "string", "_type": "Value"}),
+    ("source_id", pa.string(), {"dtype": "string", "_type": "Value"}),
+    ("source", pa.string(), {"dtype": "string", "_type": "Value"}),
+    ("reference_subject_id", pa.string(), {"dtype": "string", "_type": "Value"}),
+    ("seed", pa.int64(), {"dtype": "int64", "_type": "Value"}),
+]
+
+ITEM_COLUMNS = [name for name, _, _ in ITEM_FIELDS]
+METADATA_COLUMNS = [name for name in ITEM_COLUMNS if name != "images"]
+
+
+def hf_features() -> dict:
+    """The `datasets` Features of an item row, as JSON."""
+    return {name: feature for name, _, feature in ITEM_FIELDS}
+
+
+ITEM_SCHEMA = pa.schema(
+    [(name, dtype) for name, dtype, _ in ITEM_FIELDS],
+    metadata={"huggingface": json.dumps({"info": {"features": hf_features()}})},
+)
+
+CATALOGUE_SCHEMA = pa.schema(
+    [
+        ("image_id", pa.string()),  # unique within a modality
+        ("modality", pa.string()),
+        ("source_kind", pa.string()),  # totalseg | mimic-cxr-jpg | mimic-cxr
+        ("subject_id", pa.string()),
+        ("source_id", pa.string()),  # volume id or dicom_id
+        ("study_id", pa.string()),
+        ("path", pa.string()),  # source file, relative to the source root
+        ("plane", pa.string()),  # axial for volumes, empty for X-ray
+        ("slice_index", pa.int32()),  # in the canonical volume; -1 for X-ray
+        ("z_mm", pa.float64()),  # slice position along the canonical z axis
+        ("pixel_spacing_mm", pa.float64()),  # square pixels of the rendered image
+        ("slice_spacing_mm", pa.float64()),
+        ("window", pa.string()),  # CT window name, empty otherwise
+        ("view", pa.string()),  # X-ray ViewPosition, empty for volumes
+        ("official_split", pa.string()),
+        ("body_fraction", pa.float32()),
+        ("height", pa.int32()),
+        ("width", pa.int32()),
+        ("cache_file", pa.string()),  # .npy of shape (n, H, W) uint8, relative to cache/<modality>
+        ("mask_file", pa.string()),  # .npy of shape (n, H, W) bool, same indexing
+        ("cache_index", pa.int32()),
+        ("meta", pa.string()),  # JSON: the source's own metadata columns
+    ]
+)
+
+ERROR_SCHEMA = pa.schema(
+    [
+        ("path", pa.string()),
+        ("reason", pa.string()),
+        ("message", pa.string()),
+    ]
+)
