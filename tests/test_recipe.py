@@ -45,7 +45,7 @@ def test_unknown_key_is_an_error_naming_it(tmp_path: Path) -> None:
 def test_wrong_type_and_bad_values_are_errors(tmp_path: Path) -> None:
     with pytest.raises(RecipeError, match=r"jigsaw\.grid must be int"):
         load_recipe(_write(tmp_path, '[jigsaw]\ngrid = "two"\n'))
-    with pytest.raises(RecipeError, match="anomaly.cells"):
+    with pytest.raises(RecipeError, match=r"anomaly\.cells"):
         load_recipe(_write(tmp_path, "[anomaly]\ncells = [5, 99]\n"))
     with pytest.raises(RecipeError, match="not valid TOML"):
         load_recipe(_write(tmp_path, "[scale\n"))

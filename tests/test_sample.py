@@ -131,7 +131,19 @@ def test_same_seed_identical_files_other_seed_differs(tmp_path: Path) -> None:
 def test_cli_writes_chosen_sources_labelled_synthetic(tmp_path: Path) -> None:
     result = CliRunner().invoke(
         cli,
-        ["sample", "--out", str(tmp_path), "--subjects", "2", "--size", "32", "--slices", "6", "--source", "totalseg-ct"],
+        [
+            "sample",
+            "--out",
+            str(tmp_path),
+            "--subjects",
+            "2",
+            "--size",
+            "32",
+            "--slices",
+            "6",
+            "--source",
+            "totalseg-ct",
+        ],
     )
     assert result.exit_code == 0, result.output
     assert (tmp_path / "totalseg-ct" / "s0001" / "ct.nii.gz").exists()
