@@ -1,0 +1,142 @@
+"""Item contents from images: task geometry + questions + answers + structured truth.
+
+`scale_item`, `jigsaw_item` and `anomaly_item` are pure: arrays and an explicit
+generator in, an `ItemContent` out. `to_row` encodes the images as PNG and
+lays the content out as one row of `schema.ITEM_SCHEMA`.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from medscout_data import prompts
+from medscout_data.imaging import encode_png, resize
+from medscout_data.recipe import PngConfig, Recipe
+from medscout_data.tasks import (
+    box_to_grid,
+    box_to_unit,
+    cell_box,
+    cell_difference,
+    fit_to_grid,
+    make_scale,
+    paste_cell,
+    shuffle_tiles,
+)
+
+
+@dataclass(frozen=True)
+class ItemContent:
+    """What a model sees and the truth, before encoding."""
+
+    images: list[np.ndarray]
+    question: str
+    answer: str
+    target: dict[str, Any]
+    provenance: dict[str, Any] = field(default_factory=dict)
+
+
+def scale_item(
+    image: np.ndarray, mask: np.ndarray, rng: np.random.Generator, recipe: Recipe, modality: str, variant: str
+) -> ItemContent:
+    """Full image + N crops; the answer lists tiers or 0-1000 boxes in crop order."""
+    config = recipe.scale
+    result = make_scale(image, mask, rng, config)
+    height, width = image.shape
+    grid_boxes = [box_to_grid(b, height, width) for b in result.boxes]
+    answer = prompts.tier_answer(result.levels) if variant == "tier" else prompts.box_answer(grid_boxes)
+    return ItemContent(
+        images=[image, *result.crops],
+        question=prompts.scale_question(modality, variant, config.n_crops, config.level_areas),
+        answer=answer,
+        target={
+            "levels": result.levels,
+            "boxes": [box_to_unit(b, height, width) for b in result.boxes],
+            "boxes_1000": [list(b) for b in grid_boxes],
+        },
+        provenance={"crops_px": [list(b) for b in result.boxes], "crop_size": list(result.crops[0].shape)},
+    )
+
+
+def jigsaw_item(
+    image: np.ndarray, permutation: tuple[int, ...], recipe: Recipe, modality: str
+) -> ItemContent:
+    """The image shuffled by `permutation`; the answer is the permutation."""
+    grid = recipe.jigsaw.grid
+    shuffled = shuffle_tiles(image, permutation, grid)
+    return ItemContent(
+        images=[shuffled],
+        question=prompts.jigsaw_question(modality, grid),
+        answer=prompts.jigsaw_answer(permutation),
+        target={"grid": grid, "permutation": list(permutation)},
+        provenance={"fitted_shape": list(shuffled.shape)},
+    )
+
+
+def fit_reference(image: np.ndarray, reference: np.ndarray, grid: int) -> tuple[np.ndarray, np.ndarray]:
+    """(image, reference) fitted to the grid, the reference resized to the image's shape."""
+    fitted = fit_to_grid(image, grid)
+    height, width = fitted.shape
+    return fitted, resize(reference, width, height)
+
+
+def anomaly_difference(image: np.ndarray, reference: np.ndarray, cell: int, grid: int) -> float:
+    """Visible difference (grey levels) the paste of `cell` would make."""
+    fitted, ref = fit_reference(image, reference, grid)
+    return cell_difference(fitted, ref, cell_box(*fitted.shape, cell, grid))
+
+
+def anomaly_item(
+    image: np.ndarray, reference: np.ndarray, cell: int, recipe: Recipe, modality: str
+) -> ItemContent:
+    """The image with `cell` replaced by the same cell of `reference`; the answer is the cell."""
+    grid = recipe.anomaly.grid
+    fitted, ref = fit_reference(image, reference, grid)
+    tampered = paste_cell(fitted, ref, cell, grid)
+    difference = cell_difference(fitted, ref, cell_box(*fitted.shape, cell, grid))
+    row, col = divmod(cell, grid)
+    return ItemContent(
+        images=[tampered],
+        question=prompts.anomaly_question(modality, grid, recipe.anomaly.cells),
+        answer=prompts.anomaly_answer(cell),
+        target={"grid": grid, "cell": cell, "row": row, "col": col},
+        provenance={"fitted_shape": list(fitted.shape), "cell_difference": round(difference, 3)},
+    )
+
+
+@dataclass(frozen=True)
+class ItemKey:
+    """Identity and provenance columns of one item."""
+
+    id: str
+    modality: str
+    task: str
+    variant: str
+    subject_id: str
+    source_id: str
+    reference_subject_id: str
+    seed: int
+
+
+def to_row(content: ItemContent, key: ItemKey, source: dict[str, Any], png: PngConfig) -> dict[str, Any]:
+    """One `ITEM_SCHEMA` row: PNG-encoded images, both prompts, JSON target and provenance."""
+    question = content.question
+    return {
+        "id": key.id,
+        "modality": key.modality,
+        "task": key.task,
+        "variant": key.variant,
+        "images": [{"bytes": encode_png(image, png), "path": None} for image in content.images],
+        "question": prompts.with_mode(question, "direct"),
+        "question_cot": prompts.with_mode(question, "cot"),
+        "answer": content.answer,
+        "target": json.dumps(content.target, sort_keys=True),
+        "subject_id": key.subject_id,
+        "source_id": key.source_id,
+        "source": json.dumps({**source, **content.provenance}, sort_keys=True),
+        "reference_subject_id": key.reference_subject_id,
+        "seed": key.seed,
+    }

@@ -1,0 +1,212 @@
+"""The three proxy tasks as pure functions over numpy arrays.
+
+No I/O and no hidden state: every function takes 8-bit grayscale arrays, an
+explicit `numpy.random.Generator` where it draws, and recipe settings, and
+returns arrays plus the truth. Pixel boxes are (x0, y0, x1, y1) with x1, y1
+exclusive; x runs right and y down; indices are 0-based everywhere.
+
+- scale:   N crops of Level-1 / Level-2 area with the image's aspect ratio.
+- jigsaw:  a grid x grid tiling shuffled by a non-identity permutation.
+- anomaly: one grid cell replaced by the same cell of a reference image.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+
+from medscout_data.imaging import fit_longest_side, resize
+from medscout_data.recipe import ScaleConfig
+
+Box = tuple[int, int, int, int]
+
+
+class TaskRejected(ValueError):
+    """This image cannot make this item (e.g. no crop is mostly anatomy)."""
+
+
+# ---------------------------------------------------------------- scale
+
+
+def crop_shape(height: int, width: int, area: float) -> tuple[int, int]:
+    """(h, w) of a crop covering `area` of the image, with the image's aspect ratio."""
+    side = math.sqrt(area)
+    return max(1, round(height * side)), max(1, round(width * side))
+
+
+def sample_crop_box(
+    height: int,
+    width: int,
+    area: float,
+    centre_range: tuple[float, float],
+    rng: np.random.Generator,
+) -> Box:
+    """A crop box whose centre is drawn in `centre_range` (fractions of each axis),
+    then shifted just enough to lie fully inside the image."""
+    h, w = crop_shape(height, width, area)
+    cx = rng.uniform(*centre_range) * width
+    cy = rng.uniform(*centre_range) * height
+    x0 = min(max(round(cx - w / 2), 0), width - w)
+    y0 = min(max(round(cy - h / 2), 0), height - h)
+    return x0, y0, x0 + w, y0 + h
+
+
+def box_fraction(mask: np.ndarray, box: Box) -> float:
+    """Fraction of the box's pixels that are set in `mask`."""
+    x0, y0, x1, y1 = box
+    return float(mask[y0:y1, x0:x1].mean())
+
+
+@dataclass(frozen=True)
+class ScaleResult:
+    """Crops (all one size), their levels (1 or 2) and pixel boxes in the full image."""
+
+    crops: list[np.ndarray]
+    levels: list[int]
+    boxes: list[Box]
+
+
+def make_scale(
+    image: np.ndarray, mask: np.ndarray, rng: np.random.Generator, config: ScaleConfig
+) -> ScaleResult:
+    """Draw `config.n_crops` crops of random level, each mostly anatomy, resized to one size.
+
+    The common size has the image's aspect ratio and longest side
+    `config.crop_size`, so a crop's level cannot be read off its pixel size.
+    """
+    height, width = image.shape
+    out_h, out_w = fit_longest_side(height, width, config.crop_size)
+    crops, levels, boxes = [], [], []
+    for _ in range(config.n_crops):
+        level = int(rng.integers(1, len(config.level_areas) + 1))
+        box = _anatomical_box(mask, config.level_areas[level - 1], rng, config)
+        x0, y0, x1, y1 = box
+        crops.append(resize(image[y0:y1, x0:x1], out_w, out_h))
+        levels.append(level)
+        boxes.append(box)
+    return ScaleResult(crops, levels, boxes)
+
+
+def _anatomical_box(mask: np.ndarray, area: float, rng: np.random.Generator, config: ScaleConfig) -> Box:
+    height, width = mask.shape
+    for _ in range(config.max_tries):
+        box = sample_crop_box(height, width, area, config.centre_range, rng)
+        if box_fraction(mask, box) >= config.min_anatomy_fraction:
+            return box
+    raise TaskRejected(
+        f"no crop of area {area:g} with >= {config.min_anatomy_fraction:.0%} anatomy "
+        f"in {config.max_tries} draws"
+    )
+
+
+def box_to_grid(box: Box, height: int, width: int, grid: int = 1000) -> Box:
+    """A pixel box as integers on a 0..grid scale (the answer's convention)."""
+    x0, y0, x1, y1 = box
+    return (
+        round(grid * x0 / width),
+        round(grid * y0 / height),
+        round(grid * x1 / width),
+        round(grid * y1 / height),
+    )
+
+
+def box_to_unit(box: Box, height: int, width: int) -> list[float]:
+    """A pixel box as floats in [0, 1] (the structured target's convention)."""
+    x0, y0, x1, y1 = box
+    return [x0 / width, y0 / height, x1 / width, y1 / height]
+
+
+# ---------------------------------------------------------------- grids
+
+
+def fit_to_grid(image: np.ndarray, grid: int) -> np.ndarray:
+    """The image trimmed at the bottom and right to a multiple of `grid` on both axes,
+    so every tile or cell has the same size."""
+    height, width = image.shape[:2]
+    return image[: height - height % grid, : width - width % grid]
+
+
+def cell_box(height: int, width: int, cell: int, grid: int) -> Box:
+    """Pixel box of cell `cell` (row = cell // grid, col = cell % grid)."""
+    th, tw = height // grid, width // grid
+    row, col = divmod(cell, grid)
+    return col * tw, row * th, (col + 1) * tw, (row + 1) * th
+
+
+def tiles(image: np.ndarray, grid: int) -> list[np.ndarray]:
+    """The grid's tiles in reading order (image must already fit the grid)."""
+    height, width = image.shape[:2]
+    return [_view(image, cell_box(height, width, k, grid)) for k in range(grid * grid)]
+
+
+def _view(image: np.ndarray, box: Box) -> np.ndarray:
+    x0, y0, x1, y1 = box
+    return image[y0:y1, x0:x1]
+
+
+# ---------------------------------------------------------------- jigsaw
+
+
+def non_identity_permutations(n: int) -> list[tuple[int, ...]]:
+    """All permutations of range(n) but the identity, in lexicographic order (23 for n = 4)."""
+    return [p for p in itertools.permutations(range(n)) if p != tuple(range(n))]
+
+
+def shuffle_tiles(image: np.ndarray, permutation: tuple[int, ...], grid: int) -> np.ndarray:
+    """Shuffled image whose tile at position p is the original tile `permutation[p]`.
+
+    The answer is `permutation` itself: for each shuffled position, read left
+    to right and top to bottom, the original index of the tile there.
+    """
+    fitted = fit_to_grid(image, grid)
+    if sorted(permutation) != list(range(grid * grid)):
+        raise ValueError(f"not a permutation of {grid * grid} tiles: {permutation}")
+    source = tiles(fitted, grid)
+    out = np.empty_like(fitted)
+    for target, tile in zip(tiles(out, grid), (source[k] for k in permutation), strict=True):
+        target[...] = tile
+    return out
+
+
+def reassemble(shuffled: np.ndarray, permutation: tuple[int, ...], grid: int) -> np.ndarray:
+    """Undo `shuffle_tiles`: put each shuffled tile back at its original index."""
+    out = np.empty_like(shuffled)
+    original = tiles(out, grid)
+    for position, tile in enumerate(tiles(shuffled, grid)):
+        original[permutation[position]][...] = tile
+    return out
+
+
+# ---------------------------------------------------------------- anomaly
+
+
+def paste_cell(image: np.ndarray, reference: np.ndarray, cell: int, grid: int) -> np.ndarray:
+    """`image` (fitted to the grid) with cell `cell` replaced by the same cell of `reference`.
+
+    `reference` must already have the fitted image's shape.
+    """
+    fitted = fit_to_grid(image, grid)
+    if reference.shape != fitted.shape:
+        raise ValueError(f"reference shape {reference.shape} != image shape {fitted.shape}")
+    out = fitted.copy()
+    x0, y0, x1, y1 = cell_box(*fitted.shape, cell, grid)
+    out[y0:y1, x0:x1] = reference[y0:y1, x0:x1]
+    return out
+
+
+def cell_difference(a: np.ndarray, b: np.ndarray, box: Box, blocks: int = 8) -> float:
+    """How visibly two images differ inside `box`, in grey levels.
+
+    The mean absolute difference of the two cells after area-averaging each to
+    blocks x blocks: structure counts, pixel noise (which alone would differ
+    between any two scans) mostly averages out.
+    """
+    x0, y0, x1, y1 = box
+    size = (min(blocks, x1 - x0), min(blocks, y1 - y0))
+    small_a = cv2.resize(a[y0:y1, x0:x1].astype(np.float32), size, interpolation=cv2.INTER_AREA)
+    small_b = cv2.resize(b[y0:y1, x0:x1].astype(np.float32), size, interpolation=cv2.INTER_AREA)
+    return float(np.abs(small_a - small_b).mean())
