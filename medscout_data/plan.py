@@ -18,6 +18,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+from medscout_data.errors import StageError
 from medscout_data.recipe import Recipe
 from medscout_data.seeding import stable_rank
 from medscout_data.shards import write_json_atomic
@@ -26,7 +27,7 @@ BENCH = "bench"
 TRAIN = "train"
 
 
-class PlanError(RuntimeError):
+class PlanError(StageError):
     """A plan that cannot be made or does not fit the run; the message says what to do."""
 
 
