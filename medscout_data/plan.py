@@ -15,11 +15,11 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from medscout_data.errors import StageError
-from medscout_data.recipe import Recipe
+from medscout_data.recipe import Recipe, recipe_from_dict
 from medscout_data.seeding import stable_rank
 from medscout_data.shards import write_json_atomic
 
@@ -41,6 +41,11 @@ class SubjectPlan:
     bench_fraction: float
     bench: frozenset[str]
     train: frozenset[str]
+    settings: dict = field(default_factory=dict, compare=False, hash=False)  # the recipe, as built
+
+    def recipe_settings(self) -> Recipe:
+        """The recipe the pool was built with, as stored in the plan."""
+        return recipe_from_dict(self.settings, f"plan/{self.modality}.json")
 
     def side(self, subject_id: str) -> str:
         if subject_id in self.bench:
@@ -71,6 +76,7 @@ class SubjectPlan:
             "subjects_sha256": self.digest,
             "bench": self.subjects(BENCH),
             "train": self.subjects(TRAIN),
+            "recipe_settings": self.settings,
         }
 
     @classmethod
@@ -82,11 +88,17 @@ class SubjectPlan:
             bench_fraction=float(data["bench_fraction"]),
             bench=frozenset(data["bench"]),
             train=frozenset(data["train"]),
+            settings=data.get("recipe_settings", {}),
         )
 
 
 def make_plan(
-    subjects: list[str], modality: str, seed: int, bench_fraction: float, recipe: str
+    subjects: list[str],
+    modality: str,
+    seed: int,
+    bench_fraction: float,
+    recipe: str,
+    settings: dict | None = None,
 ) -> SubjectPlan:
     """Partition `subjects`: at least one on each side, about `bench_fraction` on the bench."""
     unique = sorted(set(subjects))
@@ -103,6 +115,7 @@ def make_plan(
         bench_fraction=bench_fraction,
         bench=frozenset(ordered[:n_bench]),
         train=frozenset(ordered[n_bench:]),
+        settings=settings or {},
     )
 
 
@@ -114,7 +127,9 @@ def ensure_plan(path: Path, subjects: list[str], modality: str, recipe: Recipe) 
     """Load the saved plan, checking it fits; make and save one if there is none."""
     path = Path(path)
     if not path.exists():
-        plan = make_plan(subjects, modality, recipe.seed, recipe.pool.bench_fraction, recipe.name)
+        plan = make_plan(
+            subjects, modality, recipe.seed, recipe.pool.bench_fraction, recipe.name, recipe.to_dict()
+        )
         write_json_atomic(plan.to_dict(), path)
         return plan
     plan = load_plan(path)

@@ -184,6 +184,22 @@ def load_recipe(name_or_path: str | Path = "sample") -> Recipe:
     return recipe
 
 
+def recipe_from_dict(data: dict[str, Any], where: str = "<stored recipe>") -> Recipe:
+    """A recipe from its `to_dict()` form (e.g. stored beside a pool), validated like a file."""
+    recipe = _build(Recipe, _lists(data), Path(where), "")
+    _check(recipe, Path(where))
+    return recipe
+
+
+def _lists(value: Any) -> Any:
+    """JSON/asdict form -> TOML-like form (tuples become lists) for `_build`."""
+    if isinstance(value, dict):
+        return {k: _lists(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_lists(v) for v in value]
+    return value
+
+
 def _build(cls: type, data: Any, path: Path, where: str) -> Any:
     """Construct dataclass `cls` from a TOML table, refusing unknown keys."""
     if not isinstance(data, dict):

@@ -18,3 +18,59 @@ def sample_sources(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
     root = tmp_path_factory.mktemp("sample")
     return write_samples(root, subjects=6, size=64, slices=24, seed=3)
+
+
+TEST_RECIPE = """
+# Tiny recipe for the tests: the paper's geometry, few items, small images.
+name = "test"
+seed = 11
+
+[pool]
+items_per_cell = 24
+bench_per_cell = 6
+shard_max_items = 8
+row_group_items = 4
+
+[sample]
+subjects = 6
+size = 64
+slices = 24
+seed = 3
+
+[ingest]
+max_size = 64
+min_body_fraction = 0.25
+xray_chunk_images = 8
+
+[scale]
+crop_size = 32
+
+[anomaly]
+min_cell_difference = 6.0
+
+[index]
+model = "pixels"
+k = 4
+"""
+
+
+@pytest.fixture(scope="session")
+def test_recipe(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Path of the tiny test recipe (TOML)."""
+    path = tmp_path_factory.mktemp("recipe") / "test.toml"
+    path.write_text(TEST_RECIPE, encoding="utf-8")
+    return path
+
+
+@pytest.fixture(scope="session")
+def built_pool(tmp_path_factory: pytest.TempPathFactory, test_recipe: Path) -> Path:
+    """An output root with the pool of all three modalities built from the embedded sample."""
+    from medscout_data.build import BuildOptions, build_modality
+    from medscout_data.layout import Layout
+    from medscout_data.recipe import load_recipe
+
+    root = tmp_path_factory.mktemp("shards")
+    recipe = load_recipe(test_recipe)
+    for modality in ("ct", "mri", "xray"):
+        build_modality(Layout.at(root), recipe, BuildOptions(modality=modality, progress=False))
+    return root

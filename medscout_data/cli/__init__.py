@@ -16,6 +16,9 @@ from medscout_data import __version__
 # name -> "module:attribute", in pipeline order.
 COMMANDS = {
     "sample": "medscout_data.cli.sample:sample",
+    "build": "medscout_data.cli.build:build",
+    "split": "medscout_data.cli.split:split",
+    "validate": "medscout_data.cli.split:validate",
 }
 
 
