@@ -74,3 +74,21 @@ def built_pool(tmp_path_factory: pytest.TempPathFactory, test_recipe: Path) -> P
     for modality in ("ct", "mri", "xray"):
         build_modality(Layout.at(root), recipe, BuildOptions(modality=modality, progress=False))
     return root
+
+
+@pytest.fixture(scope="session")
+def split_shards(tmp_path_factory: pytest.TempPathFactory, built_pool: Path) -> Path:
+    """An output root holding a finished split (train/, bench/, manifest.json) of all three modalities.
+
+    Read-only for tests: copy it before changing anything.
+    """
+    import shutil
+
+    from medscout_data.layout import Layout
+    from medscout_data.split import SplitOptions, split_pool
+
+    root = tmp_path_factory.mktemp("split")
+    for folder in ("pool", "plan"):
+        shutil.copytree(built_pool / folder, root / folder)
+    split_pool(Layout.at(root), SplitOptions(progress=False))
+    return root

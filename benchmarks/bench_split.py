@@ -1,0 +1,127 @@
+"""Benchmark: time and peak RSS of `split` on a paper-sized pool (108,000 items, small images).
+
+    python benchmarks/bench_split.py [--items-per-cell 12000] [--work DIR]
+
+Writes a synthetic pool in the real shard format (3 modalities x 3 tasks,
+items balanced like `build` makes them, tiny PNGs), then runs the split in a
+child process and reports wall time, items/s and the child's peak RSS.
+Targets from the issue: under 60 s and under 1 GB.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from medscout_data import MODALITIES, TASKS
+from medscout_data.build import balanced, side_counts
+from medscout_data.layout import Layout
+from medscout_data.plan import make_plan
+from medscout_data.recipe import load_recipe
+from medscout_data.schema import ITEM_SCHEMA
+from medscout_data.seeding import rng_for
+from medscout_data.shards import ShardWriter, write_json_atomic
+from medscout_data.tasks import non_identity_permutations
+
+
+def write_pool(root: Path, items_per_cell: int, subjects: int) -> int:
+    """A pool shaped like `build`'s output, written fast (one tiny PNG reused)."""
+    recipe = load_recipe("med-scout-bench")
+    layout = Layout.at(root)
+    png = cv2.imencode(".png", np.arange(64, dtype=np.uint8).reshape(8, 8))[1].tobytes()
+    total = 0
+    for modality in MODALITIES:
+        names = [f"{modality}-subject-{i:05d}" for i in range(subjects)]
+        plan = make_plan(
+            names, modality, recipe.seed, recipe.pool.bench_fraction, recipe.name, recipe.to_dict()
+        )
+        write_json_atomic(plan.to_dict(), layout.plan(modality))
+        for task in TASKS:
+            total += _write_cell(layout, recipe, plan, modality, task, items_per_cell, png)
+    return total
+
+
+def _write_cell(layout, recipe, plan, modality, task, items_per_cell, png) -> int:
+    rng = rng_for(0, "bench-split", modality, task)
+    counts = side_counts(items_per_cell, recipe)
+    rows = []
+    for side, count in counts.items():
+        subjects = plan.subjects(side)
+        variants = balanced(["tier", "box"], count, rng) if task == "scale" else [""] * count
+        perms = balanced(non_identity_permutations(4), count, rng)
+        cells = balanced([5, 6, 9, 10], count, rng)
+        for k in range(count):
+            subject = subjects[k % len(subjects)]
+            rows.append((side, subject, variants[k], perms[k], cells[k]))
+    n_images = {"scale": 4, "jigsaw": 1, "anomaly": 1}[task]
+    size = recipe.pool.shard_max_items
+    for shard, start in enumerate(range(0, len(rows), size)):
+        path = layout.pool_dir(modality) / f"{task}-{shard:05d}.parquet"
+        with ShardWriter(path, ITEM_SCHEMA, recipe.pool.row_group_items) as writer:
+            for number, (_side, subject, variant, perm, cell) in enumerate(rows[start : start + size], start):
+                target = {"scale": {"levels": [1, 2, 1]}, "jigsaw": {"permutation": list(perm)}}.get(
+                    task, {"cell": cell}
+                )
+                writer.write(
+                    {
+                        "id": f"{modality}-{task}-{number:06d}",
+                        "modality": modality,
+                        "task": task,
+                        "variant": variant,
+                        "images": [{"bytes": png, "path": None}] * n_images,
+                        "question": "q" * 400,
+                        "question_cot": "q" * 480,
+                        "answer": "a",
+                        "target": json.dumps(target),
+                        "subject_id": subject,
+                        "source_id": subject,
+                        "source": "{}",
+                        "reference_subject_id": subject if task == "anomaly" else "",
+                        "seed": number,
+                    }
+                )
+    return len(rows)
+
+
+CHILD = """
+import sys, time, resource
+from medscout_data.layout import Layout
+from medscout_data.split import SplitOptions, split_pool
+start = time.perf_counter()
+manifest = split_pool(Layout.at(sys.argv[1]), SplitOptions(progress=False))
+peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+print(time.perf_counter() - start, peak, manifest["totals"]["bench"])
+"""
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--items-per-cell", type=int, default=12000)
+    parser.add_argument("--subjects", type=int, default=1200, help="subjects per modality")
+    parser.add_argument("--work", type=Path, default=None)
+    args = parser.parse_args()
+    work = args.work or Path(tempfile.mkdtemp(prefix="bench-split-"))
+    start = time.perf_counter()
+    total = write_pool(work, args.items_per_cell, args.subjects)
+    print(f"wrote a {total}-item pool in {time.perf_counter() - start:.1f} s under {work}")
+    out = subprocess.run([sys.executable, "-c", CHILD, str(work)], capture_output=True, text=True, check=True)
+    seconds, max_rss_kib, bench = out.stdout.split()
+    seconds = float(seconds)
+    print(f"cores: {os.cpu_count()}")
+    print(
+        f"split of {total} items (bench {bench}): {seconds:.1f} s, {total / seconds:,.0f} items/s, "
+        f"peak RSS {int(max_rss_kib) / 1024:.0f} MiB (targets: < 60 s, < 1024 MiB)"
+    )
+
+
+if __name__ == "__main__":
+    main()
