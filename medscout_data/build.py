@@ -25,6 +25,7 @@ import itertools
 import json
 import logging
 import math
+import time
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from concurrent.futures import ProcessPoolExecutor
@@ -463,10 +464,12 @@ def build_modality(layout: Layout, recipe: Recipe, options: BuildOptions) -> Run
         jobs.extend(task_jobs)
     todo = [job for job in jobs if not is_done(job)]
     reused = [job for job in jobs if job not in todo]
+    started = time.perf_counter()
     results = _run_jobs(todo, layout.cache_dir(options.modality), recipe, options)
+    report.info["make_seconds"] = round(time.perf_counter() - started, 3)
     _account(report, results, reused, planned)
     report.info["ingest_skipped_by_reason"] = _ingest_skips(layout, options.modality)
-    report.write(layout.pool_dir(options.modality) / "_build")
+    report.write(layout.build_report_dir(options.modality))
     return report
 
 
@@ -573,7 +576,8 @@ def _account(
     report.info["planned"] = planned
     items = sum(made.values())
     report.info["items"] = items
-    report.info["items_per_second"] = round(sum(r.items for r in results) / max(report.seconds, 1e-9), 1)
+    made_now = sum(r.items for r in results)
+    report.info["items_per_second"] = round(made_now / max(report.info["make_seconds"], 1e-9), 1)
 
 
 def _task_of_path(path: str) -> str:

@@ -58,6 +58,9 @@ class Layout:
     def pool_dir(self, modality: str) -> Path:
         return self.root / "pool" / modality
 
+    def build_report_dir(self, modality: str) -> Path:
+        return self.root / "reports" / "build" / modality
+
     def split_dir(self, side: str) -> Path:
         return self.root / side
 

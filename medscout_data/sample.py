@@ -71,8 +71,8 @@ class Torso:
 
 
 def _torso(rng: np.random.Generator, length_mm: float) -> Torso:
-    half_width = rng.uniform(140, 175)
-    half_depth = rng.uniform(95, 120)
+    half_width = rng.uniform(145, 172)
+    half_depth = rng.uniform(105, 125)
     n_blobs = int(rng.integers(60, 90))
     blobs = np.column_stack(
         [
@@ -186,10 +186,10 @@ class VolumeGeometry:
 
 
 def _geometry(subject_index: int, size: int, slices: int, rng: np.random.Generator) -> VolumeGeometry:
-    sx = 380.0 / size
+    sx = 360.0 / size
     sy = sx * (1.25 if subject_index % 3 == 2 else 1.0)  # some subjects: anisotropic in-plane
     sz = float(rng.choice([1.5, 2.0, 2.5]))
-    return VolumeGeometry(shape=(slices, round(380.0 / sy), size), spacing=(sx, sy, sz))
+    return VolumeGeometry(shape=(slices, round(360.0 / sy), size), spacing=(sx, sy, sz))
 
 
 def phantom_volume(torso: Torso, geometry: VolumeGeometry) -> tuple[np.ndarray, np.ndarray]:

@@ -90,21 +90,21 @@ def build(
             click.echo(f"build {modality}: {exc}", err=True)
             failed = True
             continue
-        click.echo(_summary(report.as_dict(), layout.pool_dir(modality)))
+        click.echo(_summary(report.as_dict(), layout.pool_dir(modality), layout.build_report_dir(modality)))
     sys.exit(1 if failed else 0)
 
 
-def _summary(report: dict, folder: Path) -> str:
+def _summary(report: dict, folder: Path, reports: Path) -> str:
     counts = report["counts"]
     items = ", ".join(f"{k.removeprefix('items_')} {v}" for k, v in counts.items() if k.startswith("items_"))
     lines = [
-        f"{report['stage']}: {report['items']} items ({items}) in {report['seconds']:.1f} s, "
-        f"{report['items_per_second']} items/s -> {folder}",
+        f"{report['stage']}: {report['items']} items ({items}) in {report['seconds']:.1f} s "
+        f"(making items: {report['make_seconds']:.1f} s, {report['items_per_second']} items/s) -> {folder}",
         f"  shards written {counts.get('shards_written', 0)}, reused {counts.get('shards_reused', 0)}; "
         f"items made from a fallback image {counts.get('fallback_images', 0)}",
     ]
     if report["skipped_by_reason"]:
-        lines.append(f"  items rejected: {report['skipped_by_reason']} (see {folder}/_build/errors.parquet)")
+        lines.append(f"  items rejected: {report['skipped_by_reason']} (see {reports}/errors.parquet)")
     if report.get("ingest_skipped_by_reason"):
         lines.append(f"  sources skipped at ingest: {report['ingest_skipped_by_reason']}")
     return "\n".join(lines)
