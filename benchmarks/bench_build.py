@@ -83,7 +83,7 @@ from PIL import Image
 from medscout_data.build import BuildOptions, CellContext, _content, plan_cell, read_catalogue
 from medscout_data.cache import ImageCache
 from medscout_data.layout import Layout
-from medscout_data.plan import load_plan
+from medscout_data.plan import ensure_plan
 from medscout_data.recipe import load_recipe
 import numpy as np
 from collections import defaultdict
@@ -94,7 +94,8 @@ images = read_catalogue(layout.catalogue("ct"))
 by_subject = defaultdict(list)
 for image in images:
     by_subject[image.subject_id].append(image)
-context = CellContext("ct", recipe, load_plan(layout.plan("ct")), dict(by_subject))
+plan = ensure_plan(layout.plan("ct"), sorted(by_subject), "ct", recipe)
+context = CellContext("ct", recipe, plan, dict(by_subject))
 specs = [s for task in ("scale", "jigsaw", "anomaly") for s in plan_cell(context, task, count)]
 cache = ImageCache(layout.cache_dir("ct"))
 
@@ -116,7 +117,6 @@ print(len(specs), time.perf_counter() - start)
 
 def time_baseline(base: Path, recipe: Path, count: int):
     root = fresh_root(base, "baseline")
-    shutil.copytree(base / "plan", root / "plan")
     run = run_sampled([sys.executable, "-c", BASELINE, str(root), str(recipe), str(count)])
     items, seconds = run.stdout.split()
     return int(items), float(seconds), run

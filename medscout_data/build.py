@@ -27,9 +27,10 @@ import logging
 import math
 import time
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
-from concurrent.futures import ProcessPoolExecutor
-from dataclasses import asdict, dataclass, field
+from collections.abc import Iterable, Iterator, Sequence
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
@@ -61,7 +62,7 @@ from medscout_data.tasks import TaskRejected, non_identity_permutations
 
 log = logging.getLogger(__name__)
 
-FALLBACK_IMAGES = 3
+FALLBACK_IMAGES = 7
 DIGEST_KEY = "medscout_build_digest"
 REF_COLUMNS = (
     "image_id", "subject_id", "source_id", "source_kind", "path", "slice_index", "z_mm",
@@ -357,15 +358,15 @@ def _content(
     rng: np.random.Generator,
     recipe: Recipe,
 ) -> tuple[ItemContent, Reference | None]:
-    image = cache.image(asdict(candidate))
+    image = cache.image(vars(candidate))
     if spec.task == "scale":
-        mask = cache.mask(asdict(candidate))
+        mask = cache.mask(vars(candidate))
         return scale_item(image, mask, rng, recipe, spec.modality, spec.variant), None
     if spec.task == "jigsaw":
         return jigsaw_item(image, spec.choice, recipe, spec.modality), None
     cell = spec.choice[0]
     for reference in spec.references[position]:
-        ref_image = cache.image(asdict(reference.image))
+        ref_image = cache.image(vars(reference.image))
         if (
             anomaly_difference(image, ref_image, cell, recipe.anomaly.grid)
             >= recipe.anomaly.min_cell_difference
@@ -402,10 +403,6 @@ def write_shard(job: ShardJob, cache_dir: Path, recipe: Recipe) -> ShardResult:
             writer.write(row)
             result.items += 1
     return result
-
-
-def _write_shard_star(args: tuple[ShardJob, Path, Recipe]) -> ShardResult:
-    return write_shard(*args)
 
 
 def shard_jobs(specs: list[ItemSpec], folder: Path, task: str, recipe: Recipe) -> list[ShardJob]:
@@ -452,25 +449,42 @@ class BuildOptions:
 def build_modality(layout: Layout, recipe: Recipe, options: BuildOptions) -> RunReport:
     """Plan and make every requested cell of one modality; returns the run's report."""
     report = RunReport(stage=f"build {options.modality}")
-    context = _context(layout, recipe, options)
-    jobs: list[ShardJob] = []
-    planned: dict[str, int] = {}
-    for task in options.tasks:
-        total = min(options.limit or recipe.pool.items_per_cell, recipe.pool.items_per_cell)
-        specs = plan_cell(context, task, total)
-        planned[task] = len(specs)
-        task_jobs = shard_jobs(specs, layout.pool_dir(options.modality), task, recipe)
-        _remove_stale_shards(layout.pool_dir(options.modality), task, task_jobs)
-        jobs.extend(task_jobs)
-    todo = [job for job in jobs if not is_done(job)]
-    reused = [job for job in jobs if job not in todo]
-    started = time.perf_counter()
-    results = _run_jobs(todo, layout.cache_dir(options.modality), recipe, options)
-    report.info["make_seconds"] = round(time.perf_counter() - started, 3)
+    with _worker_pool(options.workers) as pool:  # workers start up while the main process plans
+        context = _context(layout, recipe, options)
+        jobs: list[ShardJob] = []
+        planned: dict[str, int] = {}
+        for task in options.tasks:
+            total = min(options.limit or recipe.pool.items_per_cell, recipe.pool.items_per_cell)
+            specs = plan_cell(context, task, total)
+            planned[task] = len(specs)
+            task_jobs = shard_jobs(specs, layout.pool_dir(options.modality), task, recipe)
+            _remove_stale_shards(layout.pool_dir(options.modality), task, task_jobs)
+            jobs.extend(task_jobs)
+        done = [is_done(job) for job in jobs]
+        todo = [job for job, finished in zip(jobs, done, strict=True) if not finished]
+        reused = [job for job, finished in zip(jobs, done, strict=True) if finished]
+        started = time.perf_counter()
+        results = _run_jobs(pool, todo, layout.cache_dir(options.modality), recipe, options)
+        report.info["make_seconds"] = round(time.perf_counter() - started, 3)
     _account(report, results, reused, planned)
     report.info["ingest_skipped_by_reason"] = _ingest_skips(layout, options.modality)
     report.write(layout.build_report_dir(options.modality))
     return report
+
+
+@contextmanager
+def _worker_pool(workers: int) -> Iterator[ProcessPoolExecutor | None]:
+    """A process pool (spawned, not forked: safe whatever the parent imported), warmed up at once."""
+    if workers == 1:
+        yield None
+        return
+    with ProcessPoolExecutor(workers, mp_context=get_context("spawn")) as pool:
+        pool.submit(_warm_up)
+        yield pool
+
+
+def _warm_up() -> None:
+    """Nothing: submitting it makes the pool start its workers and import this module now."""
 
 
 def _ingest_skips(layout: Layout, modality: str) -> dict[str, int]:
@@ -538,24 +552,42 @@ def _remove_stale_shards(folder: Path, task: str, jobs: list[ShardJob]) -> None:
 
 
 def _run_jobs(
-    todo: list[ShardJob], cache_dir: Path, recipe: Recipe, options: BuildOptions
+    pool: ProcessPoolExecutor | None,
+    todo: list[ShardJob],
+    cache_dir: Path,
+    recipe: Recipe,
+    options: BuildOptions,
 ) -> list[ShardResult]:
-    total = sum(len(job.specs) for job in todo)
-    bar = tqdm(total=total, desc=f"build {options.modality}", unit="item", disable=not options.progress)
-    results = []
-    args = [(job, cache_dir, recipe) for job in todo]
-    if options.workers == 1 or len(todo) <= 1:
-        mapped: Iterable[ShardResult] = map(_write_shard_star, args)
-        for result, job in zip(mapped, todo, strict=True):
-            results.append(result)
+    """Write every shard of `todo`, in the pool when there is one; results in `todo` order."""
+    bar = tqdm(
+        total=sum(len(job.specs) for job in todo),
+        desc=f"build {options.modality}",
+        unit="item",
+        disable=not options.progress,
+    )
+    results: dict[int, ShardResult] = {}
+    if pool is None:
+        for number, job in enumerate(todo):
+            results[number] = _checked(job, lambda job=job: write_shard(job, cache_dir, recipe))
             bar.update(len(job.specs))
     else:
-        with ProcessPoolExecutor(options.workers, mp_context=get_context("spawn")) as pool:
-            for result, job in zip(pool.map(_write_shard_star, args), todo, strict=True):
-                results.append(result)
-                bar.update(len(job.specs))
+        futures = {pool.submit(write_shard, job, cache_dir, recipe): n for n, job in enumerate(todo)}
+        for future in as_completed(futures):
+            job = todo[futures[future]]
+            results[futures[future]] = _checked(job, future.result)
+            bar.update(len(job.specs))
     bar.close()
-    return results
+    return [results[n] for n in range(len(todo))]
+
+
+def _checked(job: ShardJob, run) -> ShardResult:
+    """The shard's result, or a BuildError naming the shard (finished shards stay for a resume)."""
+    try:
+        return run()
+    except Exception as exc:
+        raise BuildError(
+            f"{job.path.name} failed: {type(exc).__name__}: {exc}; finished shards are kept, rerun to resume"
+        ) from exc
 
 
 def _account(

@@ -64,7 +64,8 @@ class ShardWriter:
 
     def _flush(self) -> None:
         if self._buffer:
-            table = pa.Table.from_pylist(self._buffer, schema=self.schema)
+            columns = {name: [row[name] for row in self._buffer] for name in self.schema.names}
+            table = pa.Table.from_pydict(columns, schema=self.schema)  # several times faster than from_pylist
             self._writer.write_table(table, row_group_size=self.row_group_rows)
             self.rows += len(self._buffer)
             self._buffer = []
