@@ -19,6 +19,8 @@ COMMANDS = {
     "build": "medscout_data.cli.build:build",
     "split": "medscout_data.cli.split:split",
     "validate": "medscout_data.cli.split:validate",
+    "score": "medscout_data.cli.score:score",
+    "baseline": "medscout_data.cli.score:baseline",
 }
 
 
