@@ -19,6 +19,7 @@ COMMANDS = {
     "build": "medscout_data.cli.build:build",
     "split": "medscout_data.cli.split:split",
     "validate": "medscout_data.cli.split:validate",
+    "push-bench": "medscout_data.cli.push:push_bench",
     "score": "medscout_data.cli.score:score",
     "baseline": "medscout_data.cli.score:baseline",
 }

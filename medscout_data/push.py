@@ -1,0 +1,532 @@
+"""push-bench: stage the bench as a Hugging Face dataset repo, then upload it.
+
+Staging is offline. It validates the split (an invalid split is never
+pushed), picks the shards (the bench, plus train with `with_train`; some
+modalities only; or none derived from MIMIC-CXR), reads every picked row's
+modality and `source` to find MIMIC-CXR-derived items, refuses a public push
+that would carry any, then hard-links (or copies) the shards to
+`<stage>/data/<modality>/<task>/` and writes the dataset card (card.py). The
+folder is built beside its target and swapped in, so a stage is always whole.
+
+Upload is the only code that needs the network. It creates the dataset repo
+if missing (private unless asked otherwise), refuses when an existing public
+repo would receive MIMIC-derived items, compares each staged file with the
+remote tree (LFS sha256, or git blob id for small files) and makes one commit
+of only the changed files plus deletions of stale `data/` files, whose
+message carries the sha256 of the split's manifest.json. The token comes from
+huggingface_hub (`HF_TOKEN` or the login cache) and is never printed, logged
+or written. On a network error the stage stays for a rerun.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import logging
+import os
+import shutil
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import pyarrow.parquet as pq
+
+from medscout_data import MODALITIES
+from medscout_data.card import CardFacts, StagedFile, features_of_metadata, license_fields, render_card
+from medscout_data.errors import StageError
+from medscout_data.layout import Layout
+from medscout_data.plan import BENCH, TRAIN, load_plan
+from medscout_data.recipe import Recipe
+from medscout_data.shards import sha256_file, write_bytes_atomic, write_json_atomic
+
+log = logging.getLogger(__name__)
+
+REPO_TYPE = "dataset"
+CARD_NAME = "README.md"
+DATA_DIR = "data"
+STAGE_MARKER = ".medscout-stage.json"  # says a folder is a stage we may replace; never uploaded
+SPLIT_OF_SIDE = {BENCH: "test", TRAIN: "train"}
+SCAN_COLUMNS = ["modality", "task", "source"]
+LOGIN_HINT = "log in with `hf auth login`, or set HF_TOKEN to a token with write access"
+
+
+class PushError(StageError):
+    """The bench cannot be staged or uploaded; the message says why and what to do."""
+
+
+class PushRefused(PushError):
+    """The push would publish credentialed (MIMIC-CXR-derived) items."""
+
+
+@dataclass(frozen=True)
+class PushOptions:
+    """What to push, where, and how."""
+
+    repo_id: str
+    private: bool = True
+    modalities: tuple[str, ...] = ()  # empty: every modality of the split
+    exclude_mimic: bool = False
+    with_train: bool = False
+    dry_run: bool = False
+    stage_dir: Path | None = None
+    revision: str | None = None
+    progress: bool = True
+
+
+@dataclass(frozen=True)
+class LocalFile:
+    """A file of the stage as the upload sees it."""
+
+    path_in_repo: str
+    local: Path
+    size: int
+    sha256: str
+
+
+@dataclass(frozen=True)
+class Stage:
+    """A staged repo folder, ready to upload."""
+
+    root: Path
+    repo_id: str
+    private: bool
+    revision: str | None
+    files: tuple[StagedFile, ...]
+    card: LocalFile
+    manifest_sha256: str
+    license: str
+    excluded: tuple[str, ...] = ()  # split shards left out by --exclude-mimic
+
+    @property
+    def includes_mimic(self) -> bool:
+        return any(f.restricted_rows for f in self.files)
+
+    @property
+    def restricted_rows(self) -> int:
+        return sum(f.restricted_rows for f in self.files)
+
+    @property
+    def commit_message(self) -> str:
+        return f"Upload Med-Scout-Bench (manifest sha256 {self.manifest_sha256})"
+
+    def local_files(self) -> list[LocalFile]:
+        """Everything to upload: the card and the data files (not the stage marker)."""
+        data = [LocalFile(f.path, self.root / f.path, f.size, f.sha256) for f in self.files]
+        return [self.card, *data]
+
+
+@dataclass(frozen=True)
+class PushResult:
+    """What an upload did."""
+
+    stage: Stage
+    uploaded: tuple[str, ...] = ()
+    deleted: tuple[str, ...] = ()
+    unchanged: tuple[str, ...] = ()
+    commit_url: str | None = None
+    remote_private: bool | None = None
+
+
+class HubApi(Protocol):
+    """The part of `huggingface_hub.HfApi` the upload uses (tests pass a stand-in)."""
+
+    def create_repo(self, repo_id: str, **kwargs: Any) -> Any: ...
+    def repo_info(self, repo_id: str, **kwargs: Any) -> Any: ...
+    def create_branch(self, repo_id: str, **kwargs: Any) -> Any: ...
+    def list_repo_tree(self, repo_id: str, **kwargs: Any) -> Iterable[Any]: ...
+    def create_commit(self, repo_id: str, operations: Iterable[Any], **kwargs: Any) -> Any: ...
+
+
+# --- what is MIMIC-derived ------------------------------------------------------------------
+
+
+def source_dataset(source: str | None) -> str | None:
+    """The `dataset` named in an item's `source` JSON, or None when absent or unreadable."""
+    try:
+        value = json.loads(source or "").get("dataset")
+    except (ValueError, AttributeError):
+        return None
+    return value if isinstance(value, str) and value else None
+
+
+def is_restricted(modality: str, source: str | None) -> bool:
+    """Whether an item may only go to a private repo: X-ray (MIMIC-CXR), a source dataset named
+    `mimic*`, or a source that does not say where it comes from."""
+    dataset = source_dataset(source)
+    return modality == "xray" or dataset is None or dataset.lower().startswith("mimic")
+
+
+def refuse_public_mimic(files: Iterable[StagedFile], private: bool, repo_id: str) -> None:
+    """Raise `PushRefused` when a public push would carry MIMIC-derived items."""
+    restricted = [f for f in files if f.restricted_rows]
+    if private or not restricted:
+        return
+    count = sum(f.restricted_rows for f in restricted)
+    raise PushRefused(
+        f"refusing to push {repo_id} publicly: {count} item(s) in {len(restricted)} shard(s) "
+        f"(e.g. {restricted[0].path}) are derived from MIMIC-CXR, which is credentialed PhysioNet data "
+        "(PhysioNet Credentialed Health Data License 1.5.0 and its data use agreement forbid public "
+        "redistribution). Push privately (--private, the default), or publish only the CC BY 4.0 "
+        "TotalSegmentator items with `--modality ct --modality mri` or `--exclude-mimic`."
+    )
+
+
+# --- staging --------------------------------------------------------------------------------
+
+
+def default_stage_dir(layout: Layout, repo_id: str) -> Path:
+    """`<shards>/stage/<owner>--<name>`: beside the split it is made from."""
+    return layout.root / "stage" / repo_id.replace("/", "--")
+
+
+def stage_bench(layout: Layout, options: PushOptions) -> Stage:
+    """Validate the split, pick and check the shards, and write the stage folder."""
+    stage_dir = Path(options.stage_dir) if options.stage_dir else default_stage_dir(layout, options.repo_id)
+    _check_stage_dir(stage_dir)
+    _check_valid(layout, options)
+    manifest_path = layout.manifest()
+    manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+    manifest_sha256 = sha256_file(manifest_path)
+    files = [_scan_shard(layout, name, info) for name, info in _picked_shards(manifest, options)]
+    files, excluded = _exclude_mimic(files) if options.exclude_mimic else (files, [])
+    if not any(f.split == "test" for f in files):
+        raise PushError(f"{layout.root}: nothing left to push (no bench shard is selected)")
+    refuse_public_mimic(files, options.private, options.repo_id)
+    facts = CardFacts(
+        repo_id=options.repo_id,
+        files=tuple(files),
+        features=_shared_features(files),
+        manifest=manifest,
+        manifest_sha256=manifest_sha256,
+        recipe=_recipe_of(layout, [f.modality for f in files]),
+        with_train=options.with_train,
+    )
+    card_text = render_card(facts).encode("utf-8")
+    _write_stage(
+        stage_dir, files, card_text, {"repo_id": options.repo_id, "manifest_sha256": manifest_sha256}
+    )
+    card = LocalFile(CARD_NAME, stage_dir / CARD_NAME, len(card_text), hashlib.sha256(card_text).hexdigest())
+    log.info("staged %d data file(s) and the card in %s", len(files), stage_dir)
+    return Stage(
+        root=stage_dir,
+        repo_id=options.repo_id,
+        private=options.private,
+        revision=options.revision,
+        files=tuple(files),
+        card=card,
+        manifest_sha256=manifest_sha256,
+        license=license_fields(facts)["license"],
+        excluded=tuple(excluded),
+    )
+
+
+def _check_valid(layout: Layout, options: PushOptions) -> None:
+    from medscout_data.validate import validate_split
+
+    problems = validate_split(layout, progress=options.progress)
+    if problems:
+        shown = "\n  ".join(problems[:10]) + (
+            f"\n  ... ({len(problems) - 10} more)" if len(problems) > 10 else ""
+        )
+        raise PushError(
+            f"{layout.root}: the split is not valid, refusing to push it:\n  {shown}\n"
+            "Fix it (rerun `medscout-data split`) and check with `medscout-data validate`."
+        )
+
+
+def _picked_shards(manifest: dict, options: PushOptions) -> list[tuple[str, dict]]:
+    """(manifest name, info) of the shards to stage: bench (and train) of the chosen modalities."""
+    sides = (BENCH, TRAIN) if options.with_train else (BENCH,)
+    wanted = set(options.modalities or MODALITIES)
+    picked = []
+    for name, info in sorted(manifest["shards"].items()):
+        side, modality = name.split("/")[:2]
+        if side in sides and modality in wanted:
+            picked.append((name, info))
+    present = {name.split("/")[1] for name, _ in picked if name.startswith(f"{BENCH}/")}
+    missing = [m for m in options.modalities if m not in present]
+    if missing:
+        raise PushError(f"the split has no bench shards for --modality {', '.join(missing)}")
+    return picked
+
+
+def _scan_shard(layout: Layout, name: str, info: dict) -> StagedFile:
+    """A split shard's facts; its rows must be of the modality and task its folder names."""
+    path = layout.root / name
+    side, modality, task, filename = name.split("/")
+    parquet = pq.ParquetFile(path)
+    table = parquet.read(columns=SCAN_COLUMNS)
+    modalities, tasks = set(table.column("modality").to_pylist()), set(table.column("task").to_pylist())
+    if modalities - {modality} or tasks - {task}:
+        raise PushError(
+            f"{path}: holds items of {sorted(modalities)} / {sorted(tasks)} but lies in {modality}/{task}; "
+            "rerun `medscout-data split`"
+        )
+    sources = table.column("source").to_pylist()
+    metadata = parquet.metadata
+    return StagedFile(
+        path=f"{DATA_DIR}/{modality}/{task}/{filename}",
+        source=path,
+        split=SPLIT_OF_SIDE[side],
+        modality=modality,
+        task=task,
+        rows=metadata.num_rows,
+        size=path.stat().st_size,
+        arrow_bytes=sum(metadata.row_group(i).total_byte_size for i in range(metadata.num_row_groups)),
+        sha256=info["sha256"],  # validate_split has just checked it
+        restricted_rows=sum(is_restricted(modality, s) for s in sources),
+        datasets=tuple(sorted({d for d in map(source_dataset, sources) if d})),
+    )
+
+
+def _exclude_mimic(files: list[StagedFile]) -> tuple[list[StagedFile], list[str]]:
+    """Drop the shards of MIMIC-derived items; a shard mixing them with others is an error."""
+    kept, excluded = [], []
+    for f in files:
+        if not f.restricted_rows:
+            kept.append(f)
+        elif f.restricted_rows == f.rows:
+            excluded.append(f.path)
+        else:
+            raise PushError(
+                f"{f.source}: mixes {f.restricted_rows} MIMIC-derived (or unknown-provenance) items with "
+                f"{f.rows - f.restricted_rows} others; --exclude-mimic cannot drop them alone, "
+                "rerun `medscout-data split` or choose modalities with --modality"
+            )
+    if excluded:
+        log.info("--exclude-mimic leaves out %d shard(s), e.g. %s", len(excluded), excluded[0])
+    return kept, excluded
+
+
+def _shared_features(files: list[StagedFile]) -> dict:
+    """The `datasets` Features every staged shard declares (they must all agree)."""
+    features: dict | None = None
+    for f in files:
+        raw = (pq.read_schema(f.source).metadata or {}).get(b"huggingface")
+        if raw is None:
+            raise PushError(f"{f.source}: no `huggingface` schema metadata; rerun `medscout-data split`")
+        try:
+            these = features_of_metadata(raw.decode("utf-8"), str(f.source))
+        except ValueError as exc:
+            raise PushError(str(exc)) from exc
+        if features is not None and these != features:
+            raise PushError(f"{f.source}: its features differ from the other shards'; rerun the split")
+        features = these
+    assert features is not None
+    return features
+
+
+def _recipe_of(layout: Layout, modalities: list[str]) -> Recipe | None:
+    """The recipe the pool was built with (from a subject plan), for the card's task geometry."""
+    for modality in dict.fromkeys(modalities):
+        path = layout.plan(modality)
+        if path.exists():
+            try:
+                return load_plan(path).recipe_settings()
+            except (StageError, ValueError, KeyError, TypeError) as exc:
+                log.warning(
+                    "%s: cannot read the recipe from the plan (%s); the card uses defaults", path, exc
+                )
+    return None
+
+
+def _check_stage_dir(stage_dir: Path) -> None:
+    """Refuse to replace a folder that is not one of our stages."""
+    if stage_dir.exists() and not stage_dir.is_dir():
+        raise PushError(f"{stage_dir}: not a folder; choose another --stage-dir")
+    if stage_dir.is_dir() and any(stage_dir.iterdir()) and not (stage_dir / STAGE_MARKER).exists():
+        raise PushError(
+            f"{stage_dir}: not empty and not a push-bench stage folder; choose another --stage-dir "
+            "or remove it"
+        )
+
+
+def _write_stage(stage_dir: Path, files: list[StagedFile], card: bytes, record: dict[str, Any]) -> None:
+    """Build the stage beside `stage_dir`, then swap it in."""
+    partial = stage_dir.with_name(stage_dir.name + ".partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    for f in files:
+        _link_or_copy(f.source, partial / f.path)
+    write_bytes_atomic(card, partial / CARD_NAME)
+    write_json_atomic({**record, "files": {f.path: f.sha256 for f in files}}, partial / STAGE_MARKER)
+    old = stage_dir.with_name(stage_dir.name + ".old")
+    shutil.rmtree(old, ignore_errors=True)
+    if stage_dir.exists():
+        stage_dir.rename(old)
+    partial.rename(stage_dir)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def _link_or_copy(source: Path, target: Path) -> None:
+    """Hard-link (no extra disk), or copy where links are impossible (another file system)."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        os.link(source, target)
+    except OSError:
+        shutil.copy2(source, target)
+
+
+# --- upload ---------------------------------------------------------------------------------
+
+
+def require_token() -> str:
+    """The token huggingface_hub resolves (HF_TOKEN, then the login cache); an error says how to log in."""
+    from huggingface_hub import get_token
+
+    token = get_token()
+    if not token:
+        raise PushError(f"no Hugging Face token found: {LOGIN_HINT} (or stage only with --dry-run)")
+    return token
+
+
+def hub_api(token: str) -> HubApi:
+    """The real Hub client."""
+    from huggingface_hub import HfApi, constants
+
+    if constants.is_offline_mode():
+        raise PushError("HF_HUB_OFFLINE is set: unset it to upload, or stage only with --dry-run")
+    return HfApi(token=token)
+
+
+def network_errors() -> tuple[type[BaseException], ...]:
+    """Exceptions that mean the Hub could not be reached or refused a request."""
+    from huggingface_hub.errors import HfHubHTTPError
+
+    errors: list[type[BaseException]] = [HfHubHTTPError, OSError]  # OSError: connection errors, timeouts
+    for module, name in (("httpx2", "HTTPError"), ("httpx", "HTTPError"), ("requests", "RequestException")):
+        if importlib.util.find_spec(module) is not None:
+            errors.append(getattr(importlib.import_module(module), name))
+    return tuple(errors)
+
+
+def push_bench(
+    layout: Layout, options: PushOptions, api_factory: Callable[[str], HubApi] | None = None
+) -> PushResult:
+    """Stage the bench; then, unless `dry_run`, upload it with the client `api_factory(token)` makes
+    (default: `hub_api`, the real Hub)."""
+    stage = stage_bench(layout, options)
+    if options.dry_run:
+        return PushResult(stage=stage, uploaded=tuple(f.path_in_repo for f in stage.local_files()))
+    token = require_token()
+    api = (api_factory or hub_api)(token)
+    try:
+        return upload_stage(stage, api)
+    except network_errors() as exc:
+        message = str(exc).replace(token, "<token>")
+        raise PushError(
+            f"upload to {stage.repo_id} failed ({type(exc).__name__}: {message}); the stage {stage.root} "
+            "is kept: rerun the same command to retry (unchanged files are not uploaded again)"
+        ) from None
+
+
+def upload_stage(stage: Stage, api: HubApi) -> PushResult:
+    """Create the repo if missing and commit only what changed; no commit when nothing did."""
+    repo = stage.repo_id
+    api.create_repo(repo, repo_type=REPO_TYPE, private=stage.private, exist_ok=True)
+    remote_private = _check_remote(api, stage)
+    if stage.revision:
+        api.create_branch(repo, branch=stage.revision, repo_type=REPO_TYPE, exist_ok=True)
+    remote = remote_files(api, repo, stage.revision)
+    local = stage.local_files()
+    changed, unchanged, stale = plan_changes(local, remote)
+    if not changed and not stale:
+        log.info("%s is up to date: nothing to commit", repo)
+        return PushResult(stage, unchanged=tuple(unchanged), remote_private=remote_private)
+    operations = _operations(local, changed, stale)
+    info = api.create_commit(
+        repo,
+        operations=operations,
+        commit_message=stage.commit_message,
+        commit_description=_commit_description(stage),
+        repo_type=REPO_TYPE,
+        revision=stage.revision,
+    )
+    log.info("committed %d upload(s) and %d deletion(s) to %s", len(changed), len(stale), repo)
+    return PushResult(
+        stage,
+        uploaded=tuple(changed),
+        deleted=tuple(stale),
+        unchanged=tuple(unchanged),
+        commit_url=getattr(info, "commit_url", None),
+        remote_private=remote_private,
+    )
+
+
+def _check_remote(api: HubApi, stage: Stage) -> bool:
+    """The repo's visibility; refuses a public repo for MIMIC-derived items or a --private push."""
+    reported = getattr(api.repo_info(stage.repo_id, repo_type=REPO_TYPE), "private", None)
+    if reported is None:
+        raise PushRefused(f"{stage.repo_id}: the Hub did not say whether the repo is private; not pushing")
+    private = bool(reported)
+    if not private and stage.includes_mimic:
+        raise PushRefused(
+            f"{stage.repo_id} exists and is public, and this push holds {stage.restricted_rows} "
+            "MIMIC-CXR-derived item(s), which PhysioNet's terms forbid publishing; make the repo private "
+            "first, push to another (private) repo, or leave them out with --modality ct --modality mri"
+        )
+    if not private and stage.private:
+        raise PushRefused(
+            f"{stage.repo_id} exists and is public but --private was asked; pass --public to push to it, "
+            "or make it private first"
+        )
+    if private and not stage.private:
+        log.warning("%s exists and is private; it stays private (change it in its settings)", stage.repo_id)
+    return private
+
+
+def remote_files(api: HubApi, repo_id: str, revision: str | None) -> dict[str, Any]:
+    """path -> `RepoFile` of every file in the repo at `revision`."""
+    from huggingface_hub.hf_api import RepoFile
+
+    entries = api.list_repo_tree(repo_id, recursive=True, revision=revision, repo_type=REPO_TYPE)
+    return {entry.path: entry for entry in entries if isinstance(entry, RepoFile)}
+
+
+def plan_changes(local: list[LocalFile], remote: dict[str, Any]) -> tuple[list[str], list[str], list[str]]:
+    """(to upload, unchanged, stale remote data files to delete), by content, not by name."""
+    changed, unchanged = [], []
+    for f in local:
+        entry = remote.get(f.path_in_repo)
+        (unchanged if entry is not None and same_content(f, entry) else changed).append(f.path_in_repo)
+    names = {f.path_in_repo for f in local}
+    stale = sorted(p for p in remote if p.startswith(f"{DATA_DIR}/") and p not in names)
+    return changed, unchanged, stale
+
+
+def same_content(local: LocalFile, remote: Any) -> bool:
+    """LFS files compare by sha256, plain git files by blob id."""
+    if remote.lfs is not None:
+        return remote.lfs.sha256 == local.sha256
+    return remote.size == local.size and remote.blob_id == git_blob_id(local.local)
+
+
+def git_blob_id(path: Path, chunk: int = 1 << 20) -> str:
+    """The git object id of a file's content: sha1 of `blob <size>\\0<content>`."""
+    digest = hashlib.sha1(f"blob {path.stat().st_size}\0".encode())
+    with open(path, "rb") as handle:
+        while block := handle.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _operations(local: list[LocalFile], changed: list[str], stale: list[str]) -> list[Any]:
+    from huggingface_hub import CommitOperationAdd, CommitOperationDelete
+
+    by_path = {f.path_in_repo: f for f in local}
+    adds = [CommitOperationAdd(path_in_repo=p, path_or_fileobj=str(by_path[p].local)) for p in changed]
+    return [*adds, *(CommitOperationDelete(path_in_repo=p) for p in stale)]
+
+
+def _commit_description(stage: Stage) -> str:
+    splits = sorted({f.split for f in stage.files})
+    modalities = [m for m in MODALITIES if any(f.modality == m for f in stage.files)]
+    return (
+        f"Med-Scout-Bench staged by medscout-data push-bench.\n\n"
+        f"- manifest.json sha256: {stage.manifest_sha256}\n"
+        f"- modalities: {', '.join(modalities)}\n"
+        f"- splits: {', '.join(splits)}\n"
+        f"- items: {sum(f.rows for f in stage.files)}\n"
+        f"- licence: {stage.license}\n"
+    )
