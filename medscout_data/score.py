@@ -95,7 +95,7 @@ class Truth:
         """From an item row (or dict) with `task`, `variant` and `target` (JSON text or a dict)."""
         task, variant = item["task"], item.get("variant") or ""
         target = item["target"]
-        target = json.loads(target) if isinstance(target, str | bytes) else target
+        target = json.loads(target) if isinstance(target, (str, bytes)) else target
         if task == "scale" and variant == "tier":
             return cls("tier", labels=tuple(f"Label {level}" for level in target["levels"]))
         if task == "scale" and variant == "box":
