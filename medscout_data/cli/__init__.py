@@ -16,6 +16,7 @@ from medscout_data import __version__
 # name -> "module:attribute", in pipeline order.
 COMMANDS = {
     "sample": "medscout_data.cli.sample:sample",
+    "ingest": "medscout_data.cli.ingest:ingest",
     "build": "medscout_data.cli.build:build",
     "split": "medscout_data.cli.split:split",
     "validate": "medscout_data.cli.split:validate",

@@ -1,0 +1,27 @@
+"""Ingest: decode each source once into a catalogue of usable 8-bit 2-D images and their cache.
+
+    run_ingest(layout, recipe, modality, root=None, source=None, workers=1) -> RunReport
+    ensure_catalogue(layout, recipe, modality, root=None, source=None, workers=1) -> Path
+    IngestError: ingest cannot run (root missing, source kind unknown); the message says what to do
+
+Sources: TotalSegmentator CT/MRI (`totalseg`), MIMIC-CXR-JPG (`mimic-cxr-jpg`)
+and MIMIC-CXR DICOM (`mimic-cxr`), detected from the tree when not given.
+Outputs: `layout.catalogue(modality)` (CATALOGUE_SCHEMA), the image cache
+under `layout.cache_dir(modality)` (see cache.py), and errors.parquet +
+report.json beside the catalogue. Bad inputs are recorded with a reason code
+and the run goes on; reruns reuse every finished unit whose inputs are unchanged.
+"""
+
+from medscout_data.ingest.base import SOURCE_KINDS, IngestError
+from medscout_data.ingest.detect import detect_source
+from medscout_data.ingest.runner import catalogue_info, ensure_catalogue, resolve_source, run_ingest
+
+__all__ = [
+    "SOURCE_KINDS",
+    "IngestError",
+    "catalogue_info",
+    "detect_source",
+    "ensure_catalogue",
+    "resolve_source",
+    "run_ingest",
+]
