@@ -17,6 +17,7 @@ from medscout_data import __version__
 COMMANDS = {
     "sample": "medscout_data.cli.sample:sample",
     "ingest": "medscout_data.cli.ingest:ingest",
+    "index": "medscout_data.cli.index:index",
     "build": "medscout_data.cli.build:build",
     "split": "medscout_data.cli.split:split",
     "validate": "medscout_data.cli.split:validate",
