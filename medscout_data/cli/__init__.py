@@ -24,6 +24,8 @@ COMMANDS = {
     "push-bench": "medscout_data.cli.push:push_bench",
     "score": "medscout_data.cli.score:score",
     "baseline": "medscout_data.cli.score:baseline",
+    "export": "medscout_data.cli.export:export",
+    "preview": "medscout_data.cli.export:preview",
 }
 
 

@@ -1,0 +1,164 @@
+"""Benchmark: time and peak RSS of `export` (and `preview`) as the item count grows.
+
+    python benchmarks/bench_export.py [--items 2000 8000] [--size 256] [--work DIR]
+
+Writes synthetic train shards in the split's layout (ct scale / jigsaw /
+anomaly, 4 / 1 / 1 PNGs of --size px, the recipe's row groups), then runs
+in child processes, for each item count:
+
+- baseline: read the shards row group by row group and write every PNG with
+  a plain `write_bytes` (no JSONL, no temporary names);
+- export:   `medscout-data export --format swift` (atomic image writes + JSONL);
+- preview:  `medscout-data preview --per-cell 4` (reads only the chosen row groups).
+
+Prints wall time, items/s, MB/s of image bytes, peak RSS of each, the export /
+baseline time ratio, and the peak-RSS ratio between the largest and the
+smallest count (flat memory: close to 1).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+from common import Run, run_sampled
+
+from medscout_data.imaging import encode_png
+from medscout_data.recipe import load_recipe
+from medscout_data.schema import ITEM_SCHEMA
+from medscout_data.seeding import rng_for
+from medscout_data.shards import ShardWriter
+
+IMAGES = {"scale": 4, "jigsaw": 1, "anomaly": 1}
+TARGETS = {
+    "scale": {"levels": [1, 2, 1], "boxes": [[0.1, 0.1, 0.5, 0.5]] * 3},
+    "jigsaw": {"grid": 2, "permutation": [2, 0, 3, 1]},
+    "anomaly": {"grid": 4, "cell": 9},
+}
+
+
+def phantom_pngs(size: int, count: int) -> list[bytes]:
+    """A few distinct CT-like PNGs (smooth ellipse + noise), reused across rows."""
+    pngs = []
+    yy, xx = np.mgrid[0:size, 0:size] / size - 0.5
+    for k in range(count):
+        rng = rng_for(0, "bench-export", k)
+        body = (xx / 0.42) ** 2 + (yy / 0.32) ** 2 < 1
+        image = np.where(body, 110 + 30 * np.sin(9 * xx + k) * np.cos(7 * yy), 0)
+        image = np.clip(image + rng.normal(0, 6, image.shape) * body, 0, 255).astype(np.uint8)
+        pngs.append(encode_png(image))
+    return pngs
+
+
+def write_split(root: Path, items: int, size: int) -> int:
+    """`items` train items spread over ct's three tasks; returns the image bytes written into rows."""
+    recipe = load_recipe("med-scout-bench")
+    pngs = phantom_pngs(size, 8)
+    image_bytes = 0
+    per_task = items // len(IMAGES)
+    for task, n_images in IMAGES.items():
+        shards = max(1, -(-per_task // recipe.pool.shard_max_items))
+        for shard in range(shards):
+            start = shard * recipe.pool.shard_max_items
+            stop = min(per_task, start + recipe.pool.shard_max_items)
+            path = root / "train" / "ct" / task / f"train-{shard:05d}-of-{shards:05d}.parquet"
+            with ShardWriter(path, ITEM_SCHEMA, recipe.pool.row_group_items) as writer:
+                for number in range(start, stop):
+                    images = [pngs[(number + k) % len(pngs)] for k in range(n_images)]
+                    image_bytes += sum(map(len, images))
+                    writer.write(_row(task, number, images))
+    return image_bytes
+
+
+def _row(task: str, number: int, images: list[bytes]) -> dict:
+    return {
+        "id": f"ct-{task}-{number:06d}",
+        "modality": "ct",
+        "task": task,
+        "variant": "tier" if task == "scale" else "",
+        "images": [{"bytes": b, "path": None} for b in images],
+        "question": "q" * 400,
+        "question_cot": "q" * 480,
+        "answer": "Label 1, Label 2, Label 1" if task == "scale" else "2 0 3 1" if task == "jigsaw" else "9",
+        "target": json.dumps(TARGETS[task]),
+        "subject_id": f"s{number % 500:04d}",
+        "source_id": f"s{number % 500:04d}",
+        "source": "{}",
+        "reference_subject_id": "",
+        "seed": number,
+    }
+
+
+BASELINE = """
+import sys
+from pathlib import Path
+import pyarrow.parquet as pq
+root, out = Path(sys.argv[1]), Path(sys.argv[2])
+for path in sorted(root.glob("train/*/*/*.parquet")):
+    source = pq.ParquetFile(path)
+    for group in range(source.num_row_groups):
+        for row in source.read_row_group(group, columns=["id", "modality", "task", "images"]).to_pylist():
+            folder = out / row["modality"] / row["task"]
+            folder.mkdir(parents=True, exist_ok=True)
+            for k, image in enumerate(row["images"]):
+                (folder / f"{row['id']}-{k}.png").write_bytes(image["bytes"])
+"""
+
+
+def best_of(repeat: int, args: list[str]) -> Run:
+    """The fastest of `repeat` runs (the disk is shared; the minimum is the least disturbed)."""
+    return min((run_sampled(args) for _ in range(repeat)), key=lambda run: run.seconds)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--items", type=int, nargs="+", default=[2000, 8000])
+    parser.add_argument("--size", type=int, default=256, help="image side, px")
+    parser.add_argument("--repeat", type=int, default=3, help="runs of each command; the fastest counts")
+    parser.add_argument("--work", type=Path, default=None)
+    args = parser.parse_args()
+    work = args.work or Path(tempfile.mkdtemp(prefix="bench-export-"))
+    cli = [sys.executable, "-m", "medscout_data.cli"]
+    print(f"cores: {os.cpu_count()}; images {args.size} px; best of {args.repeat}; work {work}")
+    peaks = {}
+    for items in args.items:
+        root = work / f"shards-{items}"
+        shutil.rmtree(root, ignore_errors=True)
+        image_mb = write_split(root, items, args.size) / 1e6
+        base = best_of(args.repeat, [sys.executable, "-c", BASELINE, str(root), str(work / f"base-{items}")])
+        out = work / f"export-{items}"
+        export = best_of(
+            args.repeat,
+            [*cli, "export", "--split", "train", "--shards", str(root), "--out", str(out), "--quiet"],
+        )
+        lines = len((out / "train-direct-swift.jsonl").read_text(encoding="utf-8").splitlines())
+        view = best_of(
+            args.repeat,
+            [*cli, "preview", "--split", "train", "--shards", str(root), "--out", str(work / "p"), "--quiet"],
+        )
+        peaks[items] = export.peak_tree_mib
+        print(f"{lines} items, {image_mb:.0f} MB of PNG:")
+        for name, run in (("baseline", base), ("export", export)):
+            print(
+                f"  {name:<8} {run.seconds:7.2f} s {lines / run.seconds:7.0f} items/s "
+                f"{image_mb / run.seconds:6.1f} MB/s  peak RSS {run.peak_tree_mib:5.0f} MiB"
+            )
+        print(
+            f"  preview  {view.seconds:7.2f} s (4 items per cell)      peak RSS {view.peak_tree_mib:5.0f} MiB"
+        )
+        print(f"  export / baseline time: {export.seconds / base.seconds:.2f}x")
+    low, high = min(peaks), max(peaks)
+    print(
+        f"export peak RSS {high} vs {low} items: {peaks[high] / peaks[low]:.2f}x "
+        f"for {high / low:.0f}x the items"
+    )
+
+
+if __name__ == "__main__":
+    main()

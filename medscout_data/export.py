@@ -1,0 +1,422 @@
+"""Export: split shards -> training JSONL with the images as PNG files beside it.
+
+Two formats:
+
+- `swift`: ms-swift GRPO rows (the format the paper's training used). One line
+  per item: `messages` (one user turn: one `<image>` tag per image, in order,
+  then the question), `images` (PNG paths, same order), `solution`
+  (`<answer>...</answer>`, for accuracy rewards), and extra columns `id`,
+  `modality`, `task`, `variant` and `target` (JSON text), which ms-swift hands
+  to reward functions as keyword lists (what `score.DenseGeometricReward`
+  reads). The system prompt goes to `system-<mode>.txt`, for `--system`.
+- `jsonl`: a generic row for other trainers: `id`, `modality`, `task`,
+  `variant`, `question`, `answer`, `images`, `target`.
+
+Images are the shards' PNG bytes written as they are (no re-encode) to
+`<out>/images/<modality>/<task>/<id>-<k>.png`. Paths in the JSONL are
+relative to the JSONL's folder by default, so the folder can be moved or
+copied to a training machine whole; ms-swift opens relative paths from the
+working directory, else under `$ROOT_IMAGE_DIR`, so run it from `<out>` or
+set `ROOT_IMAGE_DIR=<out>`. `absolute_paths` writes resolved absolute paths.
+
+Shards are read row group by row group, so memory stays flat. The JSONL is
+written under a temporary name and renamed once every image is on disk; a
+killed export leaves no JSONL that points at missing files. Items that
+cannot be exported (no PNG bytes, duplicate id) are skipped and recorded in
+`<out>/_reports/<split>-<mode>-<format>/` (errors.parquet + report.json).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+from tqdm import tqdm
+
+from medscout_data import MODALITIES, TASKS
+from medscout_data.errors import StageError
+from medscout_data.layout import Layout
+from medscout_data.report import RunReport
+from medscout_data.shards import tmp_path, write_bytes_atomic
+
+log = logging.getLogger(__name__)
+
+EXPORT_SPLITS = ("train", "bench")
+PREVIEW_SPLITS = ("bench", "train", "pool")
+FORMATS = ("swift", "jsonl")
+MODES = ("direct", "cot")
+FILE_TAGS = {"swift": "swift", "jsonl": "generic"}
+IMAGE_TAG = "<image>"
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+EXPORT_COLUMNS = [
+    "id",
+    "modality",
+    "task",
+    "variant",
+    "images",
+    "question",
+    "question_cot",
+    "answer",
+    "target",
+]
+MIMIC_NOTE = (
+    "MIMIC-CXR is PhysioNet credentialed data: its terms forbid public redistribution of these "
+    "X-ray images; keep them where only credentialed users can read them."
+)
+
+SYSTEM_PROMPTS = {
+    "direct": (
+        "You are an expert in medical image analysis. Each question shows one or more medical images "
+        "and states its index and coordinate conventions. Answer exactly in the format the question asks "
+        "for, with the answer only."
+    ),
+    "cot": (
+        "You are an expert in medical image analysis. Each question shows one or more medical images "
+        "and states its index and coordinate conventions. First reason step by step inside "
+        "<think>...</think>, then give only the final answer, in the format the question asks for, inside "
+        "<answer>...</answer>."
+    ),
+}
+
+
+class ExportError(StageError):
+    """The shards cannot be exported as asked; the message says why and what to do."""
+
+
+class BadItem(ValueError):
+    """One row that cannot be used; `reason` is its short tag in the run report."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+# ---------------------------------------------------------------- reading the split
+
+
+def split_files(layout: Layout, split: str, modality: str, task: str) -> list[Path]:
+    """Shards of one modality x task cell of `bench`, `train` or the build `pool`."""
+    if split == "pool":
+        return sorted(layout.pool_dir(modality).glob(f"{task}-*.parquet"))
+    if split not in EXPORT_SPLITS:
+        raise ValueError(f"unknown split {split!r}; use one of {', '.join(PREVIEW_SPLITS)}")
+    prefix = "test" if split == "bench" else "train"
+    return sorted((layout.split_dir(split) / modality / task).glob(f"{prefix}-*.parquet"))
+
+
+@dataclass(frozen=True)
+class Cell:
+    """The shards of one modality x task cell."""
+
+    modality: str
+    task: str
+    files: tuple[Path, ...]
+
+    @property
+    def name(self) -> str:
+        return f"{self.modality}/{self.task}"
+
+
+def split_cells(
+    layout: Layout, split: str, modalities: Sequence[str] = MODALITIES, tasks: Sequence[str] = TASKS
+) -> list[Cell]:
+    """Non-empty cells of a split, in pipeline order; an error naming the folder when there are none."""
+    cells = [
+        Cell(modality, task, tuple(split_files(layout, split, modality, task)))
+        for modality in MODALITIES
+        if modality in modalities
+        for task in TASKS
+        if task in tasks
+    ]
+    cells = [cell for cell in cells if cell.files]
+    if not cells:
+        folder = layout.root / ("pool" if split == "pool" else layout.split_dir(split).name)
+        step = "medscout-data build" if split == "pool" else "medscout-data split"
+        raise ExportError(
+            f"{folder}: no {split} shards for modality {'/'.join(modalities)} and task {'/'.join(tasks)}; "
+            f"run `{step}` first (or check --shards)"
+        )
+    return cells
+
+
+def count_rows(path: Path, report: RunReport) -> int:
+    """Rows of a shard from its footer (no data read); 0, recorded, when it is unreadable."""
+    try:
+        return pq.ParquetFile(path).metadata.num_rows
+    except (pa.ArrowException, OSError) as exc:
+        report.skip(str(path), "unreadable-shard", f"{path}: not a readable Parquet shard ({exc})")
+        return 0
+
+
+def iter_rows(path: Path, columns: Sequence[str], report: RunReport) -> Iterator[dict[str, Any]]:
+    """Rows of one shard, one row group in memory at a time. An unreadable shard or row
+    group is recorded in `report` and skipped."""
+    try:
+        source = pq.ParquetFile(path)
+        groups = source.num_row_groups
+        missing = [c for c in columns if c not in source.schema_arrow.names]
+    except (pa.ArrowException, OSError) as exc:
+        report.skip(str(path), "unreadable-shard", f"{path}: not a readable Parquet shard ({exc})")
+        return
+    if missing:
+        report.skip(str(path), "not-an-item-shard", f"{path}: missing column(s) {', '.join(missing)}")
+        return
+    for group in range(groups):
+        try:
+            rows = source.read_row_group(group, columns=list(columns)).to_pylist()
+        except (pa.ArrowException, OSError) as exc:
+            where = f"{path}#row-group-{group}"
+            report.skip(where, "unreadable-row-group", f"{where}: cannot read ({exc})")
+            continue
+        yield from rows
+
+
+def read_manifest(layout: Layout) -> dict[str, Any]:
+    """Seed and recipe of the split (empty when there is no readable manifest)."""
+    try:
+        manifest = json.loads(layout.manifest().read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return {"seed": manifest.get("seed"), "recipe": manifest.get("recipe")}
+
+
+# ---------------------------------------------------------------- records (pure)
+
+
+def safe_name(text: str) -> str:
+    """A file-name-safe form of an item id (ids are already safe; this guards odd ones)."""
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("._") or "item"
+
+
+def image_relpath(modality: str, task: str, item_id: str, k: int) -> str:
+    """Where image `k` of an item goes, relative to the export folder."""
+    return f"images/{safe_name(modality)}/{safe_name(task)}/{safe_name(item_id)}-{k}.png"
+
+
+def question_of(row: dict[str, Any], mode: str) -> str:
+    """The Direct or CoT question of a row."""
+    return row["question_cot"] if mode == "cot" else row["question"]
+
+
+def user_content(question: str, n_images: int) -> str:
+    """One `<image>` tag per image, in order, then the question."""
+    return IMAGE_TAG * n_images + question
+
+
+def solution_text(answer: str) -> str:
+    return f"<answer>{answer}</answer>"
+
+
+def swift_record(row: dict[str, Any], paths: list[str], mode: str) -> dict[str, Any]:
+    """An ms-swift GRPO row: user turn, image paths, solution, and the columns rewards need."""
+    return {
+        "messages": [{"role": "user", "content": user_content(question_of(row, mode), len(paths))}],
+        "images": paths,
+        "solution": solution_text(row["answer"]),
+        "id": row["id"],
+        "modality": row["modality"],
+        "task": row["task"],
+        "variant": row["variant"] or "",
+        "target": row["target"],
+    }
+
+
+def generic_record(row: dict[str, Any], paths: list[str], mode: str) -> dict[str, Any]:
+    """A trainer-neutral row: question, answer text and image paths."""
+    return {
+        "id": row["id"],
+        "modality": row["modality"],
+        "task": row["task"],
+        "variant": row["variant"] or "",
+        "question": question_of(row, mode),
+        "answer": row["answer"],
+        "images": paths,
+        "target": row["target"],
+    }
+
+
+RECORDS = {"swift": swift_record, "jsonl": generic_record}
+
+
+def png_bytes(row: dict[str, Any]) -> list[bytes]:
+    """The PNG bytes of a row's images; `BadItem` when one is missing or not a PNG."""
+    images = row.get("images") or []
+    if not images:
+        raise BadItem("no-images", "the item has no images")
+    out = []
+    for k, image in enumerate(images):
+        data = (image or {}).get("bytes")
+        if not data:
+            raise BadItem("no-image-bytes", f"image {k} has no bytes (path: {(image or {}).get('path')!r})")
+        if not data.startswith(PNG_SIGNATURE):
+            raise BadItem("not-png", f"image {k} is not PNG data")
+        out.append(data)
+    return out
+
+
+# ---------------------------------------------------------------- export (I/O)
+
+
+@dataclass(frozen=True)
+class ExportOptions:
+    """What to export and how."""
+
+    split: str = "train"
+    format: str = "swift"
+    mode: str = "direct"
+    absolute_paths: bool = False
+    modalities: tuple[str, ...] = MODALITIES
+    tasks: tuple[str, ...] = TASKS
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        for name, value, allowed in (
+            ("split", self.split, EXPORT_SPLITS),
+            ("format", self.format, FORMATS),
+            ("mode", self.mode, MODES),
+        ):
+            if value not in allowed:
+                raise ValueError(f"unknown {name} {value!r}; use one of {', '.join(allowed)}")
+
+
+@dataclass
+class ExportResult:
+    """What an export wrote."""
+
+    jsonl: Path
+    system: Path | None
+    items: int
+    images: int
+    cells: dict[str, int] = field(default_factory=dict)
+    report: RunReport = field(default_factory=lambda: RunReport("export"))
+
+    @property
+    def has_mimic(self) -> bool:
+        return any(name.startswith("xray/") and n for name, n in self.cells.items())
+
+
+def output_names(out: Path, options: ExportOptions) -> tuple[Path, Path, Path]:
+    """(JSONL, system prompt, report folder) of an export."""
+    stem = f"{options.split}-{options.mode}-{FILE_TAGS[options.format]}"
+    return out / f"{stem}.jsonl", out / f"system-{options.mode}.txt", out / "_reports" / stem
+
+
+def export_split(layout: Layout, out: Path, options: ExportOptions) -> ExportResult:
+    """Write one split's items as JSONL + PNG files under `out` (see the module docstring)."""
+    out = Path(out)
+    cells = split_cells(layout, options.split, options.modalities, options.tasks)
+    jsonl, system, report_dir = output_names(out, options)
+    report = RunReport(
+        "export", info={"split": options.split, "format": options.format, "mode": options.mode}
+    )
+    sizes = {path: count_rows(path, report) for cell in cells for path in cell.files}
+    cells = [Cell(c.modality, c.task, tuple(p for p in c.files if sizes[p])) for c in cells]
+    total = sum(sizes.values())
+    out.mkdir(parents=True, exist_ok=True)
+    result = ExportResult(jsonl, system if options.format == "swift" else None, 0, 0, report=report)
+    if result.system is not None:  # before the JSONL: a JSONL in place means everything is there
+        write_bytes_atomic((SYSTEM_PROMPTS[options.mode] + "\n").encode("utf-8"), result.system)
+    tmp = tmp_path(jsonl)
+    bar = tqdm(total=total, desc=f"export {options.split}", unit="item", disable=not options.progress)
+    try:
+        with open(tmp, "w", encoding="utf-8") as handle:
+            images = ImageWriter(out, options.absolute_paths)
+            for cell in cells:
+                result.cells[cell.name] = _export_cell(cell, images, options, handle, result, bar)
+        os.replace(tmp, jsonl)
+    finally:
+        bar.close()
+        tmp.unlink(missing_ok=True)
+    _finish_report(result, layout, out, options, report_dir)
+    return result
+
+
+def _export_cell(
+    cell: Cell, images: ImageWriter, options: ExportOptions, handle: Any, result: ExportResult, bar: tqdm
+) -> int:
+    """Write one cell's rows; returns how many were exported."""
+    make_record = RECORDS[options.format]
+    exported = 0
+    for path in cell.files:
+        for row in iter_rows(path, EXPORT_COLUMNS, result.report):
+            bar.update(1)
+            where = f"{path}:{row.get('id')}"
+            try:
+                paths = images.write(row)
+            except BadItem as exc:
+                result.report.skip(where, exc.reason, f"{where}: {exc}")
+                continue
+            handle.write(json.dumps(make_record(row, paths, options.mode), ensure_ascii=False) + "\n")
+            result.images += len(paths)
+            exported += 1
+    result.items += exported
+    return exported
+
+
+@dataclass
+class ImageWriter:
+    """Writes each item's PNG bytes as they are under `<root>/images/`, once per id,
+    each file under a temporary name first (a killed run leaves no truncated PNG)."""
+
+    root: Path
+    absolute: bool = False
+    seen: set[str] = field(default_factory=set)
+    folders: set[str] = field(default_factory=set)
+
+    def __post_init__(self) -> None:
+        self.base = str(Path(self.root).resolve())
+
+    def write(self, row: dict[str, Any]) -> list[str]:
+        """The row's image paths for the JSONL; `BadItem` for a repeated id or unusable images."""
+        item_id = str(row["id"])
+        if item_id in self.seen:
+            raise BadItem("duplicate-id", f"duplicate item id {item_id} (an earlier row has it and is kept)")
+        blobs = png_bytes(row)
+        self.seen.add(item_id)
+        paths = []
+        for k, data in enumerate(blobs):
+            relative = image_relpath(row["modality"], row["task"], item_id, k)
+            target = os.path.join(self.base, relative)
+            self._write_file(target, data)
+            paths.append(target if self.absolute else relative)
+        return paths
+
+    def _write_file(self, target: str, data: bytes) -> None:
+        folder = os.path.dirname(target)
+        if folder not in self.folders:
+            os.makedirs(folder, exist_ok=True)
+            self.folders.add(folder)
+        tmp = target + ".tmp"
+        with open(tmp, "wb") as handle:
+            handle.write(data)
+        os.replace(tmp, target)
+
+
+def _finish_report(
+    result: ExportResult, layout: Layout, out: Path, options: ExportOptions, report_dir: Path
+) -> None:
+    report = result.report
+    report.count("items", result.items)
+    report.count("images", result.images)
+    report.info.update(
+        {
+            "shards": str(layout.root),
+            "jsonl": str(result.jsonl),
+            "system": str(result.system) if result.system else "",
+            "absolute_paths": options.absolute_paths,
+            "cells": result.cells,
+            "split_manifest": read_manifest(layout),
+        }
+    )
+    if result.has_mimic:
+        report.info["licence_note"] = MIMIC_NOTE
+    report.write(report_dir)
+    log.info(report.summary())
