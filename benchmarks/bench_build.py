@@ -85,6 +85,7 @@ from medscout_data.cache import ImageCache
 from medscout_data.layout import Layout
 from medscout_data.plan import ensure_plan
 from medscout_data.recipe import load_recipe
+from medscout_data.tasks import TaskRejected
 import numpy as np
 from collections import defaultdict
 
@@ -99,10 +100,16 @@ context = CellContext("ct", recipe, plan, dict(by_subject))
 specs = [s for task in ("scale", "jigsaw", "anomaly") for s in plan_cell(context, task, count)]
 cache = ImageCache(layout.cache_dir("ct"))
 
+made = [0]
+
 def rows():
     for spec in specs:
         rng = np.random.default_rng(spec.seed)
-        content, _ = _content(spec, 0, spec.candidates[0], cache, rng, recipe)
+        try:
+            content, _ = _content(spec, 0, spec.candidates[0], cache, rng, recipe)
+        except TaskRejected:
+            continue
+        made[0] += 1
         yield {"id": spec.id, "images": [Image.fromarray(a) for a in content.images],
                "question": content.question, "answer": content.answer}
 
@@ -111,7 +118,7 @@ features = datasets.Features({"id": datasets.Value("string"), "images": datasets
                               "question": datasets.Value("string"), "answer": datasets.Value("string")})
 ds = datasets.Dataset.from_generator(rows, features=features, cache_dir=str(root / "hf-cache"))
 ds.to_parquet(str(root / "baseline.parquet"))
-print(len(specs), time.perf_counter() - start)
+print(made[0], time.perf_counter() - start)
 """
 
 

@@ -511,7 +511,8 @@ def _write_dicom(path: Path, item: Radiograph, monochrome1: bool, seed: int) -> 
     ds.PhotometricInterpretation = "MONOCHROME1" if monochrome1 else "MONOCHROME2"
     ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
     ds.RescaleIntercept, ds.RescaleSlope, ds.RescaleType = "0", "1", "US"
-    ds.WindowCenter, ds.WindowWidth = "1900", "3200"
+    # The VOI window applies to stored values: MONOCHROME1 stores 4095 - v, so its centre mirrors.
+    ds.WindowCenter, ds.WindowWidth = ("2195" if monochrome1 else "1900"), "3200"
     ds.PixelSpacing = ["0.139", "0.139"]
     ds.PixelData = stored.tobytes()
     ds.save_as(path, enforce_file_format=True)

@@ -136,8 +136,8 @@ def test_jpg_and_dicom_of_the_same_radiograph_render_alike(sample_sources: dict[
         )
         assert a.shape == b.shape
         assert np.corrcoef(a.ravel(), b.ravel())[0, 1] > 0.98, row["image_id"]
-        # the sample's MONOCHROME1 files keep the window centre of the uninverted values: ~23 levels darker
-        assert np.abs(a - b).mean() < 30, row["image_id"]
+        # same window on both: only JPEG loss and rounding differ
+        assert np.abs(a - b).mean() < 6, row["image_id"]
         photometric.add(
             pydicom.dcmread(sample_sources["mimic-cxr"] / row["path_dcm"]).PhotometricInterpretation
         )
