@@ -8,7 +8,13 @@ from pathlib import Path
 import click
 
 from medscout_data import MODALITIES, TASKS
-from medscout_data.cli.options import out_option, recipe_option, root_option, workers_option
+from medscout_data.cli.options import (
+    out_option,
+    quiet_option,
+    recipe_option,
+    root_option,
+    workers_option,
+)
 
 
 @click.command(short_help="Make scale / jigsaw / anomaly items into pool shards.")
@@ -39,7 +45,7 @@ from medscout_data.cli.options import out_option, recipe_option, root_option, wo
 )
 @click.option("--model", default=None, help="X-ray reference embedder spec (default: the recipe's).")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
-@click.option("--quiet", is_flag=True, help="No progress bars.")
+@quiet_option
 def build(
     modalities: tuple[str, ...],
     root: str | None,

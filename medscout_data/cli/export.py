@@ -7,35 +7,14 @@ from pathlib import Path
 import click
 
 from medscout_data import MODALITIES, TASKS
+from medscout_data.cli.options import modalities_filter, quiet_option, shards_option, tasks_filter
 
 FORMATS = ("swift", "jsonl")
 MODES = ("direct", "cot")
 EXPORT_SPLITS = ("train", "bench")
 PREVIEW_SPLITS = ("bench", "train", "pool")
 
-shards_option = click.option(
-    "--shards",
-    type=click.Path(file_okay=False),
-    default="shards",
-    show_default=True,
-    help="Output root holding the split (train/, bench/) and the build pool (pool/).",
-)
-modality_filter = click.option(
-    "--modality",
-    "modalities",
-    type=click.Choice(MODALITIES),
-    multiple=True,
-    help="Only these modalities (repeatable). Default: all.",
-)
-task_filter = click.option(
-    "--task",
-    "tasks",
-    type=click.Choice(TASKS),
-    multiple=True,
-    help="Only these tasks (repeatable). Default: all.",
-)
 out_dir = click.option("--out", "out", type=click.Path(file_okay=False), required=True, help="Output folder.")
-quiet_option = click.option("--quiet", is_flag=True, help="No progress bars.")
 
 
 @click.command(short_help="ms-swift GRPO or generic JSONL (+ PNG files) for training.")
@@ -62,8 +41,8 @@ quiet_option = click.option("--quiet", is_flag=True, help="No progress bars.")
     is_flag=True,
     help="Absolute image paths in the JSONL (default: relative to the JSONL's folder, so it can move).",
 )
-@modality_filter
-@task_filter
+@modalities_filter
+@tasks_filter
 @quiet_option
 def export(
     fmt: str,
@@ -135,8 +114,8 @@ def export(
     help="Longest side of the drawn images, px.",
 )
 @out_dir
-@modality_filter
-@task_filter
+@modalities_filter
+@tasks_filter
 @quiet_option
 def preview(
     shards: str,

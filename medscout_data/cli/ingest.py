@@ -7,7 +7,14 @@ from pathlib import Path
 
 import click
 
-from medscout_data.cli.options import modality_option, out_option, recipe_option, root_option, workers_option
+from medscout_data.cli.options import (
+    modality_option,
+    out_option,
+    quiet_option,
+    recipe_option,
+    root_option,
+    workers_option,
+)
 
 # Kept in step with medscout_data.ingest.SOURCE_KINDS (a test checks), so --help needs no heavy import.
 SOURCE_CHOICES = ("totalseg", "mimic-cxr-jpg", "mimic-cxr")
@@ -29,7 +36,7 @@ MIMIC_NOTE = (
 @recipe_option
 @out_option
 @workers_option
-@click.option("--quiet", is_flag=True, help="No progress bar.")
+@quiet_option
 def ingest(
     modality: str, root: str | None, source: str | None, recipe: str, out: str, workers: int, quiet: bool
 ) -> None:

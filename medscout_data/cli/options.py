@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from medscout_data import MODALITIES
+from medscout_data import MODALITIES, TASKS
 
 modality_option = click.option(
     "--modality", type=click.Choice(MODALITIES), required=True, help="Which modality to process."
@@ -29,3 +29,25 @@ out_option = click.option(
 workers_option = click.option(
     "--workers", type=click.IntRange(min=1), default=1, show_default=True, help="Worker processes."
 )
+shards_option = click.option(
+    "--shards",
+    type=click.Path(file_okay=False),
+    default="shards",
+    show_default=True,
+    help="Output root holding pool/, the split (train/, bench/) and manifest.json.",
+)
+modalities_filter = click.option(
+    "--modality",
+    "modalities",
+    type=click.Choice(MODALITIES),
+    multiple=True,
+    help="Only these modalities (repeatable). Default: all there are.",
+)
+tasks_filter = click.option(
+    "--task",
+    "tasks",
+    type=click.Choice(TASKS),
+    multiple=True,
+    help="Only these tasks (repeatable). Default: all.",
+)
+quiet_option = click.option("--quiet", is_flag=True, help="No progress bars.")

@@ -6,7 +6,7 @@ from typing import TYPE_CHECKING
 
 import click
 
-from medscout_data import MODALITIES
+from medscout_data.cli.options import modalities_filter, quiet_option, shards_option
 
 if TYPE_CHECKING:
     from medscout_data.push import PushResult
@@ -26,26 +26,14 @@ def _repo_id(ctx: click.Context, param: click.Parameter, value: str) -> str:
 
 @click.command(short_help="Stage the bench as a Hub dataset repo and upload it.")
 @click.option("--repo-id", required=True, callback=_repo_id, help="Hub dataset repo, ORG/NAME.")
-@click.option(
-    "--shards",
-    type=click.Path(file_okay=False),
-    default="shards",
-    show_default=True,
-    help="Output root holding the split (bench/, train/, manifest.json).",
-)
+@shards_option
 @click.option(
     "--private/--public",
     default=True,
     show_default=True,
     help="Visibility of a new repo. MIMIC-CXR-derived items can only go to a private one.",
 )
-@click.option(
-    "--modality",
-    "modalities",
-    type=click.Choice(MODALITIES),
-    multiple=True,
-    help="Only these modalities (repeatable). Default: every modality of the split.",
-)
+@modalities_filter
 @click.option(
     "--exclude-mimic", is_flag=True, help="Leave out MIMIC-CXR-derived items (found from the data)."
 )
@@ -58,7 +46,7 @@ def _repo_id(ctx: click.Context, param: click.Parameter, value: str) -> str:
     help="Where to stage the repo folder. Default: SHARDS/stage/ORG--NAME.",
 )
 @click.option("--revision", default=None, help="Branch to push to (created if missing). Default: main.")
-@click.option("--quiet", is_flag=True, help="No progress bars.")
+@quiet_option
 def push_bench(
     repo_id: str,
     shards: str,

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import click
 
+from medscout_data.cli.options import quiet_option
+
 bench_option = click.option(
     "--bench",
     default="shards",
@@ -82,7 +84,7 @@ def score(predictions: str, bench: str, profile: str, mode: str, json_out: str |
 @bench_option
 @click.option("--out", type=click.Path(dir_okay=False), required=True, help="Predictions JSONL to write.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the random baseline.")
-@click.option("--quiet", is_flag=True, help="No progress bar.")
+@quiet_option
 def baseline(name: str, bench: str, out: str, seed: int, quiet: bool) -> None:
     """Write baseline predictions (`id`, `response` per line) for every bench item.
 

@@ -6,13 +6,7 @@ import sys
 
 import click
 
-shards_option = click.option(
-    "--shards",
-    type=click.Path(file_okay=False),
-    default="shards",
-    show_default=True,
-    help="Output root holding pool/ (and where train/, bench/ and manifest.json go).",
-)
+from medscout_data.cli.options import quiet_option, shards_option
 
 
 @click.command(short_help="Subject-disjoint train / bench shards with a manifest.")
@@ -27,7 +21,7 @@ shards_option = click.option(
     help="Bench items per modality x task (default: the recipe's; 1,200 in the paper's).",
 )
 @click.option("--recipe", default=None, help="Recipe (default: the one the pool was built with).")
-@click.option("--quiet", is_flag=True, help="No progress bars.")
+@quiet_option
 def split(shards: str, seed: int | None, bench_per_cell: int | None, recipe: str | None, quiet: bool) -> None:
     """Turn SHARDS/pool into SHARDS/train and SHARDS/bench.
 
@@ -61,7 +55,7 @@ def split(shards: str, seed: int | None, bench_per_cell: int | None, recipe: str
 @click.command(short_help="Check a split: disjointness, counts, balance, hashes.")
 @shards_option
 @click.option("--deep", is_flag=True, help="Decode every image, not only a sample of each shard.")
-@click.option("--quiet", is_flag=True, help="No progress bars.")
+@quiet_option
 def validate(shards: str, deep: bool, quiet: bool) -> None:
     """Check the split under SHARDS against its manifest: every shard present
     with its sha256 and decodable, no subject on both sides (anomaly references
