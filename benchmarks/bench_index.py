@@ -176,12 +176,13 @@ def main() -> None:
         f"bench_index: {os.cpu_count()} CPU cores, device {args.device}"
         f"{' (' + torch.cuda.get_device_name() + ')' if args.device == 'cuda' else ''}, "
         f"torch {torch.__version__} ({torch.get_num_threads()} threads), faiss {faiss.__version__} "
-        f"({faiss.get_num_gpus()} GPUs)"
+        f"({faiss.get_num_gpus()} GPUs), load average {os.getloadavg()[0]:.1f}"
     )
     if not args.skip_embedding:
         bench_embedding(args.device, args.batch_size, args.batches)
         bench_pipeline(args.pipeline_images, os.cpu_count() or 1)
     bench_search(args.sizes, args.dim, args.kinds, args.k, args.device == "cuda", args.data)
+    print(f"load average at the end {os.getloadavg()[0]:.1f} (above the core count, figures are shared)")
 
 
 if __name__ == "__main__":

@@ -24,7 +24,9 @@ it is remade when any of them changes, and indices of two models never mix
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import io
 import itertools
 import json
 import logging
@@ -437,7 +439,19 @@ def build_faiss_index(vectors: np.ndarray, config: SearchConfig) -> tuple[Any, d
 def _search(index: Any, queries: np.ndarray, depth: int, kind: str) -> tuple[np.ndarray, np.ndarray]:
     if kind == "hnsw":
         index.hnsw.efSearch = max(64, 2 * depth)
+    if kind == "ivf" and isinstance(index, _faiss().IndexIVF):  # a CPU IVF index
+        return _ivf_big_batch_search(index, queries, depth)
     return index.search(queries, depth)
+
+
+def _ivf_big_batch_search(index: Any, queries: np.ndarray, depth: int) -> tuple[np.ndarray, np.ndarray]:
+    """FAISS's big-batch IVF search: each inverted list is scanned once for all the queries that
+    probe it, as one matrix product. Same results as `index.search`, 5-8x faster on a 2-core CPU
+    (benchmarks/bench_index.py), where per-query list scans are memory-bound at 512 dims."""
+    from faiss.contrib.big_batch_search import big_batch_search
+
+    with contextlib.redirect_stdout(io.StringIO()):  # it prints progress lines even at verbose=0
+        return big_batch_search(index, queries, depth, method="pairwise_distances", threaded=1)
 
 
 def _first_valid(
