@@ -14,6 +14,16 @@ _STRATEGIES = {
 }
 
 
+_FILTERS = {
+    "none": cv2.IMWRITE_PNG_FILTER_NONE,
+    "sub": cv2.IMWRITE_PNG_FILTER_SUB,
+    "up": cv2.IMWRITE_PNG_FILTER_UP,
+    "avg": cv2.IMWRITE_PNG_FILTER_AVG,
+    "paeth": cv2.IMWRITE_PNG_FILTER_PAETH,
+    "fast": cv2.IMWRITE_PNG_FAST_FILTERS,
+}
+
+
 class ImageDecodeError(ValueError):
     """Bytes that are not a decodable image."""
 
@@ -21,9 +31,9 @@ class ImageDecodeError(ValueError):
 def encode_png(image: np.ndarray, config: PngConfig | None = None) -> bytes:
     """8-bit grayscale PNG bytes.
 
-    OpenCV's encoder with the RLE strategy is several times faster than
-    Pillow's default here, and its files are no larger on noisy medical images
-    (see benchmarks/bench_build.py).
+    OpenCV's encoder with the RLE strategy and the Sub filter is about four
+    times faster than Pillow's default on CT slices, for files about 1% larger
+    (benchmarks/bench_build.py measures both).
     """
     if image.dtype != np.uint8 or image.ndim != 2:
         raise ValueError(f"expected a 2-D uint8 image, got {image.dtype} {image.shape}")
@@ -33,6 +43,8 @@ def encode_png(image: np.ndarray, config: PngConfig | None = None) -> bytes:
         config.compression,
         cv2.IMWRITE_PNG_STRATEGY,
         _STRATEGIES[config.strategy],
+        cv2.IMWRITE_PNG_FILTER,
+        _FILTERS[config.filter],
     ]
     ok, buffer = cv2.imencode(".png", np.ascontiguousarray(image), params)
     if not ok:

@@ -117,6 +117,7 @@ class PngConfig:
 
     compression: int = 1
     strategy: str = "rle"
+    filter: str = "sub"
 
 
 @dataclass(frozen=True)
@@ -278,6 +279,10 @@ def _check(recipe: Recipe, path: Path) -> None:
             "png.strategy must be default, rle or filtered",
         ),
         (0 <= recipe.png.compression <= 9, "png.compression must be in 0..9"),
+        (
+            recipe.png.filter in ("sub", "up", "avg", "paeth", "fast", "none"),
+            "png.filter must be sub, up, avg, paeth, fast or none",
+        ),
     ]
     for ok, message in rules:
         if not ok:
