@@ -92,14 +92,17 @@ def _write_cell(layout, recipe, plan, modality, task, items_per_cell, png) -> in
     return len(rows)
 
 
+# VmHWM, not ru_maxrss: on Linux ru_maxrss carries the parent's peak over fork and exec.
 CHILD = """
-import sys, time, resource
+import sys, time
+from pathlib import Path
 from medscout_data.layout import Layout
 from medscout_data.split import SplitOptions, split_pool
 start = time.perf_counter()
 manifest = split_pool(Layout.at(sys.argv[1]), SplitOptions(progress=False))
-peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-print(time.perf_counter() - start, peak, manifest["totals"]["bench"])
+status = Path("/proc/self/status").read_text().splitlines()
+peak_kib = next(int(line.split()[1]) for line in status if line.startswith("VmHWM:"))
+print(time.perf_counter() - start, peak_kib, manifest["totals"]["bench"])
 """
 
 
