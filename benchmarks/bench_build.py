@@ -87,16 +87,12 @@ from medscout_data.plan import ensure_plan
 from medscout_data.recipe import load_recipe
 from medscout_data.tasks import TaskRejected
 import numpy as np
-from collections import defaultdict
 
 root, recipe_path, count = Path(sys.argv[1]), sys.argv[2], int(sys.argv[3])
 layout, recipe = Layout.at(root), load_recipe(recipe_path)
 images = read_catalogue(layout.catalogue("ct"))
-by_subject = defaultdict(list)
-for image in images:
-    by_subject[image.subject_id].append(image)
-plan = ensure_plan(layout.plan("ct"), sorted(by_subject), "ct", recipe)
-context = CellContext("ct", recipe, plan, dict(by_subject))
+plan = ensure_plan(layout.plan("ct"), sorted({i.subject_id for i in images}), "ct", recipe)
+context = CellContext.of("ct", recipe, plan, images)
 specs = [s for task in ("scale", "jigsaw", "anomaly") for s in plan_cell(context, task, count)]
 cache = ImageCache(layout.cache_dir("ct"))
 

@@ -26,11 +26,12 @@ import json
 import logging
 import math
 import time
+from bisect import bisect_left, bisect_right
 from collections import defaultdict
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
@@ -64,18 +65,13 @@ log = logging.getLogger(__name__)
 
 FALLBACK_IMAGES = 7
 DIGEST_KEY = "medscout_build_digest"
-REF_COLUMNS = (
-    "image_id", "subject_id", "source_id", "source_kind", "path", "slice_index", "z_mm",
-    "pixel_spacing_mm", "window", "view", "official_split", "cache_file", "mask_file",
-    "cache_index", "height", "width",
-)  # fmt: skip
 
 
 class BuildError(StageError):
     """A build that cannot start; the message says what to do."""
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class ImageRef:
     """Where one catalogued image lives and where it came from."""
 
@@ -96,6 +92,14 @@ class ImageRef:
     height: int
     width: int
 
+    def pixels(self, cache: ImageCache) -> np.ndarray:
+        """The 8-bit image from the cache."""
+        return cache.read(self.cache_file, self.cache_index, self.height, self.width)
+
+    def body(self, cache: ImageCache) -> np.ndarray:
+        """The body mask from the cache."""
+        return cache.read(self.mask_file, self.cache_index, self.height, self.width).astype(bool)
+
     def provenance(self) -> dict[str, Any]:
         """The source description stored in an item's `source` column."""
         info: dict[str, Any] = {"dataset": self.source_kind, "path": self.path, "image_id": self.image_id}
@@ -110,7 +114,7 @@ class ImageRef:
         return info
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Reference:
     """A candidate anomaly reference with why it was chosen."""
 
@@ -119,7 +123,7 @@ class Reference:
     score: float = float("nan")  # X-ray: cosine similarity
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class ItemSpec:
     """Everything a worker needs to make one item, decided in the plan."""
 
@@ -153,9 +157,8 @@ class ItemSpec:
 
 def read_catalogue(path: Path) -> list[ImageRef]:
     """Catalogue rows as `ImageRef`s, in a stable order."""
-    frame = pl.read_parquet(path, columns=list(REF_COLUMNS)).sort(
-        ["subject_id", "source_id", "z_mm", "image_id"]
-    )
+    columns = [f.name for f in fields(ImageRef)]  # the catalogue columns an ImageRef keeps
+    frame = pl.read_parquet(path, columns=columns).sort(["subject_id", "source_id", "z_mm", "image_id"])
     return [ImageRef(**row) for row in frame.iter_rows(named=True)]
 
 
@@ -199,6 +202,9 @@ def side_counts(total: int, recipe: Recipe) -> dict[str, int]:
     return {BENCH: bench, TRAIN: total - bench}
 
 
+NeighbourLookup = Callable[[Iterable[str]], dict[str, list[tuple[str, float]]]]
+
+
 @dataclass(frozen=True)
 class CellContext:
     """What planning one modality's cells needs to know."""
@@ -207,8 +213,34 @@ class CellContext:
     recipe: Recipe
     plan: SubjectPlan
     images_by_subject: dict[str, list[ImageRef]]
-    neighbours: dict[str, list[tuple[str, float]]] = field(default_factory=dict)
     images_by_id: dict[str, ImageRef] = field(default_factory=dict)
+    neighbours: NeighbourLookup | None = None  # X-ray: image ids -> neighbours, best first
+    slices: dict[tuple[str, str], tuple[list[float], list[ImageRef]]] = field(default_factory=dict)
+
+    @classmethod
+    def of(
+        cls, modality: str, recipe: Recipe, plan: SubjectPlan, images: list[ImageRef], neighbours=None
+    ) -> CellContext:
+        """Index the catalogue's images by subject, by id and, per volume and window, by z."""
+        by_subject: dict[str, list[ImageRef]] = defaultdict(list)
+        by_volume: dict[tuple[str, str], list[ImageRef]] = defaultdict(list)
+        for image in images:
+            by_subject[image.subject_id].append(image)
+            if image.slice_index >= 0:
+                by_volume[image.source_id, image.window].append(image)
+        slices = {}
+        for key, refs in by_volume.items():
+            refs.sort(key=lambda r: (r.z_mm, r.image_id))
+            slices[key] = ([r.z_mm for r in refs], refs)
+        return cls(
+            modality=modality,
+            recipe=recipe,
+            plan=plan,
+            images_by_subject=dict(by_subject),
+            images_by_id={image.image_id: image for image in images},
+            neighbours=neighbours,
+            slices=slices,
+        )
 
 
 def plan_cell(context: CellContext, task: str, total: int) -> list[ItemSpec]:
@@ -234,11 +266,16 @@ def _plan_side(
             (subject, index) for index in spread(quota, len(context.images_by_subject[subject]), rng)
         )
     choices = _choices(task, recipe, count, rng)
-    specs = []
-    for offset, ((subject, index), (variant, choice)) in enumerate(zip(picks, choices, strict=True)):
+    candidates = []
+    for subject, index in picks:
         images = context.images_by_subject[subject]
         fallbacks = [images[i] for i in rng.permutation(len(images)) if i != index][:FALLBACK_IMAGES]
-        candidates = (images[index], *fallbacks)
+        candidates.append((images[index], *fallbacks))
+    references = _references(context, task, side, candidates, rng)
+    specs = []
+    for offset, ((variant, choice), images, refs) in enumerate(
+        zip(choices, candidates, references, strict=True)
+    ):
         number = start + offset
         specs.append(
             ItemSpec(
@@ -248,9 +285,9 @@ def _plan_side(
                 variant=variant,
                 side=side,
                 seed=derive_seed(recipe.seed, "item", modality, task, number),
-                candidates=candidates,
+                candidates=images,
                 choice=choice,
-                references=_references(context, task, side, candidates, rng),
+                references=refs,
             )
         )
     return specs
@@ -267,29 +304,52 @@ def _choices(task: str, recipe: Recipe, count: int, rng: np.random.Generator) ->
 
 
 def _references(
-    context: CellContext, task: str, side: str, candidates: Sequence[ImageRef], rng: np.random.Generator
-) -> tuple[tuple[Reference, ...], ...]:
+    context: CellContext,
+    task: str,
+    side: str,
+    candidates: list[tuple[ImageRef, ...]],
+    rng: np.random.Generator,
+) -> list[tuple[tuple[Reference, ...], ...]]:
+    """Per item, per candidate image: its anomaly references, in the order they are tried."""
     if task != "anomaly":
-        return ()
-    limit = context.recipe.anomaly.max_references
+        return [()] * len(candidates)
     if context.modality == "xray":
-        return tuple(tuple(_neighbour_refs(context, side, c))[:limit] for c in candidates)
+        return _neighbour_references(context, side, candidates)
+    return [tuple(_nearby_slices(context, c, rng) for c in item) for item in candidates]
+
+
+def _nearby_slices(
+    context: CellContext, candidate: ImageRef, rng: np.random.Generator
+) -> tuple[Reference, ...]:
+    """Slices of the candidate's volume and window within the recipe's distance, in seeded order."""
     low, high = context.recipe.anomaly.ref_distance_mm
-    out = []
-    for candidate in candidates:
-        near = [
-            Reference(r)
-            for r in context.images_by_subject[candidate.subject_id]
-            if r.source_id == candidate.source_id
-            and r.window == candidate.window
-            and low <= abs(r.z_mm - candidate.z_mm) <= high
-        ]
-        out.append(tuple(near[i] for i in rng.permutation(len(near))[:limit]))
-    return tuple(out)
+    zs, refs = context.slices[candidate.source_id, candidate.window]
+    window = refs[bisect_left(zs, candidate.z_mm - high) : bisect_right(zs, candidate.z_mm + high)]
+    near = [r for r in window if abs(r.z_mm - candidate.z_mm) >= low]
+    return tuple(
+        Reference(near[i]) for i in rng.permutation(len(near))[: context.recipe.anomaly.max_references]
+    )
 
 
-def _neighbour_refs(context: CellContext, side: str, candidate: ImageRef) -> Iterable[Reference]:
-    for rank, (neighbour_id, score) in enumerate(context.neighbours.get(candidate.image_id, []), start=1):
+def _neighbour_references(
+    context: CellContext, side: str, candidates: list[tuple[ImageRef, ...]]
+) -> list[tuple[tuple[Reference, ...], ...]]:
+    """X-ray: the index's neighbours of each candidate (looked up once for the whole side)."""
+    if context.neighbours is None:
+        raise BuildError("X-ray anomaly items need the reference index; none was loaded")
+    wanted = {image.image_id for item in candidates for image in item}
+    table = context.neighbours(wanted)
+    limit = context.recipe.anomaly.max_references
+    return [
+        tuple(tuple(_neighbour_refs(context, table, side, image))[:limit] for image in item)
+        for item in candidates
+    ]
+
+
+def _neighbour_refs(
+    context: CellContext, table: dict[str, list[tuple[str, float]]], side: str, candidate: ImageRef
+) -> Iterable[Reference]:
+    for rank, (neighbour_id, score) in enumerate(table.get(candidate.image_id, []), start=1):
         image = context.images_by_id.get(neighbour_id)
         if image is None or image.subject_id == candidate.subject_id:
             continue
@@ -358,15 +418,15 @@ def _content(
     rng: np.random.Generator,
     recipe: Recipe,
 ) -> tuple[ItemContent, Reference | None]:
-    image = cache.image(vars(candidate))
+    image = candidate.pixels(cache)
     if spec.task == "scale":
-        mask = cache.mask(vars(candidate))
+        mask = candidate.body(cache)
         return scale_item(image, mask, rng, recipe, spec.modality, spec.variant), None
     if spec.task == "jigsaw":
         return jigsaw_item(image, spec.choice, recipe, spec.modality), None
     cell = spec.choice[0]
     for reference in spec.references[position]:
-        ref_image = cache.image(vars(reference.image))
+        ref_image = reference.image.pixels(cache)
         if (
             anomaly_difference(image, ref_image, cell, recipe.anomaly.grid)
             >= recipe.anomaly.min_cell_difference
@@ -502,25 +562,20 @@ def _context(layout: Layout, recipe: Recipe, options: BuildOptions) -> CellConte
     images = read_catalogue(catalogue)
     if not images:
         raise BuildError(f"{catalogue}: the catalogue has no usable images; see its errors.parquet")
-    by_subject: dict[str, list[ImageRef]] = defaultdict(list)
-    for image in images:
-        by_subject[image.subject_id].append(image)
-    plan = ensure_plan(layout.plan(options.modality), sorted(by_subject), options.modality, recipe)
-    neighbours: dict[str, list[tuple[str, float]]] = {}
+    subjects = sorted({image.subject_id for image in images})
+    plan = ensure_plan(layout.plan(options.modality), subjects, options.modality, recipe)
+    neighbours = None
     if options.modality == "xray" and "anomaly" in options.tasks:
-        neighbours = _neighbours(layout, recipe, options)
-    return CellContext(
-        modality=options.modality,
-        recipe=recipe,
-        plan=plan,
-        images_by_subject=dict(by_subject),
-        neighbours=neighbours,
-        images_by_id={image.image_id: image for image in images},
-    )
+        neighbours = _neighbour_lookup(layout, recipe, options)
+    return CellContext.of(options.modality, recipe, plan, images, neighbours)
 
 
-def _neighbours(layout: Layout, recipe: Recipe, options: BuildOptions) -> dict[str, list[tuple[str, float]]]:
-    """X-ray anomaly references: the reference index's neighbours per image, best first."""
+def _neighbour_lookup(layout: Layout, recipe: Recipe, options: BuildOptions) -> NeighbourLookup:
+    """X-ray anomaly references: a lookup of the reference index's neighbours, best first.
+
+    The table (k rows per image, hundreds of thousands of images at MIMIC-CXR
+    scale) stays on disk; only the rows of the images a plan asks about are read.
+    """
     from medscout_data.index import ensure_neighbours
 
     path = ensure_neighbours(
@@ -532,13 +587,21 @@ def _neighbours(layout: Layout, recipe: Recipe, options: BuildOptions) -> dict[s
         root=options.root,
         workers=options.workers,
     )
-    frame = pl.read_parquet(path, columns=["image_id", "rank", "neighbour_id", "score"]).sort(
-        ["image_id", "rank"]
-    )
-    out: dict[str, list[tuple[str, float]]] = defaultdict(list)
-    for image_id, neighbour_id, score in frame.select(["image_id", "neighbour_id", "score"]).iter_rows():
-        out[image_id].append((neighbour_id, float(score)))
-    return dict(out)
+
+    def lookup(image_ids: Iterable[str]) -> dict[str, list[tuple[str, float]]]:
+        frame = (
+            pl.scan_parquet(path)
+            .select(["image_id", "rank", "neighbour_id", "score"])
+            .filter(pl.col("image_id").is_in(sorted(image_ids)))
+            .sort(["image_id", "rank"])
+            .collect()
+        )
+        out: dict[str, list[tuple[str, float]]] = defaultdict(list)
+        for image_id, neighbour_id, score in frame.select(["image_id", "neighbour_id", "score"]).iter_rows():
+            out[image_id].append((neighbour_id, float(score)))
+        return dict(out)
+
+    return lookup
 
 
 def _remove_stale_shards(folder: Path, task: str, jobs: list[ShardJob]) -> None:

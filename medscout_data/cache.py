@@ -50,12 +50,14 @@ class ImageCache:
             self._open.popitem(last=False)
         return stack
 
+    def read(self, name: str, index: int, height: int, width: int) -> np.ndarray:
+        """Entry `index` of cache file `name`, cropped to its own size, as a fresh array."""
+        return np.array(self._stack(name)[index, :height, :width])
+
     def image(self, row: Mapping[str, Any]) -> np.ndarray:
         """The row's 8-bit image as a fresh (H, W) array."""
-        stack = self._stack(row["cache_file"])
-        return np.array(stack[row["cache_index"], : row["height"], : row["width"]])
+        return self.read(row["cache_file"], row["cache_index"], row["height"], row["width"])
 
     def mask(self, row: Mapping[str, Any]) -> np.ndarray:
         """The row's body mask as a fresh (H, W) bool array."""
-        stack = self._stack(row["mask_file"])
-        return np.array(stack[row["cache_index"], : row["height"], : row["width"]], dtype=bool)
+        return self.read(row["mask_file"], row["cache_index"], row["height"], row["width"]).astype(bool)

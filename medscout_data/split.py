@@ -14,6 +14,7 @@ recipe, counts per cell, the subject lists' hashes and every shard's sha256.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import math
@@ -382,6 +383,4 @@ def _manifest(
 
 
 def _list_hash(values: list[str]) -> str:
-    import hashlib
-
     return hashlib.sha256("\n".join(values).encode()).hexdigest()
