@@ -28,7 +28,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 import re
 from collections import Counter, defaultdict
 from collections.abc import Iterator, Sequence
@@ -54,7 +53,7 @@ from medscout_data.score import (
     resolve_bench,
 )
 from medscout_data.seeding import rng_for
-from medscout_data.shards import tmp_path
+from medscout_data.shards import atomic_writer
 from medscout_data.tasks import (
     box_to_grid,
     cell_box,
@@ -471,14 +470,8 @@ def run_baseline(
     columns = META_COLUMNS + (["images"] if options.name == "classical" else [])
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = tmp_path(out)
-    try:
-        with open(tmp, "w", encoding="utf-8") as handle:
-            _write_answers(handle, iter_rows(source, columns), count_rows(source), options, prior, report)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    os.replace(tmp, out)
+    with atomic_writer(out) as handle:
+        _write_answers(handle, iter_rows(source, columns), count_rows(source), options, prior, report)
     return report
 
 

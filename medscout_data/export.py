@@ -45,7 +45,8 @@ from medscout_data import MODALITIES, TASKS
 from medscout_data.errors import StageError
 from medscout_data.layout import Layout
 from medscout_data.report import RunReport
-from medscout_data.shards import tmp_path, write_bytes_atomic
+from medscout_data.shards import atomic_writer, write_bytes_atomic
+from medscout_data.split import SPLIT_FILE_PREFIX, pool_files
 
 log = logging.getLogger(__name__)
 
@@ -105,10 +106,10 @@ class BadItem(ValueError):
 def split_files(layout: Layout, split: str, modality: str, task: str) -> list[Path]:
     """Shards of one modality x task cell of `bench`, `train` or the build `pool`."""
     if split == "pool":
-        return sorted(layout.pool_dir(modality).glob(f"{task}-*.parquet"))
+        return pool_files(layout, modality, task)
     if split not in EXPORT_SPLITS:
         raise ValueError(f"unknown split {split!r}; use one of {', '.join(PREVIEW_SPLITS)}")
-    prefix = "test" if split == "bench" else "train"
+    prefix = SPLIT_FILE_PREFIX[split]
     return sorted((layout.split_dir(split) / modality / task).glob(f"{prefix}-*.parquet"))
 
 
@@ -324,17 +325,14 @@ def export_split(layout: Layout, out: Path, options: ExportOptions) -> ExportRes
     result = ExportResult(jsonl, system if options.format == "swift" else None, 0, 0, report=report)
     if result.system is not None:  # before the JSONL: a JSONL in place means everything is there
         write_bytes_atomic((SYSTEM_PROMPTS[options.mode] + "\n").encode("utf-8"), result.system)
-    tmp = tmp_path(jsonl)
     bar = tqdm(total=total, desc=f"export {options.split}", unit="item", disable=not options.progress)
     try:
-        with open(tmp, "w", encoding="utf-8") as handle:
+        with atomic_writer(jsonl) as handle:
             images = ImageWriter(out, options.absolute_paths)
             for cell in cells:
                 result.cells[cell.name] = _export_cell(cell, images, options, handle, result, bar)
-        os.replace(tmp, jsonl)
     finally:
         bar.close()
-        tmp.unlink(missing_ok=True)
     _finish_report(result, layout, out, options, report_dir)
     return result
 
@@ -394,10 +392,7 @@ class ImageWriter:
         if folder not in self.folders:
             os.makedirs(folder, exist_ok=True)
             self.folders.add(folder)
-        tmp = target + ".tmp"
-        with open(tmp, "wb") as handle:
-            handle.write(data)
-        os.replace(tmp, target)
+        write_bytes_atomic(data, Path(target), make_parent=False)
 
 
 def _finish_report(

@@ -9,9 +9,10 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -109,12 +110,30 @@ def write_rows_atomic(rows: Iterable[dict[str, Any]], schema: pa.Schema, path: P
     write_table_atomic(pa.Table.from_pylist(list(rows), schema=schema), path)
 
 
-def write_bytes_atomic(data: bytes, path: Path) -> None:
+@contextmanager
+def atomic_writer(path: Path, mode: str = "w") -> Iterator[IO[Any]]:
+    """An open file under a temporary name, renamed to `path` when the block ends without error.
+
+    On an error (or a kill) only the temporary file is left, and it is removed
+    where possible: a file under its final name is always complete.
+    """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = tmp_path(path)
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
+    encoding = None if "b" in mode else "utf-8"
+    try:
+        with open(tmp, mode, encoding=encoding) as handle:
+            yield handle
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def write_bytes_atomic(data: bytes, path: Path, make_parent: bool = True) -> None:
+    """`data` to `path` atomically; `make_parent=False` when the caller made the folder already."""
+    if make_parent:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+    with atomic_writer(path, "wb") as handle:
+        handle.write(data)
 
 
 def write_json_atomic(obj: Any, path: Path) -> None:
