@@ -21,9 +21,9 @@ import tempfile
 import time
 from pathlib import Path
 
+from medscout_data.evaluation.score import score_file
 from medscout_data.recipe import load_recipe, resolve_recipe_path
 from medscout_data.report import RunReport
-from medscout_data.score import score_file
 
 BASELINES = ("random", "prior", "classical")
 CELLS = [(m, t) for m in ("ct", "mri", "xray") for t in ("scale", "jigsaw", "anomaly")]

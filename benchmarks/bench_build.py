@@ -46,9 +46,9 @@ def recipe_file(work: Path, items_per_cell: int) -> Path:
 
 def setup(work: Path, subjects: int, slices: int) -> tuple[Path, Path]:
     """Sample CT at 512 px, ingested once into `work/base`; returns (source root, shards root)."""
-    from medscout_data.ingest import run_ingest
     from medscout_data.layout import Layout
     from medscout_data.sample import write_samples
+    from medscout_data.sources import run_ingest
 
     source = write_samples(
         work / "src", subjects=subjects, size=512, slices=slices, seed=0, sources=("totalseg-ct",)
@@ -80,12 +80,12 @@ import sys, time
 from pathlib import Path
 import datasets
 from PIL import Image
-from medscout_data.build import BuildOptions, CellContext, _content, plan_cell, read_catalogue
+from medscout_data.stages.build import BuildOptions, CellContext, _content, plan_cell, read_catalogue
 from medscout_data.cache import ImageCache
 from medscout_data.layout import Layout
-from medscout_data.plan import ensure_plan
+from medscout_data.stages.plan import ensure_plan
 from medscout_data.recipe import load_recipe
-from medscout_data.tasks import TaskRejected
+from medscout_data.tasks.geometry import TaskRejected
 import numpy as np
 
 root, recipe_path, count = Path(sys.argv[1]), sys.argv[2], int(sys.argv[3])

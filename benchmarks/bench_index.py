@@ -24,7 +24,8 @@ from pathlib import Path
 
 import numpy as np
 
-from medscout_data.embedders import (
+from medscout_data.report import RunReport
+from medscout_data.stages.embedders import (
     ModelSpec,
     PixelEmbedder,
     ResolvedModel,
@@ -33,8 +34,7 @@ from medscout_data.embedders import (
     preprocess_config,
     resolve_model,
 )
-from medscout_data.index import EmbeddingStore, IndexOptions, SearchConfig, embed_missing, search_side
-from medscout_data.report import RunReport
+from medscout_data.stages.index import EmbeddingStore, IndexOptions, SearchConfig, embed_missing, search_side
 
 # BiomedCLIP's open_clip image-tower config (open_clip_config.json's model_cfg, text tower left out).
 BIOMEDCLIP_VISION = {

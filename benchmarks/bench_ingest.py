@@ -33,8 +33,8 @@ from medscout_data.recipe import load_recipe
 
 def child(root: Path, out: Path, workers: int) -> None:
     """One timed run: ingest `root` into a fresh `out`, print figures as JSON."""
-    from medscout_data.ingest import run_ingest
     from medscout_data.layout import Layout
+    from medscout_data.sources import run_ingest
 
     shutil.rmtree(out, ignore_errors=True)
     start = time.perf_counter()

@@ -27,10 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from medscout_data import MODALITIES, TASKS
-from medscout_data.imaging import encode_png
-from medscout_data.report import RunReport
-from medscout_data.schema import ITEM_SCHEMA
-from medscout_data.score import (
+from medscout_data.evaluation.score import (
     bench_items,
     load_bench,
     read_predictions,
@@ -39,8 +36,11 @@ from medscout_data.score import (
     score_file,
     total_rewards,
 )
+from medscout_data.imaging import encode_png
+from medscout_data.report import RunReport
+from medscout_data.schema import ITEM_SCHEMA
 from medscout_data.shards import ShardWriter
-from medscout_data.tasks import box_to_grid, box_to_unit, non_identity_permutations, sample_crop_box
+from medscout_data.tasks.geometry import box_to_grid, box_to_unit, non_identity_permutations, sample_crop_box
 
 PERMUTATIONS = non_identity_permutations(4)
 THINKING = "The full image shows the thorax; comparing texture and edges of each view. " * 5

@@ -23,14 +23,14 @@ import cv2
 import numpy as np
 
 from medscout_data import MODALITIES, TASKS
-from medscout_data.build import balanced, side_counts
 from medscout_data.layout import Layout
-from medscout_data.plan import make_plan
 from medscout_data.recipe import load_recipe
 from medscout_data.schema import ITEM_SCHEMA
 from medscout_data.seeding import rng_for
 from medscout_data.shards import ShardWriter, write_json_atomic
-from medscout_data.tasks import non_identity_permutations
+from medscout_data.stages.build import balanced, side_counts
+from medscout_data.stages.plan import make_plan
+from medscout_data.tasks.geometry import non_identity_permutations
 
 
 def write_pool(root: Path, items_per_cell: int, subjects: int) -> int:
@@ -97,7 +97,7 @@ CHILD = """
 import sys, time
 from pathlib import Path
 from medscout_data.layout import Layout
-from medscout_data.split import SplitOptions, split_pool
+from medscout_data.stages.split import SplitOptions, split_pool
 start = time.perf_counter()
 manifest = split_pool(Layout.at(sys.argv[1]), SplitOptions(progress=False))
 status = Path("/proc/self/status").read_text().splitlines()

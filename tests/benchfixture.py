@@ -1,6 +1,6 @@
 """Small, real bench trees for the score and baseline tests.
 
-Items come from `medscout_data.items` (the pipeline's own item functions) on
+Items come from `medscout_data.tasks.items` (the pipeline's own item functions) on
 phantom images from `medscout_data.sample` (CT and MRI slices of a phantom
 volume, chest radiographs), written with `ShardWriter` and `ITEM_SCHEMA` to
 the layouts `score` reads:
@@ -18,15 +18,6 @@ from typing import Any
 
 import numpy as np
 
-from medscout_data.items import (
-    ItemContent,
-    ItemKey,
-    anomaly_difference,
-    anomaly_item,
-    jigsaw_item,
-    scale_item,
-    to_row,
-)
 from medscout_data.recipe import Recipe, load_recipe
 from medscout_data.sample import (
     Torso,
@@ -39,7 +30,16 @@ from medscout_data.sample import (
 from medscout_data.schema import ITEM_SCHEMA
 from medscout_data.seeding import rng_for
 from medscout_data.shards import ShardWriter
-from medscout_data.tasks import TaskRejected, non_identity_permutations
+from medscout_data.tasks.geometry import TaskRejected, non_identity_permutations
+from medscout_data.tasks.items import (
+    ItemContent,
+    ItemKey,
+    anomaly_difference,
+    anomaly_item,
+    jigsaw_item,
+    scale_item,
+    to_row,
+)
 
 SIZE = 128
 

@@ -65,9 +65,9 @@ def test_recipe(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def built_pool(tmp_path_factory: pytest.TempPathFactory, test_recipe: Path) -> Path:
     """An output root with the pool of all three modalities built from the embedded sample."""
-    from medscout_data.build import BuildOptions, build_modality
     from medscout_data.layout import Layout
     from medscout_data.recipe import load_recipe
+    from medscout_data.stages.build import BuildOptions, build_modality
 
     root = tmp_path_factory.mktemp("shards")
     recipe = load_recipe(test_recipe)
@@ -85,7 +85,7 @@ def split_shards(tmp_path_factory: pytest.TempPathFactory, built_pool: Path) -> 
     import shutil
 
     from medscout_data.layout import Layout
-    from medscout_data.split import SplitOptions, split_pool
+    from medscout_data.stages.split import SplitOptions, split_pool
 
     root = tmp_path_factory.mktemp("split")
     for folder in ("pool", "plan"):

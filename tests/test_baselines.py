@@ -13,7 +13,8 @@ import pytest
 from benchfixture import make_shards, make_staged_repo, volume_slices
 from click.testing import CliRunner
 
-from medscout_data.baselines import (
+from medscout_data.cli import cli
+from medscout_data.evaluation.baselines import (
     META_COLUMNS,
     AnswerShape,
     BaselineOptions,
@@ -27,12 +28,11 @@ from medscout_data.baselines import (
     solve_jigsaw,
     solve_scale,
 )
-from medscout_data.cli import cli
-from medscout_data.items import anomaly_item, scale_item
+from medscout_data.evaluation.score import Truth, resolve_bench, score_file
 from medscout_data.recipe import load_recipe
-from medscout_data.score import Truth, resolve_bench, score_file
 from medscout_data.seeding import rng_for
-from medscout_data.tasks import non_identity_permutations, shuffle_tiles
+from medscout_data.tasks.geometry import non_identity_permutations, shuffle_tiles
+from medscout_data.tasks.items import anomaly_item, scale_item
 
 RECIPE = load_recipe("sample")
 

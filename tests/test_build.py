@@ -21,14 +21,14 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image
 
-from medscout_data.build import BuildOptions, balanced, build_modality, quotas, spread
 from medscout_data.cache import ImageCache
 from medscout_data.cli import cli
 from medscout_data.layout import Layout
-from medscout_data.plan import BENCH, PlanError, load_plan
 from medscout_data.recipe import load_recipe
 from medscout_data.schema import ITEM_COLUMNS
-from medscout_data.tasks import cell_box, cell_difference, fit_to_grid
+from medscout_data.stages.build import BuildOptions, balanced, build_modality, quotas, spread
+from medscout_data.stages.plan import BENCH, PlanError, load_plan
+from medscout_data.tasks.geometry import cell_box, cell_difference, fit_to_grid
 
 MODALITIES = ("ct", "mri", "xray")
 

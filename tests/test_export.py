@@ -15,7 +15,7 @@ from medscout_data import MODALITIES, TASKS
 from medscout_data import cli as cli_package
 from medscout_data.cli import cli
 from medscout_data.cli import export as export_cli
-from medscout_data.export import (
+from medscout_data.integrations.export import (
     EXPORT_SPLITS,
     FORMATS,
     IMAGE_TAG,

@@ -19,8 +19,11 @@ from click.testing import CliRunner
 
 from medscout_data.cache import save_stack
 from medscout_data.cli import cli
-from medscout_data.embedders import ModelSpec, ModelSpecError, parse_model_spec
-from medscout_data.index import (
+from medscout_data.layout import Layout
+from medscout_data.recipe import Recipe, load_recipe
+from medscout_data.schema import CATALOGUE_SCHEMA
+from medscout_data.stages.embedders import ModelSpec, ModelSpecError, parse_model_spec
+from medscout_data.stages.index import (
     NEIGHBOUR_SCHEMA,
     EmbeddingStore,
     IndexMismatch,
@@ -32,10 +35,7 @@ from medscout_data.index import (
     neighbours_metadata,
     search_side,
 )
-from medscout_data.layout import Layout
-from medscout_data.plan import SubjectPlan
-from medscout_data.recipe import Recipe, load_recipe
-from medscout_data.schema import CATALOGUE_SCHEMA
+from medscout_data.stages.plan import SubjectPlan
 
 BENCH_SUBJECTS = ("s1", "s2")
 TRAIN_SUBJECTS = ("s3", "s4", "s5", "s6")
@@ -190,7 +190,7 @@ def test_local_dir_spec_resolves_to_an_absolute_folder(tmp_path: Path, monkeypat
 
 def test_builtin_name_without_tag_is_refused_not_random_weights() -> None:
     pytest.importorskip("open_clip")
-    from medscout_data.embedders import resolve_model
+    from medscout_data.stages.embedders import resolve_model
 
     with pytest.raises(ModelSpecError, match="laion2b_s34b_b79k"):
         resolve_model(parse_model_spec("ViT-B-32"))
@@ -390,7 +390,7 @@ def test_cli_help_lists_the_options() -> None:
 
 
 def test_cli_runs_ingest_then_index_on_the_sample(tmp_path: Path) -> None:
-    ingest = pytest.importorskip("medscout_data.ingest")
+    ingest = pytest.importorskip("medscout_data.sources")
     if not hasattr(ingest, "ensure_catalogue"):
         pytest.skip("the ingest stage has no ensure_catalogue yet")
     out = tmp_path / "shards"

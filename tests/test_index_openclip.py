@@ -26,7 +26,8 @@ import pytest
 import torch
 from test_index import run_index, small_recipe, smooth_image, write_plan, write_xray_catalogue, xray_images
 
-from medscout_data.embedders import (
+from medscout_data.layout import Layout
+from medscout_data.stages.embedders import (
     DEFAULT_MODEL,
     ModelUnavailable,
     build_vision_tower,
@@ -34,8 +35,7 @@ from medscout_data.embedders import (
     parse_model_spec,
     resolve_model,
 )
-from medscout_data.index import IndexMismatch, load_neighbours, neighbours_metadata
-from medscout_data.layout import Layout
+from medscout_data.stages.index import IndexMismatch, load_neighbours, neighbours_metadata
 
 ASSET = Path(__file__).parent / "assets" / "tiny-clip" / "open_clip_config.json"
 REPO = "medscout-test/tiny-clip"
@@ -166,7 +166,7 @@ def test_hugging_face_cache_is_read_with_no_network(
 def test_hf_hub_cache_env_var_chooses_the_cache(model_dir: Path, tmp_path: Path) -> None:
     hub = write_hub_cache(tmp_path / "hub", model_dir)
     code = (
-        "from medscout_data.embedders import parse_model_spec, resolve_model;"
+        "from medscout_data.stages.embedders import parse_model_spec, resolve_model;"
         f"print(resolve_model(parse_model_spec('hf-hub:{REPO}')).weights_path)"
     )
     env = {**os.environ, "HF_HUB_CACHE": str(hub), "HF_HUB_OFFLINE": "1"}

@@ -15,7 +15,10 @@ from click.testing import CliRunner
 
 from medscout_data.cli import cli
 from medscout_data.cli.ingest import SOURCE_CHOICES
-from medscout_data.ingest import (
+from medscout_data.layout import Layout
+from medscout_data.recipe import IngestConfig, Window, load_recipe
+from medscout_data.schema import CATALOGUE_SCHEMA
+from medscout_data.sources import (
     SOURCE_KINDS,
     IngestError,
     catalogue_info,
@@ -23,9 +26,6 @@ from medscout_data.ingest import (
     ensure_catalogue,
     run_ingest,
 )
-from medscout_data.layout import Layout
-from medscout_data.recipe import IngestConfig, Window, load_recipe
-from medscout_data.schema import CATALOGUE_SCHEMA
 
 
 def recipe_with(**ingest):

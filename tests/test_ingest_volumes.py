@@ -16,10 +16,10 @@ from click.testing import CliRunner
 
 from medscout_data.cache import ImageCache
 from medscout_data.cli import cli
-from medscout_data.ingest import run_ingest
-from medscout_data.ingest.volumes import SliceGrid, read_canonical, slice_grid, to_canonical, window_to_uint8
 from medscout_data.layout import Layout
 from medscout_data.recipe import IngestConfig, Window, load_recipe
+from medscout_data.sources import run_ingest
+from medscout_data.sources.volumes import SliceGrid, read_canonical, slice_grid, to_canonical, window_to_uint8
 
 RIGHT_ANTERIOR = (slice(12, 17), slice(12, 17))  # (y, x) in canonical LPS: small y anterior, small x right
 LEFT_POSTERIOR = (slice(30, 35), slice(40, 45))
@@ -340,7 +340,7 @@ def test_cli_exit_code_says_whether_anything_usable_came_out(tmp_path: Path) -> 
 def test_fill_holes_matches_scipy_on_random_masks() -> None:
     from scipy import ndimage
 
-    from medscout_data.ingest.masks import fill_holes
+    from medscout_data.sources.masks import fill_holes
 
     rng = np.random.default_rng(0)
     for _ in range(40):

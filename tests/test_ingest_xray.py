@@ -25,10 +25,10 @@ from pydicom.uid import (
 )
 
 from medscout_data.cache import ImageCache
-from medscout_data.ingest import run_ingest
-from medscout_data.ingest.dicom import apply_window, render_dicom
 from medscout_data.layout import Layout
 from medscout_data.recipe import IngestConfig, load_recipe
+from medscout_data.sources import run_ingest
+from medscout_data.sources.dicom import apply_window, render_dicom
 
 
 def recipe_with(**ingest):

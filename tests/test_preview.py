@@ -17,8 +17,7 @@ from click.testing import CliRunner
 from PIL import Image
 
 from medscout_data.cli import cli
-from medscout_data.layout import Layout
-from medscout_data.preview import (
+from medscout_data.integrations.preview import (
     GRID_COLOUR,
     HIGHLIGHT,
     PALETTE,
@@ -28,8 +27,9 @@ from medscout_data.preview import (
     jigsaw_figures,
     write_preview,
 )
+from medscout_data.layout import Layout
 from medscout_data.schema import ITEM_SCHEMA
-from medscout_data.tasks import shuffle_tiles
+from medscout_data.tasks.geometry import shuffle_tiles
 
 SIZE = 128
 

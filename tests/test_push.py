@@ -19,8 +19,7 @@ from click.testing import CliRunner
 from PIL import Image
 
 from medscout_data.cli.push import push_bench as push_command
-from medscout_data.layout import Layout
-from medscout_data.push import (
+from medscout_data.hub.push import (
     STAGE_MARKER,
     PushError,
     PushOptions,
@@ -29,6 +28,7 @@ from medscout_data.push import (
     push_bench,
     stage_bench,
 )
+from medscout_data.layout import Layout
 from medscout_data.schema import hf_features
 from medscout_data.shards import sha256_file
 
@@ -438,7 +438,7 @@ def test_restaging_replaces_the_stage_whole(split_shards: Path, tmp_path: Path) 
 
 
 def test_unknown_modality_request_is_an_error(built_pool: Path, tmp_path: Path) -> None:
-    from medscout_data.split import SplitOptions, split_pool
+    from medscout_data.stages.split import SplitOptions, split_pool
 
     root = tmp_path / "ct-only"
     shutil.copytree(built_pool / "pool" / "ct", root / "pool" / "ct")
@@ -596,7 +596,7 @@ def test_repo_id_must_be_owner_and_name(split_shards: Path) -> None:
 def test_cli_upload_reports_the_commit_then_up_to_date(
     split_shards: Path, tmp_path: Path, hf_token: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from medscout_data import push
+    from medscout_data.hub import push
 
     hub = FakeHubApi()
     monkeypatch.setattr(push, "hub_api", hub.factory)

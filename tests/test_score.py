@@ -15,8 +15,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from medscout_data.cli import cli
-from medscout_data.report import RunReport
-from medscout_data.score import (
+from medscout_data.evaluation.score import (
     SCORE_COLUMNS,
     DenseGeometricReward,
     ScoreError,
@@ -36,6 +35,7 @@ from medscout_data.score import (
     score_file,
     total_rewards,
 )
+from medscout_data.report import RunReport
 
 ANOMALY = Truth("anomaly", cell=9, grid=4)  # row 2, col 1
 BOXES = Truth("box", boxes=((100, 100, 300, 300), (0, 0, 500, 500), (500, 500, 1000, 1000)))

@@ -12,14 +12,14 @@ import pyarrow.parquet as pq
 import pytest
 from click.testing import CliRunner
 
-from medscout_data.build import BuildOptions, build_modality
 from medscout_data.cli import cli
 from medscout_data.layout import Layout
-from medscout_data.plan import load_plan
 from medscout_data.recipe import load_recipe
 from medscout_data.shards import sha256_file
-from medscout_data.split import SplitError, SplitOptions, split_pool
-from medscout_data.validate import validate_split
+from medscout_data.stages.build import BuildOptions, build_modality
+from medscout_data.stages.plan import load_plan
+from medscout_data.stages.split import SplitError, SplitOptions, split_pool
+from medscout_data.stages.validate import validate_split
 
 
 def _copy_pool(source: Path, target: Path, modalities: tuple[str, ...] = ("ct", "mri", "xray")) -> Layout:

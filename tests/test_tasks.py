@@ -10,10 +10,9 @@ import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from medscout_data import prompts
-from medscout_data.items import anomaly_item, jigsaw_item, scale_item
 from medscout_data.recipe import ScaleConfig, load_recipe
-from medscout_data.tasks import (
+from medscout_data.tasks import prompts
+from medscout_data.tasks.geometry import (
     TaskRejected,
     box_fraction,
     box_to_grid,
@@ -28,6 +27,7 @@ from medscout_data.tasks import (
     sample_crop_box,
     shuffle_tiles,
 )
+from medscout_data.tasks.items import anomaly_item, jigsaw_item, scale_item
 
 RECIPE = load_recipe("sample")
 sizes = st.integers(min_value=24, max_value=400)

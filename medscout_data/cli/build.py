@@ -66,10 +66,10 @@ def build(
     outputs are missing. With no --root it builds the embedded sample. A rerun
     reuses finished shards, so a killed build resumes where it stopped.
     """
-    from medscout_data.build import BuildOptions, build_modality
     from medscout_data.errors import StageError
     from medscout_data.layout import Layout
     from medscout_data.recipe import RecipeError, load_recipe
+    from medscout_data.stages.build import BuildOptions, build_modality
 
     if root and len(modalities) > 1:
         raise click.UsageError("--root names one modality's source; build one --modality at a time with it")

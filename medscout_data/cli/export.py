@@ -69,7 +69,7 @@ def export(
     only when every image is written.
     """
     from medscout_data.errors import StageError
-    from medscout_data.export import ExportOptions, export_split
+    from medscout_data.integrations.export import ExportOptions, export_split
     from medscout_data.layout import Layout
 
     options = ExportOptions(
@@ -94,7 +94,7 @@ def export(
     if report.skips:
         click.echo(f"skipped {len(report.skips)} item(s): {report.skipped_by_reason()} (see {out}/_reports/)")
     if result.has_mimic:
-        from medscout_data.export import MIMIC_NOTE
+        from medscout_data.integrations.export import MIMIC_NOTE
 
         click.echo(f"note: {MIMIC_NOTE}", err=True)
 
@@ -133,8 +133,8 @@ def preview(
     data URIs) and OUT/sheets/<modality>-<task>.png contact sheets.
     """
     from medscout_data.errors import StageError
+    from medscout_data.integrations.preview import PreviewOptions, write_preview
     from medscout_data.layout import Layout
-    from medscout_data.preview import PreviewOptions, write_preview
 
     options = PreviewOptions(
         split=split,

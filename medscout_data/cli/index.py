@@ -65,10 +65,10 @@ def index(
     the catalogue is missing. Writes OUT/index/xray/<model>/neighbours.parquet.
     """
     from medscout_data.errors import StageError
-    from medscout_data.index import ensure_neighbours, neighbours_metadata
     from medscout_data.layout import Layout
-    from medscout_data.plan import PlanError
     from medscout_data.recipe import RecipeError, load_recipe
+    from medscout_data.stages.index import ensure_neighbours, neighbours_metadata
+    from medscout_data.stages.plan import PlanError
 
     try:
         path = ensure_neighbours(

@@ -16,7 +16,7 @@ from medscout_data.cli.options import (
     workers_option,
 )
 
-# Kept in step with medscout_data.ingest.SOURCE_KINDS (a test checks), so --help needs no heavy import.
+# Kept in step with medscout_data.sources.SOURCE_KINDS (a test checks), so --help needs no heavy import.
 SOURCE_CHOICES = ("totalseg", "mimic-cxr-jpg", "mimic-cxr")
 MIMIC_NOTE = (
     "note: MIMIC-CXR is PhysioNet credentialed data; its terms forbid public redistribution, "
@@ -52,9 +52,9 @@ def ingest(
     nothing did.
     """
     from medscout_data.errors import StageError
-    from medscout_data.ingest import run_ingest
     from medscout_data.layout import Layout
     from medscout_data.recipe import RecipeError, load_recipe
+    from medscout_data.sources import run_ingest
 
     try:
         config = load_recipe(recipe)

@@ -9,7 +9,7 @@ import click
 from medscout_data.cli.options import modalities_filter, quiet_option, shards_option
 
 if TYPE_CHECKING:
-    from medscout_data.push import PushResult
+    from medscout_data.hub.push import PushResult
 
 
 def _repo_id(ctx: click.Context, param: click.Parameter, value: str) -> str:
@@ -75,8 +75,8 @@ def push_bench(
     """
     from pathlib import Path
 
-    from medscout_data import push
     from medscout_data.errors import StageError
+    from medscout_data.hub import push
     from medscout_data.layout import Layout
 
     options = push.PushOptions(

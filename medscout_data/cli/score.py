@@ -51,8 +51,8 @@ def score(predictions: str, bench: str, profile: str, mode: str, json_out: str |
     from pathlib import Path
 
     from medscout_data.errors import StageError
+    from medscout_data.evaluation.score import format_table, score_file
     from medscout_data.report import RunReport
-    from medscout_data.score import format_table, score_file
     from medscout_data.shards import write_json_atomic
 
     report = RunReport("score")
@@ -96,8 +96,8 @@ def baseline(name: str, bench: str, out: str, seed: int, quiet: bool) -> None:
     classical  template matching (scale), seam continuity (jigsaw), seam
                detection (anomaly); decodes every image
     """
-    from medscout_data.baselines import BaselineOptions, run_baseline
     from medscout_data.errors import StageError
+    from medscout_data.evaluation.baselines import BaselineOptions, run_baseline
 
     try:
         report = run_baseline(bench, out, BaselineOptions(name, seed, progress=not quiet))

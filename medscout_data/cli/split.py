@@ -32,7 +32,7 @@ def split(shards: str, seed: int | None, bench_per_cell: int | None, recipe: str
     """
     from medscout_data.errors import StageError
     from medscout_data.layout import Layout
-    from medscout_data.split import SplitOptions, split_pool
+    from medscout_data.stages.split import SplitOptions, split_pool
 
     layout = Layout.at(shards)
     options = SplitOptions(seed=seed, bench_per_cell=bench_per_cell, recipe=recipe, progress=not quiet)
@@ -62,7 +62,7 @@ def validate(shards: str, deep: bool, quiet: bool) -> None:
     included), exact and balanced bench cells. Exits 1 naming every problem.
     """
     from medscout_data.layout import Layout
-    from medscout_data.validate import validate_split
+    from medscout_data.stages.validate import validate_split
 
     problems = validate_split(Layout.at(shards), deep=deep, progress=not quiet)
     for problem in problems:

@@ -34,12 +34,12 @@ from typing import Any, Protocol
 import pyarrow.parquet as pq
 
 from medscout_data import MODALITIES
-from medscout_data.card import CardFacts, StagedFile, features_of_metadata, license_fields, render_card
 from medscout_data.errors import StageError
+from medscout_data.hub.card import CardFacts, StagedFile, features_of_metadata, license_fields, render_card
 from medscout_data.layout import Layout
-from medscout_data.plan import BENCH, TRAIN, load_plan
 from medscout_data.recipe import Recipe
 from medscout_data.shards import sha256_file, write_bytes_atomic, write_json_atomic
+from medscout_data.stages.plan import BENCH, TRAIN, load_plan
 
 log = logging.getLogger(__name__)
 
@@ -223,7 +223,7 @@ def stage_bench(layout: Layout, options: PushOptions) -> Stage:
 
 
 def _check_valid(layout: Layout, options: PushOptions) -> None:
-    from medscout_data.validate import validate_split
+    from medscout_data.stages.validate import validate_split
 
     problems = validate_split(layout, progress=options.progress)
     if problems:

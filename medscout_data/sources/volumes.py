@@ -39,11 +39,11 @@ from scipy import ndimage
 
 from medscout_data.cache import save_stack
 from medscout_data.imaging import resize
-from medscout_data.ingest.base import InputError, Job, Listing, Unit, UnitResult, write_part
-from medscout_data.ingest.detect import TOTALSEG_META, VOLUME_NAMES, volume_file
-from medscout_data.ingest.masks import fill_holes
 from medscout_data.recipe import IngestConfig, Window
 from medscout_data.report import Skip
+from medscout_data.sources.base import InputError, Job, Listing, Unit, UnitResult, write_part
+from medscout_data.sources.detect import TOTALSEG_META, VOLUME_NAMES, volume_file
+from medscout_data.sources.masks import fill_holes
 
 KIND = "totalseg"
 COARSE_SIDE = 128  # in-plane size of the grid the 3-D body component is found on

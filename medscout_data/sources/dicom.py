@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from medscout_data.ingest.base import InputError
+from medscout_data.sources.base import InputError
 
 CODECS_HINT = (
     "install the DICOM decoders: pip install 'medscout-data[dicom-codecs]' "

@@ -46,7 +46,7 @@ from medscout_data.errors import StageError
 from medscout_data.layout import Layout
 from medscout_data.report import RunReport
 from medscout_data.shards import atomic_writer, write_bytes_atomic
-from medscout_data.split import SPLIT_FILE_PREFIX, pool_files
+from medscout_data.stages.split import SPLIT_FILE_PREFIX, pool_files
 
 log = logging.getLogger(__name__)
 

@@ -43,7 +43,15 @@ from tqdm import tqdm
 from medscout_data import TASKS, __version__
 from medscout_data.cache import ImageCache
 from medscout_data.errors import StageError
-from medscout_data.items import (
+from medscout_data.layout import Layout
+from medscout_data.recipe import Recipe
+from medscout_data.report import RunReport
+from medscout_data.schema import ITEM_SCHEMA
+from medscout_data.seeding import derive_seed, rng_for
+from medscout_data.shards import ShardWriter, read_file_metadata
+from medscout_data.stages.plan import BENCH, TRAIN, SubjectPlan, ensure_plan
+from medscout_data.tasks.geometry import TaskRejected, non_identity_permutations
+from medscout_data.tasks.items import (
     ItemContent,
     ItemKey,
     anomaly_difference,
@@ -52,14 +60,6 @@ from medscout_data.items import (
     scale_item,
     to_row,
 )
-from medscout_data.layout import Layout
-from medscout_data.plan import BENCH, TRAIN, SubjectPlan, ensure_plan
-from medscout_data.recipe import Recipe
-from medscout_data.report import RunReport
-from medscout_data.schema import ITEM_SCHEMA
-from medscout_data.seeding import derive_seed, rng_for
-from medscout_data.shards import ShardWriter, read_file_metadata
-from medscout_data.tasks import TaskRejected, non_identity_permutations
 
 log = logging.getLogger(__name__)
 
@@ -556,7 +556,7 @@ def _ingest_skips(layout: Layout, modality: str) -> dict[str, int]:
 
 
 def _context(layout: Layout, recipe: Recipe, options: BuildOptions) -> CellContext:
-    from medscout_data.ingest import ensure_catalogue
+    from medscout_data.sources import ensure_catalogue
 
     catalogue = ensure_catalogue(layout, recipe, options.modality, root=options.root, workers=options.workers)
     images = read_catalogue(catalogue)
@@ -576,7 +576,7 @@ def _neighbour_lookup(layout: Layout, recipe: Recipe, options: BuildOptions) -> 
     The table (k rows per image, hundreds of thousands of images at MIMIC-CXR
     scale) stays on disk; only the rows of the images a plan asks about are read.
     """
-    from medscout_data.index import ensure_neighbours
+    from medscout_data.stages.index import ensure_neighbours
 
     path = ensure_neighbours(
         layout,

@@ -13,10 +13,10 @@ from typing import Any
 
 import numpy as np
 
-from medscout_data import prompts
 from medscout_data.imaging import encode_png, resize
 from medscout_data.recipe import PngConfig, Recipe
-from medscout_data.tasks import (
+from medscout_data.tasks import prompts
+from medscout_data.tasks.geometry import (
     box_to_grid,
     box_to_unit,
     cell_box,

@@ -2,7 +2,7 @@
 
 Every catalogued X-ray is embedded with the recipe's model (BiomedCLIP's image
 tower for the paper, the weight-free `pixels` embedder for the sample; see
-`medscout_data.embedders`) and, for each image, its k most similar images by
+`medscout_data.stages.embedders`) and, for each image, its k most similar images by
 cosine similarity are found. A neighbour is never the image itself, never an
 image of the same subject, and never an image on the other side of the subject
 plan: each side (bench, train) gets its own FAISS index. `build` takes the
@@ -47,7 +47,12 @@ import pyarrow.parquet as pq
 from tqdm import tqdm
 
 from medscout_data.cache import ImageCache
-from medscout_data.embedders import (
+from medscout_data.errors import StageError
+from medscout_data.layout import Layout
+from medscout_data.recipe import Recipe
+from medscout_data.report import RunReport
+from medscout_data.shards import read_file_metadata, write_json_atomic, write_table_atomic
+from medscout_data.stages.embedders import (
     Embedder,
     ModelUnavailable,
     ResolvedModel,
@@ -55,12 +60,7 @@ from medscout_data.embedders import (
     parse_model_spec,
     resolve_model,
 )
-from medscout_data.errors import StageError
-from medscout_data.layout import Layout
-from medscout_data.plan import BENCH, TRAIN, SubjectPlan, ensure_plan
-from medscout_data.recipe import Recipe
-from medscout_data.report import RunReport
-from medscout_data.shards import read_file_metadata, write_json_atomic, write_table_atomic
+from medscout_data.stages.plan import BENCH, TRAIN, SubjectPlan, ensure_plan
 
 log = logging.getLogger(__name__)
 
@@ -603,7 +603,7 @@ def ensure_neighbours(
     _check_modality(modality)
     options = IndexOptions.from_recipe(recipe, model, device, batch_size, k, search, workers)
     try:
-        from medscout_data.ingest import ensure_catalogue
+        from medscout_data.sources import ensure_catalogue
     except ImportError as exc:
         raise IndexStageError(f"the ingest stage is not available ({exc}); index needs a catalogue") from exc
     ensure_catalogue(layout, recipe, modality, root=root, workers=workers)

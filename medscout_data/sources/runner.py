@@ -21,7 +21,12 @@ import pyarrow.parquet as pq
 from tqdm import tqdm
 
 from medscout_data import MODALITIES
-from medscout_data.ingest.base import (
+from medscout_data.layout import Layout
+from medscout_data.recipe import Recipe
+from medscout_data.report import RunReport
+from medscout_data.schema import CATALOGUE_SCHEMA
+from medscout_data.shards import ShardWriter, read_file_metadata
+from medscout_data.sources.base import (
     INGEST_VERSION,
     IngestError,
     Job,
@@ -30,12 +35,7 @@ from medscout_data.ingest.base import (
     read_part_info,
     unit_hash,
 )
-from medscout_data.ingest.detect import check_source, detect_source, source_fingerprint
-from medscout_data.layout import Layout
-from medscout_data.recipe import Recipe
-from medscout_data.report import RunReport
-from medscout_data.schema import CATALOGUE_SCHEMA
-from medscout_data.shards import ShardWriter, read_file_metadata
+from medscout_data.sources.detect import check_source, detect_source, source_fingerprint
 
 log = logging.getLogger(__name__)
 
@@ -145,10 +145,10 @@ def run_ingest(
 
 def _list(kind: str, root: Path, modality: str, recipe: Recipe) -> Listing:
     if kind == "totalseg":
-        from medscout_data.ingest.volumes import list_volumes
+        from medscout_data.sources.volumes import list_volumes
 
         return list_volumes(root, modality)
-    from medscout_data.ingest.xray import list_xray
+    from medscout_data.sources.xray import list_xray
 
     return list_xray(root, kind, recipe.ingest)
 
@@ -186,11 +186,11 @@ def _jobs(
 def process_job(job: Job) -> str:
     """Process one unit (in a worker or in-process); its outputs are its files."""
     if job.kind == "totalseg":
-        from medscout_data.ingest.volumes import process_volume
+        from medscout_data.sources.volumes import process_volume
 
         process_volume(job)
     else:
-        from medscout_data.ingest.xray import process_chunk
+        from medscout_data.sources.xray import process_chunk
 
         process_chunk(job)
     return job.unit.key

@@ -33,11 +33,11 @@ from tqdm import tqdm
 from medscout_data import MODALITIES, TASKS, __version__
 from medscout_data.errors import StageError
 from medscout_data.layout import Layout
-from medscout_data.plan import BENCH, TRAIN, SubjectPlan, load_plan
 from medscout_data.recipe import Recipe, load_recipe
 from medscout_data.schema import ITEM_SCHEMA
 from medscout_data.seeding import rng_for
 from medscout_data.shards import ShardWriter, sha256_file, write_json_atomic
+from medscout_data.stages.plan import BENCH, TRAIN, SubjectPlan, load_plan
 
 log = logging.getLogger(__name__)
 
@@ -90,7 +90,7 @@ def balance_key(task: str, variant: str, target: str) -> str:
 
 def balance_options(task: str, recipe: Recipe) -> list[str]:
     """Every value a cell's balance key can take."""
-    from medscout_data.tasks import non_identity_permutations
+    from medscout_data.tasks.geometry import non_identity_permutations
 
     if task == "scale":
         return ["tier", "box"]

@@ -12,9 +12,9 @@ report.json beside the catalogue. Bad inputs are recorded with a reason code
 and the run goes on; reruns reuse every finished unit whose inputs are unchanged.
 """
 
-from medscout_data.ingest.base import SOURCE_KINDS, IngestError
-from medscout_data.ingest.detect import detect_source
-from medscout_data.ingest.runner import catalogue_info, ensure_catalogue, resolve_source, run_ingest
+from medscout_data.sources.base import SOURCE_KINDS, IngestError
+from medscout_data.sources.detect import detect_source
+from medscout_data.sources.runner import catalogue_info, ensure_catalogue, resolve_source, run_ingest
 
 __all__ = [
     "SOURCE_KINDS",

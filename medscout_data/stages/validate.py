@@ -25,9 +25,9 @@ from PIL import Image
 from tqdm import tqdm
 
 from medscout_data.layout import Layout
-from medscout_data.plan import BENCH, TRAIN
 from medscout_data.shards import sha256_file
-from medscout_data.split import MAX_DROPPED_FRACTION, balance_key
+from medscout_data.stages.plan import BENCH, TRAIN
+from medscout_data.stages.split import MAX_DROPPED_FRACTION, balance_key
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 META_COLUMNS = ["id", "modality", "task", "variant", "target", "subject_id", "reference_subject_id"]

@@ -11,7 +11,7 @@ import hashlib
 import os
 from pathlib import Path
 
-from medscout_data.ingest.base import SOURCE_KINDS, IngestError
+from medscout_data.sources.base import SOURCE_KINDS, IngestError
 
 VOLUME_NAMES = {"ct": ("ct.nii.gz", "ct.nii"), "mri": ("mri.nii.gz", "mri.nii")}
 JPG_METADATA = "mimic-cxr-2.0.0-metadata.csv.gz"

@@ -44,7 +44,7 @@ from PIL import Image, ImageDraw, ImageFont
 from tqdm import tqdm
 
 from medscout_data import MODALITIES, TASKS
-from medscout_data.export import (
+from medscout_data.integrations.export import (
     MIMIC_NOTE,
     PREVIEW_SPLITS,
     BadItem,
@@ -57,7 +57,7 @@ from medscout_data.layout import Layout
 from medscout_data.report import RunReport
 from medscout_data.seeding import rng_for
 from medscout_data.shards import write_bytes_atomic
-from medscout_data.tasks import fit_to_grid, reassemble
+from medscout_data.tasks.geometry import fit_to_grid, reassemble
 
 log = logging.getLogger(__name__)
 

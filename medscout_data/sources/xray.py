@@ -30,12 +30,12 @@ import polars as pl
 
 from medscout_data.cache import save_stack
 from medscout_data.imaging import fit_longest_side, resize
-from medscout_data.ingest import dicom
-from medscout_data.ingest.base import InputError, Job, Listing, Unit, UnitResult, write_part
-from medscout_data.ingest.detect import JPG_METADATA, RECORD_LIST, SPLIT_CSV, SUFFIXES, image_folder
-from medscout_data.ingest.masks import fill_holes, largest_component
 from medscout_data.recipe import IngestConfig
 from medscout_data.report import Skip
+from medscout_data.sources import dicom
+from medscout_data.sources.base import InputError, Job, Listing, Unit, UnitResult, write_part
+from medscout_data.sources.detect import JPG_METADATA, RECORD_LIST, SPLIT_CSV, SUFFIXES, image_folder
+from medscout_data.sources.masks import fill_holes, largest_component
 
 INDEX_COLUMNS = {
     "mimic-cxr-jpg": (JPG_METADATA, ("dicom_id", "subject_id", "study_id", "ViewPosition")),

@@ -41,10 +41,7 @@ import pyarrow.parquet as pq
 from tqdm import tqdm
 
 from medscout_data.errors import StageError
-from medscout_data.imaging import ImageDecodeError, decode_gray, fit_longest_side, resize
-from medscout_data.recipe import ScaleConfig
-from medscout_data.report import RunReport
-from medscout_data.score import (
+from medscout_data.evaluation.score import (
     BenchSource,
     Box,
     Truth,
@@ -52,9 +49,12 @@ from medscout_data.score import (
     read_metadata,
     resolve_bench,
 )
+from medscout_data.imaging import ImageDecodeError, decode_gray, fit_longest_side, resize
+from medscout_data.recipe import ScaleConfig
+from medscout_data.report import RunReport
 from medscout_data.seeding import rng_for
 from medscout_data.shards import atomic_writer
-from medscout_data.tasks import (
+from medscout_data.tasks.geometry import (
     box_to_grid,
     cell_box,
     crop_shape,

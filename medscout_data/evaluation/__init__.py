@@ -1,0 +1,1 @@
+"""Using the bench: Dense Geometric Reward scoring and the random / prior / classical baselines."""

@@ -1,0 +1,1 @@
+"""Files for the tools researchers already use: training exports (ms-swift, generic JSONL) and previews."""
