@@ -5,7 +5,7 @@ catalogue/<modality>/               ingest: catalogue.parquet, errors.parquet, r
 cache/<modality>/                   ingest: rendered 8-bit images and body masks (.npy)
 plan/<modality>.json                seeded subject partition (bench / train)
 index/<modality>/<model-slug>/      index: embeddings, neighbours.parquet, index.json
-pool/<modality>/<task>-NNNNN.parquet  build: the item pool
+pool/<modality>/<task>-NNNNN.parquet  build: the item pool; pool.json: what build planned and made
 train/<modality>/<task>/train-*.parquet, bench/<modality>/<task>/test-*.parquet  split
 manifest.json                       split: seed, recipe, counts, hashes
 """
@@ -57,6 +57,9 @@ class Layout:
 
     def pool_dir(self, modality: str) -> Path:
         return self.root / "pool" / modality
+
+    def pool_record(self, modality: str) -> Path:
+        return self.pool_dir(modality) / "pool.json"
 
     def build_report_dir(self, modality: str) -> Path:
         return self.root / "reports" / "build" / modality

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shlex
 import sys
 from pathlib import Path
 
@@ -89,6 +90,7 @@ def build(
             model=model,
             device=device,
             progress=not quiet,
+            command=shlex.join(["medscout-data", *sys.argv[1:]]),
         )
         try:
             report = build_modality(layout, config, options)

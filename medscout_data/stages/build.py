@@ -50,6 +50,7 @@ from medscout_data.schema import ITEM_SCHEMA
 from medscout_data.seeding import derive_seed, rng_for
 from medscout_data.shards import ShardWriter, read_file_metadata
 from medscout_data.stages.plan import BENCH, TRAIN, SubjectPlan, ensure_plan
+from medscout_data.stages.pool import DIGEST_KEY, write_pool_record
 from medscout_data.tasks.geometry import TaskRejected, non_identity_permutations
 from medscout_data.tasks.items import (
     ItemContent,
@@ -64,7 +65,6 @@ from medscout_data.tasks.items import (
 log = logging.getLogger(__name__)
 
 FALLBACK_IMAGES = 7
-DIGEST_KEY = "medscout_build_digest"
 
 
 class BuildError(StageError):
@@ -504,6 +504,7 @@ class BuildOptions:
     model: str | None = None
     device: str = "auto"
     progress: bool = True
+    command: str = ""  # the command line that resumes this build, recorded in pool.json
 
 
 def build_modality(layout: Layout, recipe: Recipe, options: BuildOptions) -> RunReport:
@@ -520,6 +521,8 @@ def build_modality(layout: Layout, recipe: Recipe, options: BuildOptions) -> Run
             task_jobs = shard_jobs(specs, layout.pool_dir(options.modality), task, recipe)
             _remove_stale_shards(layout.pool_dir(options.modality), task, task_jobs)
             jobs.extend(task_jobs)
+        record = _pool_record(context, recipe, options, jobs, planned)
+        write_pool_record(layout, options.modality, record)
         done = [is_done(job) for job in jobs]
         todo = [job for job, finished in zip(jobs, done, strict=True) if not finished]
         reused = [job for job, finished in zip(jobs, done, strict=True) if finished]
@@ -527,6 +530,10 @@ def build_modality(layout: Layout, recipe: Recipe, options: BuildOptions) -> Run
         results = _run_jobs(pool, todo, layout.cache_dir(options.modality), recipe, options)
         report.info["make_seconds"] = round(time.perf_counter() - started, 3)
     _account(report, results, reused, planned)
+    rows = {Path(r.path).name: r.items for r in results} | {job.path.name: _rows(job.path) for job in reused}
+    for name, info in record["shards"].items():
+        info["rows"] = rows[name]
+    write_pool_record(layout, options.modality, record | {"complete": True})
     report.info["ingest_skipped_by_reason"] = _ingest_skips(layout, options.modality)
     report.write(layout.build_report_dir(options.modality))
     return report
@@ -545,6 +552,24 @@ def _worker_pool(workers: int) -> Iterator[ProcessPoolExecutor | None]:
 
 def _warm_up() -> None:
     """Nothing: submitting it makes the pool start its workers and import this module now."""
+
+
+def _pool_record(
+    context: CellContext, recipe: Recipe, options: BuildOptions, jobs: list[ShardJob], planned: dict[str, int]
+) -> dict[str, Any]:
+    """What this build will make (pool.json), written before any shard so a partial pool is known as such."""
+    return {
+        "complete": False,
+        "recipe": recipe.name,
+        "recipe_digest": recipe.digest,
+        "version": __version__,
+        "plan_sha256": context.plan.digest,
+        "rerun": options.command or f"medscout-data build --modality {options.modality}",
+        "planned": planned,
+        "shards": {
+            job.path.name: {"task": _task_of_path(str(job.path)), "digest": job.digest} for job in jobs
+        },
+    }
 
 
 def _ingest_skips(layout: Layout, modality: str) -> dict[str, int]:

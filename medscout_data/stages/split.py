@@ -354,6 +354,7 @@ def _manifest(
             shards[path.relative_to(layout.root).as_posix()] = {
                 "sha256": sha256_file(path),
                 "rows": pq.ParquetFile(path).metadata.num_rows,
+                "bytes": path.stat().st_size,
             }
     totals = Counter()
     for counts in cells.values():

@@ -1,0 +1,122 @@
+"""Reading a split's `manifest.json` safely, and checking the shards a stage is about to read.
+
+Every stage that reads a split (validate, score, evaluate, export, preview,
+push-bench, audit) goes through here: a manifest that is missing, not UTF-8,
+not JSON, not an object, or has entries of the wrong type is a `ManifestError`
+naming the file and the fix, never a traceback; and the shards read are
+checked cheaply against it (present, same size, same sha256) so damaged
+input is refused before anything is computed from it.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+from medscout_data.errors import StageError
+from medscout_data.layout import Layout
+from medscout_data.shards import sha256_file
+
+RERUN = "rerun `medscout-data split` to write it again"
+
+
+class ManifestError(StageError):
+    """The manifest or a shard it lists cannot be trusted; the message says why and what to do."""
+
+
+def read_manifest(layout: Layout) -> dict[str, Any]:
+    """The split's manifest, checked for shape; `ManifestError` otherwise."""
+    path = layout.manifest()
+    if path.is_dir():
+        raise ManifestError(f"{path}: is a folder, not the split's manifest; remove it and {RERUN}")
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        raise ManifestError(f"{path}: no manifest; run `medscout-data split` first") from None
+    except OSError as exc:
+        raise ManifestError(f"{path}: cannot read ({exc.strerror})") from exc
+    try:
+        manifest = json.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError:
+        raise ManifestError(f"{path}: not UTF-8 text; {RERUN}") from None
+    except ValueError as exc:
+        raise ManifestError(f"{path}: not valid JSON ({exc}); {RERUN}") from None
+    problems = manifest_shape_problems(manifest)
+    if problems:
+        raise ManifestError(f"{path}: {problems[0]}; {RERUN}")
+    return manifest
+
+
+def manifest_shape_problems(manifest: Any) -> list[str]:
+    """What is wrong with the manifest's structure (empty: usable)."""
+    if not isinstance(manifest, dict):
+        return [f"must be a JSON object, got {type(manifest).__name__}"]
+    problems = []
+    expected = {"seed": int, "bench_per_cell": int, "shards": dict, "cells": dict, "recipe": dict}
+    for key, kind in expected.items():
+        value = manifest.get(key)
+        if not isinstance(value, kind) or isinstance(value, bool):
+            problems.append(f"`{key}` must be a {kind.__name__}, got {_kind(value)}")
+    if problems:
+        return problems
+    for name, info in manifest["shards"].items():
+        if not isinstance(info, dict):
+            problems.append(f"shard {name!r}: entry must be an object, got {_kind(info)}")
+            continue
+        if not isinstance(info.get("sha256"), str):
+            problems.append(f"shard {name!r}: `sha256` must be a string, got {_kind(info.get('sha256'))}")
+        for key in ("rows", "bytes"):
+            if key in info and (not isinstance(info[key], int) or isinstance(info[key], bool)):
+                problems.append(f"shard {name!r}: `{key}` must be an integer, got {_kind(info[key])}")
+        if Path(name).is_absolute() or ".." in Path(name).parts:
+            problems.append(f"shard {name!r}: must be a path inside the split folder")
+    for cell, counts in manifest["cells"].items():
+        if not isinstance(counts, dict) or not all(
+            isinstance(counts.get(k), int) and not isinstance(counts.get(k), bool) for k in ("bench", "train")
+        ):
+            problems.append(f"cell {cell!r}: needs integer `bench` and `train` counts")
+    return problems
+
+
+def _kind(value: Any) -> str:
+    return "null" if value is None else type(value).__name__
+
+
+def shard_names(manifest: dict[str, Any], side: str) -> list[str]:
+    """The manifest's shards of one side (`bench` or `train`), sorted."""
+    return sorted(name for name in manifest["shards"] if name.split("/")[0] == side)
+
+
+def shard_problems(layout: Layout, manifest: dict[str, Any], names: Iterable[str]) -> list[str]:
+    """Listed shards that are missing, have another size, or another sha256 (cheapest check first)."""
+    problems = []
+    for name in names:
+        info = manifest["shards"].get(name)
+        path = layout.root / name
+        if info is None:
+            problems.append(f"{path}: not listed in {layout.manifest()}")
+        elif not path.is_file():
+            problems.append(f"{path}: listed in {layout.manifest()} but missing")
+        elif "bytes" in info and path.stat().st_size != info["bytes"]:
+            problems.append(
+                f"{path}: {path.stat().st_size} bytes, the manifest says {info['bytes']} (damaged or changed)"
+            )
+        elif sha256_file(path) != info["sha256"]:
+            problems.append(f"{path}: sha256 differs from the manifest (damaged or changed after the split)")
+    return problems
+
+
+def verified_shards(layout: Layout, side: str, manifest: dict[str, Any] | None = None) -> list[Path]:
+    """The paths of one side's shards, refused with `ManifestError` if any is missing or damaged."""
+    manifest = manifest if manifest is not None else read_manifest(layout)
+    names = shard_names(manifest, side)
+    problems = shard_problems(layout, manifest, names)
+    if problems:
+        more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+        raise ManifestError(
+            f"{problems[0]}{more}; restore the files or rerun `medscout-data split`, "
+            "then `medscout-data validate`"
+        )
+    return [layout.root / name for name in names]
