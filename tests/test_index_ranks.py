@@ -461,3 +461,48 @@ def test_a_grown_catalogue_reuses_merged_embeddings_in_later_ranks(tmp_path: Pat
               for n in range(2)]  # fmt: skip
     assert sum(c.get("embedded", 0) for c in counts) == 2
     assert sum(c["embeddings_reused"] for c in counts) == len(xray_images())
+
+
+# ----------------------------------------------------------------------------- the Slurm example
+
+
+def fake_slurm(bin_dir: Path) -> Path:
+    """`sbatch` that logs its arguments and answers a job id, `srun` that runs its command here."""
+    bin_dir.mkdir()
+    log = bin_dir / "sbatch.log"
+    (bin_dir / "sbatch").write_text(f'#!/bin/bash\necho "$@" >> {log}\necho 4242\n')
+    (bin_dir / "srun").write_text('#!/bin/bash\nexec "$@"\n')
+    for tool in ("sbatch", "srun"):
+        (bin_dir / tool).chmod(0o755)
+    return log
+
+
+def test_the_slurm_example_submits_ranks_then_merge_and_runs_both(
+    tmp_path: Path, test_recipe: Path, recipe
+) -> None:
+    script = REPO / "examples" / "slurm" / "index.sbatch"
+    log = fake_slurm(tmp_path / "bin")
+    layout = prepare(tmp_path / "out", recipe)
+    settings = {"OUT": str(layout.root), "RECIPE": str(test_recipe), "RANKS": "2", "DEVICE": "cpu"}
+    env = child_env(**settings, PATH=f"{tmp_path / 'bin'}:{os.environ['PATH']}", MEDSCOUT=" ".join(CLI))
+    env.pop("SLURM_JOB_ID", None)
+    submitted = subprocess.run(["bash", str(script)], env=env, cwd=tmp_path, capture_output=True, text=True)
+    assert submitted.returncode == 0, submitted.stderr
+    ranks, merge = log.read_text().splitlines()
+    assert "--array=0-1" in ranks and ranks.endswith(f"{script} rank")
+    assert "--dependency=afterany:4242" in merge and merge.endswith(f"{script} merge")
+
+    def task(mode: str, **array: str) -> subprocess.CompletedProcess:
+        task_env = {**env, "SLURM_JOB_ID": "4242", "SLURM_CPUS_PER_TASK": "2", **array}
+        return subprocess.run(["bash", str(script), mode], env=task_env, capture_output=True, text=True)
+
+    first = task("rank", SLURM_ARRAY_TASK_ID="0", SLURM_ARRAY_TASK_MIN="0", SLURM_ARRAY_TASK_COUNT="2")
+    assert first.returncode == 0, first.stderr
+    early = task("merge")  # afterany: the merge runs even though rank 1 failed or never ran
+    assert early.returncode == 1 and "(rank 1)" in early.stderr
+    second = task("rank", SLURM_ARRAY_TASK_ID="1", SLURM_ARRAY_TASK_MIN="0", SLURM_ARRAY_TASK_COUNT="2")
+    assert second.returncode == 0, second.stderr
+    merged = task("merge")
+    assert merged.returncode == 0, merged.stderr
+    path = layout.index_dir("xray", "pixels") / "neighbours.parquet"
+    assert path.read_bytes() == single_run(tmp_path, recipe, batch_size=recipe.index.batch_size)
