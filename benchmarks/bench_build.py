@@ -183,7 +183,8 @@ def make(part):
                     content = jigsaw_item(image, attempt.choice, recipe, "ct")
                 else:
                     reference = attempt.reference.image.pixels(cache)
-                    if anomaly_difference(image, reference, attempt.choice[0], 4) < recipe.anomaly.min_cell_difference:
+                    cell = attempt.choice[0]
+                    if anomaly_difference(image, reference, cell, 4) < recipe.anomaly.min_cell_difference:
                         continue
                     content = anomaly_item(image, reference, attempt.choice[0], recipe, "ct")
             except TaskRejected:
@@ -193,7 +194,8 @@ def make(part):
             rows["answer"].append(content.answer)
             made += 1
             break
-    pq.write_table(pa.Table.from_pydict(rows, schema=SCHEMA), root / f"bare-{part}.parquet", compression="none")
+    table = pa.Table.from_pydict(rows, schema=SCHEMA)
+    pq.write_table(table, root / f"bare-{part}.parquet", compression="none")
     return made
 
 if __name__ == "__main__":
@@ -233,12 +235,14 @@ def naive_images(spec):
                     break
             else:
                 raise TaskRejected("no crop")
-            crops.append(to_uint8(sk_resize(image[y0:y1, x0:x1], size, preserve_range=True, anti_aliasing=True)))
+            crop = sk_resize(image[y0:y1, x0:x1], size, preserve_range=True, anti_aliasing=True)
+            crops.append(to_uint8(crop))
         return [image, *crops]
     if spec.task == "jigsaw":
         return [shuffle_tiles(image, attempt.choice, 2)]
     fitted = fit_to_grid(image, 4)
-    ref = to_uint8(sk_resize(attempt.reference.image.pixels(cache), fitted.shape, preserve_range=True, anti_aliasing=True))
+    reference = attempt.reference.image.pixels(cache)
+    ref = to_uint8(sk_resize(reference, fitted.shape, preserve_range=True, anti_aliasing=True))
     x0, y0, x1, y1 = cell_box(*fitted.shape, attempt.choice[0], 4)
     out = fitted.copy()
     out[y0:y1, x0:x1] = ref[y0:y1, x0:x1]
@@ -302,7 +306,8 @@ def bench_input(work: Path, kind: str, args: argparse.Namespace) -> None:
     start = time.perf_counter()
     source, base = setup(work, kind, args.subjects, args.slices, args.noise_hu)
     print(
-        f"\n== {kind}: {args.subjects} CT volumes, 512 px slices, median {slice_kb(base):.0f} KB of PNG per slice"
+        f"\n== {kind}: {args.subjects} CT volumes, 512 px slices, "
+        f"median {slice_kb(base):.0f} KB of PNG per slice"
     )
     print(f"   (setup {time.perf_counter() - start:.0f} s, not timed)")
     n = args.items_per_cell
@@ -320,14 +325,16 @@ def bench_input(work: Path, kind: str, args: argparse.Namespace) -> None:
     items, seconds, run = time_script(base, f"{kind}-bare", BARE, recipe_file(work, n), n)
     bare = items / seconds
     print(
-        f"bare (geometry + OpenCV PNG + pyarrow, 2 processes) {items} items {seconds:.1f} s {bare:.1f} items/s"
+        f"bare (geometry + OpenCV PNG + pyarrow, 2 processes) {items} items {seconds:.1f} s "
+        f"{bare:.1f} items/s"
     )
     items, seconds, run = time_script(
         base, f"{kind}-naive", NAIVE, recipe_file(work, args.naive_items), args.naive_items
     )
     naive = items / seconds
     print(
-        f"naive peer (PIL + skimage + datasets.from_generator) {items} items {seconds:.1f} s {naive:.1f} items/s"
+        f"naive peer (PIL + skimage + datasets.from_generator) {items} items {seconds:.1f} s "
+        f"{naive:.1f} items/s"
     )
     print(
         f"ratio build (2 workers) / naive: {rates['2 workers'] / naive:.1f}x   build / bare: "
