@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from buildsupport import descendants
 from click.testing import CliRunner
 from test_index import smooth_image, write_xray_catalogue, xray_images
 
@@ -251,19 +252,6 @@ def test_prepare_threads_end_when_embedding_fails(tmp_path: Path, recipe, monkey
     assert [t.name for t in threading.enumerate() if t.name.startswith(PREPARE_THREADS)] == []
 
 
-def _descendants(pid: int) -> list[int]:
-    found, frontier = [], [pid]
-    while frontier:
-        children = []
-        for parent in frontier:
-            for task in Path(f"/proc/{parent}/task").glob("*"):
-                with contextlib.suppress(OSError):
-                    children += [int(c) for c in (task / "children").read_text().split()]
-        found += children
-        frontier = children
-    return found
-
-
 KILLED_RANK = """
 import sys
 from medscout_data.layout import Layout
@@ -291,7 +279,7 @@ def test_sigkill_of_a_rank_leaves_no_process_and_no_marker_and_a_rerun_completes
         assert time.monotonic() < deadline, "the rank wrote no parts"
         time.sleep(0.02)
     assert process.poll() is None, "the rank finished before it could be killed"
-    tree = _descendants(process.pid)
+    tree = descendants(process.pid)
     process.send_signal(signal.SIGKILL)
     process.wait()
     time.sleep(0.5)
