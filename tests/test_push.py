@@ -396,7 +396,7 @@ def test_mimic_source_inside_a_ct_shard_blocks_a_public_push(split_shards: Path,
     table = table.set_column(table.schema.get_field_index("source"), "source", [sources])
     pq.write_table(table, path)
     manifest = json.loads((shards / "manifest.json").read_text())
-    manifest["shards"][name]["sha256"] = sha256_file(path)
+    manifest["shards"][name].update(sha256=sha256_file(path), bytes=path.stat().st_size)
     (shards / "manifest.json").write_text(json.dumps(manifest))
     options = PushOptions(REPO, private=False, modalities=("ct",), stage_dir=tmp_path / "s", progress=False)
     with pytest.raises(PushRefused, match="1 item"):
@@ -411,7 +411,7 @@ def test_mimic_source_inside_a_ct_shard_blocks_a_public_push(split_shards: Path,
 def test_invalid_split_is_not_pushed(split_shards: Path, tmp_path: Path) -> None:
     shards = copy_split(split_shards, tmp_path / "shards")
     (shards / "bench/mri/anomaly/test-00000-of-00001.parquet").unlink()
-    with pytest.raises(PushError, match=r"(?s)not valid.*listed in the manifest but missing"):
+    with pytest.raises(PushError, match=r"(?s)not valid.*listed in .*manifest.json but missing"):
         stage_bench(
             Layout.at(shards), PushOptions(REPO, dry_run=True, stage_dir=tmp_path / "s", progress=False)
         )
