@@ -113,6 +113,8 @@ def push_bench(
 
 
 def _report(result: PushResult, dry_run: bool) -> None:
+    from medscout_data.stages.outputs import human_size
+
     stage = result.stage
     visibility = "private" if stage.private else "public"
     branch = stage.revision or "main"
@@ -127,12 +129,12 @@ def _report(result: PushResult, dry_run: bool) -> None:
     click.echo(f"commit message: {stage.commit_message}")
     sizes = {f.path_in_repo: f.size for f in stage.local_files()}
     if dry_run:
-        click.echo(f"dry run: would upload {len(sizes)} file(s), {_size(sum(sizes.values()))}:")
+        click.echo(f"dry run: would upload {len(sizes)} file(s), {human_size(sum(sizes.values()))}:")
         for path, size in sizes.items():
-            click.echo(f"  {path}  {_size(size)}")
+            click.echo(f"  {path}  {human_size(size)}")
         return
     for path in result.uploaded:
-        click.echo(f"  uploaded {path}  {_size(sizes[path])}")
+        click.echo(f"  uploaded {path}  {human_size(sizes[path])}")
     for path in result.deleted:
         click.echo(f"  deleted  {path}")
     if result.uploaded or result.deleted:
@@ -143,12 +145,3 @@ def _report(result: PushResult, dry_run: bool) -> None:
         )
     else:
         click.echo(f"up to date: all {len(result.unchanged)} file(s) unchanged, no commit made")
-
-
-def _size(n: float) -> str:
-    unit = "B"
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if n < 1024 or unit == "GiB":
-            break
-        n /= 1024
-    return f"{n:.0f} B" if unit == "B" else f"{n:.1f} {unit}"

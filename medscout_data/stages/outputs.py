@@ -57,6 +57,16 @@ def describe_files(paths: list[Path], root: Path) -> str:
     return f"{len(paths)} file(s) ({', '.join(names)}{more})"
 
 
+def human_size(n: float) -> str:
+    """Bytes as `812 B`, `4.2 MiB`, `1.3 GiB`."""
+    unit = "B"
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if n < 1024 or unit == "TiB":
+            break
+        n /= 1024
+    return f"{n:.0f} B" if unit == "B" else f"{n:.1f} {unit}"
+
+
 def make_work_dir(parent: Path, prefix: str) -> Path:
     """A new, empty folder `parent/<prefix>XXXXXXXX` marked as ours."""
     parent.mkdir(parents=True, exist_ok=True)

@@ -54,6 +54,7 @@ from medscout_data.stages.outputs import (
     clean_leftovers,
     describe_files,
     foreign_files,
+    human_size,
     make_work_dir,
     os_error_path,
     os_error_reason,
@@ -157,8 +158,8 @@ def _reading(path: Path) -> Iterator[None]:
         yield
     except (pa.ArrowException, OSError) as exc:
         raise SplitError(
-            f"{path}: this pool shard cannot be read ({exc}); delete it and rerun the build "
-            "that made it (it remakes missing shards)"
+            f"{path}: this pool shard cannot be read ({' '.join(str(exc).split())}); delete it and rerun "
+            "the build that made it (it remakes missing shards)"
         ) from None
 
 
@@ -427,7 +428,7 @@ def _io_failure(layout: Layout, exc: OSError, modalities: list[str], had_split: 
         size = sum(p.stat().st_size for m in modalities for p in listed_shards(layout, m) if p.exists())
         fix = (
             f"free space on the device of {layout.root} (a split takes about the pool's size, "
-            f"{size / 2**30:.2f} GiB) and rerun `medscout-data split`"
+            f"{human_size(size)}) and rerun `medscout-data split`"
         )
     else:
         fix = f"make {layout.root} writable and rerun `medscout-data split`"
