@@ -10,8 +10,10 @@ test is skipped with the reason.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shlex
+import shutil
 import signal
 import stat
 import subprocess
@@ -20,7 +22,11 @@ import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
+
+from medscout_data.shards import sha256_file
 
 REPO = Path(__file__).resolve().parent.parent
 CLI = [sys.executable, "-m", "medscout_data.cli"]
@@ -145,3 +151,39 @@ def kill_when(process: subprocess.Popen[str], ready, timeout: float = 120) -> No
         time.sleep(0.002)
     process.send_signal(signal.SIGKILL)
     process.wait(timeout=60)
+
+
+# ------------------------------------------------------------------ editing a finished split
+
+
+def copy_split(source: Path, target: Path) -> Path:
+    """A writable copy of a split fixture (pool, plans, split, manifest)."""
+    shutil.copytree(source, target, ignore=shutil.ignore_patterns(".lock-*"))
+    return target
+
+
+def reseal(root: Path) -> None:
+    """Recompute every shard's sha256, size and rows in the manifest, as a careless tool would."""
+    manifest_path = root / "manifest.json"
+    manifest = json.loads(manifest_path.read_text())
+    for name in manifest["shards"]:
+        path = root / name
+        manifest["shards"][name] = {
+            "sha256": sha256_file(path),
+            "rows": pq.ParquetFile(path).metadata.num_rows,
+            "bytes": path.stat().st_size,
+        }
+    manifest_path.write_text(json.dumps(manifest))
+
+
+def edit_column(path: Path, column: str, edit) -> None:
+    """Rewrite one column of a shard in place (`edit(list) -> list`), keeping its schema."""
+    table = pq.read_table(path)
+    values = edit(table[column].to_pylist())
+    field = table.schema.field(column)
+    table = table.set_column(table.schema.get_field_index(column), field, pa.array(values, field.type))
+    pq.write_table(table, path)
+
+
+def shard(root: Path, side: str, modality: str, task: str) -> Path:
+    return sorted((root / side / modality / task).glob("*.parquet"))[0]

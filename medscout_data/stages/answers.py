@@ -68,7 +68,7 @@ def answer_problems(task: str, variant: str, answer: str, target_text: str, rule
             problems, expected = _anomaly(target, rules)
         else:
             return [f"unknown task {task!r}"]
-    except (KeyError, TypeError, ValueError) as exc:
+    except (KeyError, TypeError, ValueError, IndexError) as exc:
         return [f"its target lacks or mistypes a field ({exc!r})"]
     if not problems and answer != expected:
         problems.append(f"answer {answer!r} does not follow from its target (expected {expected!r})")
@@ -87,7 +87,7 @@ def _scale(variant: str, target: dict[str, Any], rules: AnswerRules) -> tuple[li
     if not _ints(levels) or len(levels) != rules.n_crops:
         return [*problems, f"levels {levels!r}: need {rules.n_crops} integer tiers"], ""
     if any(not 1 <= level <= len(rules.level_areas) for level in levels):
-        problems.append(f"levels {levels}: tiers run from 1 to {len(rules.level_areas)}")
+        return [*problems, f"levels {levels}: tiers run from 1 to {len(rules.level_areas)}"], ""
     if not isinstance(boxes, list) or len(boxes) != len(levels) or len(grid_boxes) != len(levels):
         return [*problems, "needs one box (and one 0-1000 box) per crop"], ""
     for number, (unit, grid, level) in enumerate(zip(boxes, grid_boxes, levels, strict=True)):
