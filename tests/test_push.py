@@ -685,9 +685,10 @@ def test_disk_full_while_staging_keeps_the_previous_stage(
             raise OSError(errno.ENOSPC, "No space left on device", str(target))
         shutil.copy2(source, target)
 
-    monkeypatch.setattr(
-        push.os, "link", lambda *a: (_ for _ in ()).throw(OSError(errno.EXDEV, "cross-device"))
-    )
+    def no_links(source: Path, target: Path) -> None:
+        raise OSError(errno.EXDEV, "Invalid cross-device link")
+
+    monkeypatch.setattr(push.os, "link", no_links)
     monkeypatch.setattr(push.shutil, "copy2", full)
     with pytest.raises(PushError) as caught:
         stage_bench(layout, PushOptions(REPO, modalities=("ct",), stage_dir=stage, progress=False))
