@@ -83,6 +83,9 @@ def manifest_shape_problems(manifest: Any) -> list[str]:
     for task, options in manifest.get("balance_options", {}).items():
         if not isinstance(options, list) or not options or not all(isinstance(o, str) for o in options):
             problems.append(f"balance_options {task!r}: must be a non-empty list of strings")
+    warnings = manifest.get("warnings", [])
+    if not isinstance(warnings, list) or not all(isinstance(w, str) for w in warnings):
+        problems.append("`warnings` must be a list of strings")
     for modality, entry in manifest.get("pools", {}).items():
         problems += _fields(f"pool of {modality!r}", entry, {"complete": bool, "fingerprint": str})
     return problems

@@ -299,14 +299,21 @@ def _complete_pools(layout: Layout, modalities: list[str]) -> dict[str, dict[str
         record = read_pool_record(layout, modality)
         assert record is not None  # pool_problems found one
         records[modality] = record
+    return records
+
+
+def _unlisted_notes(layout: Layout, records: dict[str, dict[str, Any]]) -> list[str]:
+    """A note per pool folder holding files its record does not list."""
+    notes = []
+    for modality, record in records.items():
+        folder = layout.pool_dir(modality)
         unlisted = _unlisted_pool_files(layout, modality, record)
         if unlisted:
-            log.warning(
-                "%s: %s not in pool.json: not part of the pool, left untouched",
-                layout.pool_dir(modality),
-                describe_files(unlisted, layout.pool_dir(modality)),
+            notes.append(
+                f"{folder}: {describe_files(unlisted, folder)} not in pool.json: not part of the pool, "
+                "neither read nor touched"
             )
-    return records
+    return notes
 
 
 def _unlisted_pool_files(layout: Layout, modality: str, record: dict[str, Any]) -> list[Path]:
@@ -383,7 +390,9 @@ def _write_split(
             record = {"written_by": "medscout-data split", "files": names}
             write_json_atomic(record, work / side / SIDE_RECORD)
     manifest = _manifest(recipe, plans, records, cells, bench_per_cell, shards)
-    manifest["warnings"] = _shortfall_notes(records, cells)
+    manifest["warnings"] = _unlisted_notes(layout, records) + _shortfall_notes(records, cells)
+    for note in manifest["warnings"]:
+        log.warning("%s", note)
     write_json_atomic(manifest, work / "manifest.json")
     return manifest
 

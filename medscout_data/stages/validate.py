@@ -422,18 +422,17 @@ def _check_duplicates(rows: list[dict], images: dict[str, ItemImages], result: V
         facts = images.get(row["id"])
         if facts is not None:
             groups[facts.digest].append(row)
-    found: dict[tuple[str, str], list[str]] = defaultdict(list)
+    found: dict[tuple[str, str], list[list[dict]]] = defaultdict(list)
     for group in groups.values():
-        if len(group) < 2:
-            continue
-        sides = sorted({row["side"] for row in group})
-        where = "/".join(sides)
-        cell = f"{group[0]['modality']}/{group[0]['task']}"
-        found[where, cell].append(" = ".join(row["id"] for row in group[:SHOWN]))
+        if len(group) > 1:
+            where = "/".join(sorted({row["side"] for row in group}))
+            found[where, f"{group[0]['modality']}/{group[0]['task']}"].append(group)
     result.counts["duplicate_groups"] = sum(len(v) for v in found.values())
-    for (where, cell), examples in sorted(found.items()):
+    for (where, cell), found_groups in sorted(found.items()):
+        examples = "; ".join(" = ".join(row["id"] for row in group[:SHOWN]) for group in found_groups[:SHOWN])
+        items = sum(len(group) for group in found_groups)
         text = (
-            f"{where} {cell}: {len(examples)} group(s) of items with byte-identical images, "
-            f"e.g. {'; '.join(examples[:SHOWN])}"
+            f"{where} {cell}: {len(found_groups)} group(s) of items with byte-identical images "
+            f"({items} items), e.g. {examples}"
         )
         (result.warnings if where == TRAIN else result.problems).append(text)
