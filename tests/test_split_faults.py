@@ -19,6 +19,7 @@ from faultkit import (
     child_env,
     cli,
     command_args,
+    copy_split,
     kill_when,
     no_traceback,
     on_small_disk,
@@ -200,16 +201,16 @@ def test_an_unreadable_subject_plan_is_named(built_pool: Path, tmp_path: Path) -
 # ------------------------------------------------------------------ short cells
 
 
-def _short_anomaly_pool(root: Path, sample_sources: dict[str, Path], test_recipe: Path) -> Layout:
-    """A real ct anomaly pool whose bench side is short: almost no reference differs by 80 grey levels."""
+@pytest.fixture(scope="module")
+def short_pool(sample_sources: dict[str, Path], test_recipe: Path, tmp_path_factory) -> Path:
+    """A real ct anomaly pool the sources cannot fill: no reference differs by 120 grey levels."""
     base = load_recipe(test_recipe)
-    recipe = dataclasses.replace(base, anomaly=dataclasses.replace(base.anomaly, min_cell_difference=80.0))
-    layout = Layout.at(root)
-    options = BuildOptions(
-        modality="ct", root=sample_sources["totalseg-ct"], tasks=("anomaly",), progress=False
-    )
-    build_modality(layout, recipe, options)
-    return layout
+    recipe = dataclasses.replace(base, anomaly=dataclasses.replace(base.anomaly, min_cell_difference=120.0))
+    root = tmp_path_factory.mktemp("short")
+    source = sample_sources["totalseg-ct"]
+    options = BuildOptions(modality="ct", root=source, tasks=("anomaly",), progress=False)
+    build_modality(Layout.at(root), recipe, options)
+    return root
 
 
 def _bench_side_rows(layout: Layout) -> int:
@@ -219,39 +220,26 @@ def _bench_side_rows(layout: Layout) -> int:
     return sum(s in plan["bench"] for s in subjects)
 
 
-def test_short_bench_names_the_shortfall_the_build_recorded(
-    sample_sources: dict[str, Path], test_recipe: Path, tmp_path: Path
-) -> None:
-    layout = _short_anomaly_pool(tmp_path / "s", sample_sources, test_recipe)
+def test_short_bench_names_the_shortfall_the_build_recorded(short_pool: Path, tmp_path: Path) -> None:
+    layout = Layout.at(copy_split(short_pool, tmp_path / "s"))
     have = _bench_side_rows(layout)
-    assert have < 6
-    record = json.loads(layout.pool_record("ct").read_text())
-    # what the build writes at its end when the sources cannot fill a cell (record["shortfall"])
-    record["shortfall"] = {
-        "anomaly": {
-            "bench": {
-                "planned": 6,
-                "made": have,
-                "reasons": {"no-visible-reference": 6 - have},
-                "advice": "add bench-side subjects, or lower anomaly.min_cell_difference in the recipe",
-            }
-        }
-    }
-    layout.pool_record("ct").write_text(json.dumps(record))
+    shortfall = json.loads(layout.pool_record("ct").read_text())["shortfall"]["anomaly"]["bench"]
+    assert have < 6 and shortfall["made"] == have and shortfall["planned"] == 6
     result = cli("split", "--shards", str(layout.root), "--quiet")
     assert result.returncode == 1, result.stdout
-    text = result.stdout
+    no_traceback(result.stdout)
+    text = " ".join(result.stdout.split())
     assert f"the build made {have} of the 6 bench-side items it planned" in text
-    assert f"no-visible-reference: {6 - have}" in text and "lower anomaly.min_cell_difference" in text
-    assert "--limit" not in text
+    reason, count = next(iter(shortfall["reasons"].items()))
+    assert f"{reason}: {count}" in text and " ".join(shortfall["advice"].split()) in text
+    assert "min_cell_difference" in text and "--limit" not in text
+    assert not (layout.root / "bench").exists()
 
 
-def test_short_bench_without_a_recorded_cause_never_blames_limit(
-    sample_sources: dict[str, Path], test_recipe: Path, tmp_path: Path
-) -> None:
-    layout = _short_anomaly_pool(tmp_path / "s", sample_sources, test_recipe)
+def test_short_bench_without_a_recorded_cause_never_blames_limit(short_pool: Path, tmp_path: Path) -> None:
+    layout = Layout.at(copy_split(short_pool, tmp_path / "s"))
     record = json.loads(layout.pool_record("ct").read_text())
-    record.pop("shortfall", None)
+    record.pop("shortfall")
     layout.pool_record("ct").write_text(json.dumps(record))
     with pytest.raises(SplitError) as caught:
         _split(layout)
