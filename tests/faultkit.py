@@ -187,3 +187,27 @@ def edit_column(path: Path, column: str, edit) -> None:
 
 def shard(root: Path, side: str, modality: str, task: str) -> Path:
     return sorted((root / side / modality / task).glob("*.parquet"))[0]
+
+
+def fail_on_call(real, first: int, error: OSError, last: int | None = None):
+    """`real` that raises `error` from its `first`-th call (1-based) to its `last` (default: all after)."""
+    calls = {"n": 0}
+
+    def wrapper(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] >= first and (last is None or calls["n"] <= last):
+            raise error
+        return real(*args, **kwargs)
+
+    return wrapper
+
+
+def copy_pool(source: Path, target: Path, modalities: Sequence[str] = ("ct", "mri", "xray")):
+    """A new output root holding only the pool and plans of `modalities` from `source`."""
+    from medscout_data.layout import Layout
+
+    for modality in modalities:
+        shutil.copytree(source / "pool" / modality, target / "pool" / modality)
+        (target / "plan").mkdir(parents=True, exist_ok=True)
+        shutil.copy(source / "plan" / f"{modality}.json", target / "plan" / f"{modality}.json")
+    return Layout.at(target)

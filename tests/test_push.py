@@ -671,25 +671,21 @@ def test_disk_full_while_staging_keeps_the_previous_stage(
     """ENOSPC while copying a shard (the stage on another file system, so no hard links)."""
     import errno
 
+    from faultkit import fail_on_call
+
     from medscout_data.hub import push
 
     stage = tmp_path / "stage"
     layout = Layout.at(split_shards)
     stage_bench(layout, PushOptions(REPO, stage_dir=stage, progress=False))
     before = {p: p.read_bytes() for p in stage.rglob("*") if p.is_file()}
-    calls = {"n": 0}
-
-    def full(source: Path, target: Path) -> None:
-        calls["n"] += 1
-        if calls["n"] > 3:
-            raise OSError(errno.ENOSPC, "No space left on device", str(target))
-        shutil.copy2(source, target)
+    full = OSError(errno.ENOSPC, "No space left on device", str(stage / "data"))
 
     def no_links(source: Path, target: Path) -> None:
         raise OSError(errno.EXDEV, "Invalid cross-device link")
 
     monkeypatch.setattr(push.os, "link", no_links)
-    monkeypatch.setattr(push.shutil, "copy2", full)
+    monkeypatch.setattr(push.shutil, "copy2", fail_on_call(shutil.copy2, 2, full))
     with pytest.raises(PushError) as caught:
         stage_bench(layout, PushOptions(REPO, modalities=("ct",), stage_dir=stage, progress=False))
     assert "no space left on the device" in str(caught.value) and "\n" not in str(caught.value)

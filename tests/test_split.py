@@ -11,7 +11,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from click.testing import CliRunner
-from faultkit import reseal, shard
+from faultkit import copy_pool, reseal, shard
 
 from medscout_data.cli import cli
 from medscout_data.layout import Layout
@@ -22,17 +22,9 @@ from medscout_data.stages.split import SplitError, SplitOptions, split_pool
 from medscout_data.stages.validate import validate_split
 
 
-def _copy_pool(source: Path, target: Path, modalities: tuple[str, ...] = ("ct", "mri", "xray")) -> Layout:
-    for modality in modalities:
-        shutil.copytree(source / "pool" / modality, target / "pool" / modality)
-        (target / "plan").mkdir(parents=True, exist_ok=True)
-        shutil.copy(source / "plan" / f"{modality}.json", target / "plan" / f"{modality}.json")
-    return Layout.at(target)
-
-
 @pytest.fixture()
 def split_root(built_pool: Path, tmp_path: Path) -> Layout:
-    layout = _copy_pool(built_pool, tmp_path / "s")
+    layout = copy_pool(built_pool, tmp_path / "s")
     split_pool(layout, SplitOptions(progress=False))
     return layout
 
@@ -81,7 +73,7 @@ def test_no_subject_or_reference_on_both_sides(split_root: Layout) -> None:
 
 
 def test_same_seed_gives_byte_identical_split(built_pool: Path, split_root: Layout, tmp_path: Path) -> None:
-    again = _copy_pool(built_pool, tmp_path / "again")
+    again = copy_pool(built_pool, tmp_path / "again")
     split_pool(again, SplitOptions(seed=11, progress=False))
     first = json.loads(split_root.manifest().read_text())["shards"]
     second = json.loads(again.manifest().read_text())["shards"]
@@ -104,7 +96,7 @@ def test_another_seed_gives_another_split(test_recipe: Path, sample_sources, tmp
 
 
 def test_seed_contradicting_the_plan_is_refused(built_pool: Path, tmp_path: Path) -> None:
-    layout = _copy_pool(built_pool, tmp_path / "p")
+    layout = copy_pool(built_pool, tmp_path / "p")
     with pytest.raises(SplitError, match=r"--seed 11"):
         split_pool(layout, SplitOptions(seed=99, progress=False))
     result = CliRunner().invoke(cli, ["split", "--shards", str(layout.root), "--seed", "99"])
@@ -112,14 +104,14 @@ def test_seed_contradicting_the_plan_is_refused(built_pool: Path, tmp_path: Path
 
 
 def test_ct_only_pool_gives_ct_cells_only(built_pool: Path, tmp_path: Path) -> None:
-    layout = _copy_pool(built_pool, tmp_path / "ct", modalities=("ct",))
+    layout = copy_pool(built_pool, tmp_path / "ct", modalities=("ct",))
     manifest = split_pool(layout, SplitOptions(progress=False))
     assert sorted(manifest["cells"]) == ["ct/anomaly", "ct/jigsaw", "ct/scale"]
     assert validate_split(layout, progress=False) == []
 
 
 def test_dropping_one_percent_or_more_is_refused(built_pool: Path, tmp_path: Path) -> None:
-    layout = _copy_pool(built_pool, tmp_path / "d")
+    layout = copy_pool(built_pool, tmp_path / "d")
     with pytest.raises(SplitError, match="dropped"):
         split_pool(layout, SplitOptions(bench_per_cell=5, progress=False))
     with pytest.raises(SplitError, match="needs 7"):
@@ -127,7 +119,7 @@ def test_dropping_one_percent_or_more_is_refused(built_pool: Path, tmp_path: Pat
 
 
 def test_cli_split_and_validate(built_pool: Path, tmp_path: Path) -> None:
-    layout = _copy_pool(built_pool, tmp_path / "cli")
+    layout = copy_pool(built_pool, tmp_path / "cli")
     result = CliRunner().invoke(cli, ["split", "--shards", str(layout.root), "--quiet"])
     assert result.exit_code == 0, result.output
     assert "bench 54" in result.output

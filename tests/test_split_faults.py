@@ -7,6 +7,7 @@ from __future__ import annotations
 import dataclasses
 import errno
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -19,7 +20,9 @@ from faultkit import (
     child_env,
     cli,
     command_args,
+    copy_pool,
     copy_split,
+    fail_on_call,
     kill_when,
     no_traceback,
     on_small_disk,
@@ -37,38 +40,6 @@ from medscout_data.stages.pool import listed_shards
 from medscout_data.stages.split import SplitError, SplitOptions, run_split, split_pool
 from medscout_data.stages.validate import validate_report, validate_split
 
-BIG_RECIPE = """
-name = "kill-test"
-seed = 5
-
-[pool]
-items_per_cell = 400
-bench_per_cell = 100
-shard_max_items = 8
-row_group_items = 4
-
-[sample]
-subjects = 6
-size = 64
-slices = 24
-seed = 3
-
-[ingest]
-max_size = 64
-min_body_fraction = 0.25
-
-[scale]
-crop_size = 32
-"""
-
-
-def _copy(built_pool: Path, target: Path, modalities=("ct", "mri", "xray")) -> Layout:
-    for modality in modalities:
-        shutil.copytree(built_pool / "pool" / modality, target / "pool" / modality)
-        (target / "plan").mkdir(parents=True, exist_ok=True)
-        shutil.copy(built_pool / "plan" / f"{modality}.json", target / "plan" / f"{modality}.json")
-    return Layout.at(target)
-
 
 def _split(layout: Layout, **options) -> dict:
     return split_pool(layout, SplitOptions(progress=False, **options))
@@ -84,12 +55,13 @@ def _state(layout: Layout) -> dict[str, bytes]:
 
 
 def test_killed_build_is_refused_until_its_rerun_completes(
-    sample_sources: dict[str, Path], tmp_path: Path
+    sample_sources: dict[str, Path], test_recipe: Path, tmp_path: Path
 ) -> None:
     """A real `medscout-data build` killed (SIGKILL) after a few shards: split, validate and
     push-bench refuse, naming the missing shards and the command; that command completes it."""
     recipe = tmp_path / "kill.toml"
-    recipe.write_text(BIG_RECIPE, encoding="utf-8")
+    big = test_recipe.read_text().replace("items_per_cell = 24", "items_per_cell = 400")
+    recipe.write_text(big.replace("bench_per_cell = 6", "bench_per_cell = 100"), encoding="utf-8")
     out = tmp_path / "out"
     args = [
         "build",
@@ -132,7 +104,7 @@ def test_killed_build_is_refused_until_its_rerun_completes(
 
 
 def test_a_shard_removed_after_the_build_is_refused_everywhere(built_pool: Path, tmp_path: Path) -> None:
-    layout = _copy(built_pool, tmp_path / "s")
+    layout = copy_pool(built_pool, tmp_path / "s")
     _split(layout)
     before = _state(layout)
     removed = layout.pool_dir("mri") / "scale-00001.parquet"
@@ -151,7 +123,7 @@ def test_a_shard_removed_after_the_build_is_refused_everywhere(built_pool: Path,
 
 @pytest.mark.parametrize("edit", ["drop-a-row", "another-plans-shard"])
 def test_a_shard_edited_after_the_build_is_refused(built_pool: Path, tmp_path: Path, edit: str) -> None:
-    layout = _copy(built_pool, tmp_path / "s")
+    layout = copy_pool(built_pool, tmp_path / "s")
     path = layout.pool_dir("ct") / "anomaly-00002.parquet"
     if edit == "drop-a-row":
         table = pq.read_table(path)
@@ -167,7 +139,7 @@ def test_a_shard_edited_after_the_build_is_refused(built_pool: Path, tmp_path: P
 def test_user_files_in_pool_are_neither_read_nor_deleted(
     built_pool: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    layout = _copy(built_pool, tmp_path / "s", modalities=("ct",))
+    layout = copy_pool(built_pool, tmp_path / "s", modalities=("ct",))
     mine = layout.pool_dir("ct") / "scale-99999.parquet"
     shutil.copy(layout.pool_dir("ct") / "scale-00000.parquet", mine)  # looks like a shard, is not listed
     notes = layout.pool_dir("ct") / "notes.txt"
@@ -181,7 +153,7 @@ def test_user_files_in_pool_are_neither_read_nor_deleted(
 
 def test_a_pool_shard_damaged_inside_is_named(built_pool: Path, tmp_path: Path) -> None:
     """The footer (digest, row count) survives, the data pages do not."""
-    layout = _copy(built_pool, tmp_path / "s", modalities=("ct",))
+    layout = copy_pool(built_pool, tmp_path / "s", modalities=("ct",))
     path = layout.pool_dir("ct") / "jigsaw-00001.parquet"
     data = bytearray(path.read_bytes())
     data[4:2000] = b"\0" * 1996
@@ -191,7 +163,7 @@ def test_a_pool_shard_damaged_inside_is_named(built_pool: Path, tmp_path: Path) 
 
 
 def test_an_unreadable_subject_plan_is_named(built_pool: Path, tmp_path: Path) -> None:
-    layout = _copy(built_pool, tmp_path / "s", modalities=("ct",))
+    layout = copy_pool(built_pool, tmp_path / "s", modalities=("ct",))
     layout.plan("ct").write_text("{not json", encoding="utf-8")
     result = cli("split", "--shards", str(layout.root), "--quiet")
     assert result.returncode == 1 and "ct.json: the ct subject plan cannot be read" in result.stdout
@@ -266,7 +238,7 @@ def test_short_bench_after_limit_says_so(
 
 
 def test_bench_per_cell_beyond_the_recipe_says_what_sizes_the_bench(built_pool: Path, tmp_path: Path) -> None:
-    layout = _copy(built_pool, tmp_path / "s", modalities=("ct",))
+    layout = copy_pool(built_pool, tmp_path / "s", modalities=("ct",))
     with pytest.raises(SplitError, match=r"needs 7 .*recipe's bench_per_cell 6") as caught:
         _split(layout, bench_per_cell=7)
     assert "--limit" not in str(caught.value)
@@ -278,7 +250,7 @@ def test_bench_per_cell_beyond_the_recipe_says_what_sizes_the_bench(built_pool: 
 def test_user_files_under_bench_and_train_are_refused_then_removed_with_force(
     built_pool: Path, tmp_path: Path
 ) -> None:
-    layout = _copy(built_pool, tmp_path / "s", modalities=("ct",))
+    layout = copy_pool(built_pool, tmp_path / "s", modalities=("ct",))
     _split(layout)
     notes = layout.root / "bench" / "notes.txt"
     notes.write_text("my notes")
@@ -299,7 +271,7 @@ def test_user_files_under_bench_and_train_are_refused_then_removed_with_force(
 
 
 def test_a_rerun_replaces_only_what_split_wrote(built_pool: Path, tmp_path: Path) -> None:
-    layout = _copy(built_pool, tmp_path / "s", modalities=("ct",))
+    layout = copy_pool(built_pool, tmp_path / "s", modalities=("ct",))
     first = _split(layout)
     outside = layout.root / "notes.txt"  # beside bench/, not inside: not split's business
     outside.write_text("keep")
@@ -316,7 +288,7 @@ def test_a_rerun_replaces_only_what_split_wrote(built_pool: Path, tmp_path: Path
 def test_an_unreadable_previous_manifest_leaves_nothing_presumed_ours(
     built_pool: Path, tmp_path: Path
 ) -> None:
-    layout = _copy(built_pool, tmp_path / "s", modalities=("ct",))
+    layout = copy_pool(built_pool, tmp_path / "s", modalities=("ct",))
     _split(layout)
     for side in ("bench", "train"):
         (layout.split_dir(side) / split_module.SIDE_RECORD).unlink()
@@ -334,21 +306,12 @@ def test_disk_full_mid_split_keeps_the_previous_split(
     built_pool: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """ENOSPC raised by pyarrow's writer after a few shards (as a full disk does)."""
-    layout = _copy(built_pool, tmp_path / "s")
+    layout = copy_pool(built_pool, tmp_path / "s")
     _split(layout)
     before = _state(layout)
-    real = split_module.ShardWriter.write_table
-    calls = {"n": 0}
-
-    def filling(self, table):
-        calls["n"] += 1
-        if calls["n"] > 5:
-            raise OSError(
-                errno.ENOSPC, "Error writing bytes to file. Detail: [errno 28] No space left on device"
-            )
-        return real(self, table)
-
-    monkeypatch.setattr(split_module.ShardWriter, "write_table", filling)
+    full = OSError(errno.ENOSPC, "Error writing bytes to file. Detail: [errno 28] No space left on device")
+    writer = split_module.ShardWriter
+    monkeypatch.setattr(writer, "write_table", fail_on_call(writer.write_table, 6, full))
     with pytest.raises(SplitError) as caught:
         _split(layout)
     message = str(caught.value)
@@ -364,19 +327,12 @@ def test_disk_full_mid_split_keeps_the_previous_split(
 def test_a_failed_swap_puts_the_previous_split_back(
     built_pool: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    layout = _copy(built_pool, tmp_path / "s", modalities=("ct",))
+    layout = copy_pool(built_pool, tmp_path / "s", modalities=("ct",))
     _split(layout)
     before = _state(layout)
-    real = split_module.os.rename
-    calls = {"n": 0}
-
-    def failing(source, target):
-        calls["n"] += 1
-        if calls["n"] == 4:  # manifest, bench, train moved out; bench about to move in
-            raise OSError(errno.EIO, "Input/output error", str(target))
-        return real(source, target)
-
-    monkeypatch.setattr(split_module.os, "rename", failing)
+    broken = OSError(errno.EIO, "Input/output error", str(layout.root / "bench"))
+    # calls 1-3 move the manifest, bench and train out; the 4th would move the new bench in
+    monkeypatch.setattr(split_module.os, "rename", fail_on_call(os.rename, 4, broken, last=4))
     with pytest.raises(SplitError, match="the previous split is left as it was"):
         _split(layout)
     monkeypatch.undo()
@@ -385,7 +341,7 @@ def test_a_failed_swap_puts_the_previous_split_back(
 
 def test_real_full_disk_keeps_the_previous_split(built_pool: Path, tmp_path: Path) -> None:
     """A tmpfs just large enough for the pool and one split, so a second split runs out of space."""
-    source = _copy(built_pool, tmp_path / "src")
+    source = copy_pool(built_pool, tmp_path / "src")
     _split(source)
     pool_kib = sum(p.stat().st_size for p in (source.root / "pool").rglob("*") if p.is_file()) // 1024
     disk = tmp_path / "disk"
@@ -411,7 +367,7 @@ ls -a {disk}
 
 
 def test_read_only_split_validates_and_split_says_it_cannot_write(built_pool: Path, tmp_path: Path) -> None:
-    layout = _copy(built_pool, tmp_path / "s", modalities=("ct",))
+    layout = copy_pool(built_pool, tmp_path / "s", modalities=("ct",))
     _split(layout)
     with read_only(layout.root) as prefix:
         checked = cli("validate", "--shards", str(layout.root), "--quiet", prefix=prefix)
@@ -425,7 +381,7 @@ def test_read_only_split_validates_and_split_says_it_cannot_write(built_pool: Pa
 
 def test_a_second_split_on_the_same_folder_is_refused(built_pool: Path, tmp_path: Path) -> None:
     """Two real processes: the first frozen while it holds the lock, the second refused."""
-    layout = _copy(built_pool, tmp_path / "s")
+    layout = copy_pool(built_pool, tmp_path / "s")
     first = start_frozen_holder(
         ["split", "--shards", str(layout.root), "--quiet"], layout.root / ".lock-split"
     )
@@ -441,7 +397,7 @@ def test_a_second_split_on_the_same_folder_is_refused(built_pool: Path, tmp_path
 
 
 def test_bench_side_record_lists_exactly_the_shards(built_pool: Path, tmp_path: Path) -> None:
-    layout = _copy(built_pool, tmp_path / "s", modalities=("xray",))
+    layout = copy_pool(built_pool, tmp_path / "s", modalities=("xray",))
     manifest = _split(layout)
     record = json.loads((layout.split_dir(BENCH) / split_module.SIDE_RECORD).read_text())
     assert record["files"] == sorted(n for n in manifest["shards"] if n.startswith("bench/"))
