@@ -7,7 +7,7 @@ body mask (bool, H x W). A catalogue row points at its image by (`cache_file`,
 
 Ingest writes `.stack` files: every entry compressed on its own with zstd
 (images as raw rows, masks bit-packed first), then a JSON footer listing each
-entry's offset, length and shape. Reading one entry is one `pread` and one
+entry's offset, length, shape and CRC-32 (checked on every read). Reading one entry is one `pread` and one
 decompression (0.2-0.5 ms for a 512 px slice), so build can read one slice at a
 time from many volumes; the file holds ~0.3 (CT) to ~0.8 (X-ray) bytes per
 pixel instead of the 2 of raw images plus byte masks (benchmarks/bench_cache.py
@@ -22,8 +22,10 @@ from __future__ import annotations
 
 import json
 import os
+import zlib
 from collections import OrderedDict
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
@@ -87,8 +89,10 @@ class StackWriter:
         raw = np.packbits(array.astype(bool, copy=False)) if self.kind == "mask" else array
         data = self._codec.compress(np.ascontiguousarray(raw).tobytes(), asbytes=True)
         assert self._handle is not None
-        self._handle.write(data)
-        self.entries.append([self._offset, len(data), int(array.shape[0]), int(array.shape[1])])
+        with _named(self.path):
+            self._handle.write(data)
+        shape = [int(array.shape[0]), int(array.shape[1])]
+        self.entries.append([self._offset, len(data), *shape, zlib.crc32(data)])
         self._offset += len(data)
         return len(self.entries) - 1
 
@@ -96,17 +100,20 @@ class StackWriter:
         """Write the footer, flush, and move the file to its final name."""
         assert self._handle is not None
         footer = json.dumps({"kind": self.kind, "codec": "zstd", "entries": self.entries}).encode()
-        self._handle.write(footer + len(footer).to_bytes(8, "little") + MAGIC)
-        self._handle.close()
-        self._handle = None
-        os.replace(self._tmp, self.path)
-
-    def abort(self) -> None:
-        """Drop the partial file."""
-        if self._handle is not None:
+        with _named(self.path):
+            self._handle.write(footer + len(footer).to_bytes(8, "little") + MAGIC)
             self._handle.close()
             self._handle = None
-        self._tmp.unlink(missing_ok=True)
+            os.replace(self._tmp, self.path)
+
+    def abort(self) -> None:
+        """Drop the partial file (also when the disk that failed will not even take the last flush)."""
+        if self._handle is not None:
+            with suppress(OSError):
+                self._handle.close()
+            self._handle = None
+        with suppress(OSError):
+            self._tmp.unlink(missing_ok=True)
 
     def __enter__(self) -> StackWriter:
         return self
@@ -116,6 +123,17 @@ class StackWriter:
             self.close()
         else:
             self.abort()
+
+
+@contextmanager
+def _named(path: Path) -> Iterator[None]:
+    """An OSError without a file name (a write to a full disk) gets `path` as its file name."""
+    try:
+        yield
+    except OSError as exc:
+        if exc.filename:
+            raise
+        raise OSError(exc.errno, exc.strerror or str(exc), str(path)) from exc
 
 
 def write_stack(path: Path, arrays: list[np.ndarray], kind: str) -> None:
@@ -198,8 +216,10 @@ class ImageCache:
         return self._decode(name, opened, index)[:height, :width].copy()
 
     def _decode(self, name: str, stack: _Stack, index: int) -> np.ndarray:
-        offset, length, height, width = stack.entries[index]
+        offset, length, height, width, crc = stack.entries[index]
         data = os.pread(stack.handle.fileno(), length, offset)
+        if zlib.crc32(data) != crc:
+            raise CacheError(f"{self.folder / name}: entry {index} is damaged (checksum); run ingest again")
         size = height * width if stack.kind == "image" else (height * width + 7) // 8
         try:
             raw = np.frombuffer(self._codec.decompress(data, decompressed_size=size, asbytes=True), np.uint8)

@@ -164,7 +164,9 @@ def test_anisotropic_volume_comes_out_with_square_pixels(tmp_path: Path) -> None
     disc = ((yy + 0.5) * 1.0 - 30) ** 2 + ((xx + 0.5) * 0.5 - 30) ** 2 <= 20**2
     volume = np.where(disc, 40, -1000).astype(np.int16)[None].repeat(4, axis=0)
     write_volume(tmp_path / "src" / "s0000" / "ct.nii.gz", volume, spacing=(0.5, 1.0, 3.0), orientation="RAS")
-    _, catalogue, cache = ingest(tmp_path / "src", tmp_path / "out", min_body_fraction=0.1, crop_to_body=False)
+    _, catalogue, cache = ingest(
+        tmp_path / "src", tmp_path / "out", min_body_fraction=0.1, crop_to_body=False
+    )
     row = catalogue.row(0, named=True)
     assert (row["height"], row["width"]) == (120, 120)
     assert row["pixel_spacing_mm"] == pytest.approx(0.5)

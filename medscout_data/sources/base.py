@@ -127,7 +127,10 @@ def write_part(path: Path, result: UnitResult, unit_hash_: str) -> None:
         "skips": json.dumps(skips),
         "counts": json.dumps(dict(sorted(result.counts.items()))),
     }
-    write_table_atomic(table, path, metadata=metadata)
+    try:
+        write_table_atomic(table, path, metadata=metadata)
+    except OSError as exc:  # pyarrow's errors carry neither the file name nor always an errno
+        raise OSError(exc.errno, exc.strerror or str(exc), str(path)) from exc
 
 
 def part_files(path: Path) -> set[str]:

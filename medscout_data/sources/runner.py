@@ -275,7 +275,7 @@ def _disk_errors(layout: Layout, modality: str, report: RunReport) -> Iterator[N
         yield
     except OSError as exc:
         where = exc.filename or layout.catalogue_dir(modality)
-        if exc.errno in DISK_FULL:
+        if exc.errno in DISK_FULL or "No space left" in str(exc):
             fix = "free some space (or choose another --out) and run ingest again: finished units are kept"
         elif exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
             fix = "choose a writable --out (or fix the folder's permissions)"

@@ -57,6 +57,7 @@ KIND = "totalseg"
 COARSE_SIDE = 128  # in-plane size of the grid the 3-D body component is found on
 SLAB = 3  # slices per slab when a volume's slices are budgeted
 BACKGROUND_SHARE = 0.5  # a border value this common is a stored background
+WHOLE_FRAME = 0.98  # a slice "body" covering this much of the frame has no background to tell it by
 
 __all__ = ["Canonical", "list_volumes", "process_volume", "read_canonical", "slice_grid", "to_canonical"]
 
@@ -95,7 +96,8 @@ def list_volumes(root: Path, modality: str, config: IngestConfig) -> Listing:
     except InputError as exc:
         skips.append(Skip(TOTALSEG_META, exc.reason, f"{TOTALSEG_META}: {exc.message}"))
     with os.scandir(root) as entries:
-        folders = sorted(e.name for e in entries if e.is_dir() and not e.name.startswith("."))
+        names = (e.name for e in entries if e.is_dir() and not e.name.startswith("."))
+        folders = sorted(name for name in names if name != TOTALSEG_META)  # a meta.csv folder is no subject
     records = []
     for name in folders:
         counts["found"] += 1
@@ -299,8 +301,9 @@ def _slice_mask(slices: Slices, k: int) -> Box | None:
     grid = slices.grid
     region = cv2.resize(slices.coarse[k].astype(np.uint8), (grid.width, grid.height), cv2.INTER_NEAREST)
     mask = fill_holes(slices.intensity.body(slices.values(k)) & region.astype(bool))
-    if not mask.any() or mask.all():  # no body, or no background to tell it from
-        slices.counts["slices_dropped_no_background" if mask.all() else "slices_dropped_low_body"] += 1
+    share = float(mask.mean())
+    if share == 0 or share >= WHOLE_FRAME:  # no body, or no background to tell it from
+        slices.counts["slices_dropped_no_background" if share else "slices_dropped_low_body"] += 1
         slices.masks.append(None)
         return None
     slices.masks.append(np.packbits(mask))
