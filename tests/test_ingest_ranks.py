@@ -102,3 +102,26 @@ def test_ranks_default_from_the_slurm_array(sample_sources, tmp_path: Path) -> N
     assert result.exit_code == 0, result.output
     assert "rank 1 of 2" in result.output and "--merge" in result.output
     assert (tmp_path / "catalogue" / "ct" / "_ranks" / "rank-00001-of-00002.json").is_file()
+
+
+def test_the_slurm_example_runs_an_array_then_its_merge(sample_sources, tmp_path: Path) -> None:
+    """examples/slurm/ingest.sbatch as Slurm would run it: two array tasks, then the merge step."""
+    script = REPO / "examples" / "slurm" / "ingest.sbatch"
+    recipe = tmp_path / "recipe.toml"
+    recipe.write_text(RECIPE)
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(REPO),
+        "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
+    }
+    env |= {"MODALITY": "ct", "ROOT": str(sample_sources["totalseg-ct"]), "OUT": str(tmp_path / "out")}
+    env |= {"RECIPE": str(recipe), "SLURM_ARRAY_TASK_COUNT": "2", "SLURM_ARRAY_TASK_MIN": "0"}
+    for task in ("0", "1"):
+        done = subprocess.run(
+            ["bash", str(script)], env={**env, "SLURM_ARRAY_TASK_ID": task}, capture_output=True
+        )
+        assert done.returncode == 0, done.stderr
+    merge_env = {k: v for k, v in env.items() if not k.startswith("SLURM_")} | {"MERGE": "1"}
+    done = subprocess.run(["bash", str(script)], env=merge_env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert "catalogue:" in done.stdout and Layout.at(tmp_path / "out").catalogue("ct").is_file()
