@@ -143,3 +143,24 @@ def test_one_extreme_voxel_does_not_lose_an_mri(tmp_path: Path) -> None:
     row = catalogue.filter(pl.col("slice_index") == 4).row(0, named=True)
     image, mask = cache.image(row), cache.mask(row)
     assert 0.5 < mask.mean() < 0.95 and image[mask].mean() > 150
+
+
+def test_ingest_recipe_settings_are_checked(tmp_path: Path) -> None:
+    from medscout_data.recipe import RecipeError, load_recipe
+
+    head = 'name = "t"\nseed = 1\n[pool]\nitems_per_cell = 10\nbench_per_cell = 2\n'
+    cases = {
+        'plane = "oblique"': "ingest.plane must be one of auto, axial, coronal, sagittal",
+        "max_images = 100\nslab_step_mm = 20.0": "slab_step_mm must lie within anomaly.ref_distance_mm",
+        "min_image_size = 0": "min_image_size must be in",
+        "body_crop_margin = -0.1": "body_crop_margin must be in",
+        "crop_to_body = 1": "crop_to_body must be bool",
+    }
+    for text, message in cases.items():
+        path = tmp_path / "r.toml"
+        path.write_text(head + "[ingest]\n" + text + "\n")
+        with pytest.raises(RecipeError, match=message):
+            load_recipe(path)
+    path.write_text(head + "[ingest]\nmax_images = 0\nslab_step_mm = 20.0\n")
+    assert load_recipe(path).ingest.slab_step_mm == 20.0  # no budget: slabs unused
+    assert load_recipe("med-scout-bench").ingest.max_images == 30000
