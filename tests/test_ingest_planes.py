@@ -3,28 +3,19 @@
 from __future__ import annotations
 
 import dataclasses
-import itertools
 from pathlib import Path
 
 import numpy as np
 import polars as pl
 import pytest
 import SimpleITK as sitk
+from test_ingest_volumes import all_orientation_codes
 
 from medscout_data.cache import ImageCache
 from medscout_data.layout import Layout
 from medscout_data.recipe import IngestConfig, load_recipe
 from medscout_data.sources import run_ingest
 from medscout_data.sources.planes import DISPLAY_CODES, NORMAL_AXIS, choose_plane, plane_view, to_canonical
-
-
-def all_orientation_codes() -> list[str]:
-    letters = [("L", "R"), ("P", "A"), ("S", "I")]
-    codes = set()
-    for order in itertools.permutations(range(3)):
-        for choice in itertools.product((0, 1), repeat=3):
-            codes.add("".join(letters[axis][choice[axis]] for axis in order))
-    return sorted(codes)
 
 
 @pytest.mark.parametrize("plane", ["axial", "coronal", "sagittal"])
