@@ -9,7 +9,8 @@ dicom_ids in the MIMIC-CXR-JPG layout, with the metadata and split CSVs.
 
 Timed, each in its own child process: `run_ingest` with the paper recipe's
 ingest settings (frontal views, longest side 512), for each worker count:
-images/s and MB/s of JPEG read, and the cache's bytes per image. JPEGs are
+images/s and MB/s of JPEG read, CPU time per image (process and workers: less skewed by a
+loaded machine than wall time), and the cache's bytes per image. JPEGs are
 decoded at a reduced DCT scale (Pillow's draft mode), then shrunk.
 """
 
@@ -20,6 +21,7 @@ import gzip
 import io
 import json
 import os
+import resource
 import shutil
 import sys
 import time
@@ -29,6 +31,7 @@ import numpy as np
 from common import run_sampled
 
 HEIGHT, WIDTH = 3000, 2500
+WHO = (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)  # CPU of the run and its (finished) workers
 
 
 def write_full_size_tree(root: Path, images: int, distinct: int) -> Path:
@@ -97,7 +100,9 @@ def child(root: Path, out: Path, workers: int) -> None:
     report = run_ingest(Layout.at(out), recipe, "xray", root, workers=workers, progress=False)
     seconds = time.perf_counter() - start
     cache = sum(p.stat().st_size for p in (out / "cache" / "xray").glob("*.stack"))
-    print(json.dumps({"seconds": seconds, "images": report.counts["images"], "cache_bytes": cache}))
+    cpu = sum(resource.getrusage(who).ru_utime + resource.getrusage(who).ru_stime for who in WHO)
+    figures = {"seconds": seconds, "images": report.counts["images"], "cache_bytes": cache, "cpu": cpu}
+    print(json.dumps(figures))
 
 
 def main() -> None:
@@ -122,7 +127,8 @@ def main() -> None:
         f"({args.distinct} distinct), {time.perf_counter() - t0:.0f} s"
     )
     print(f"cpu_count={os.cpu_count()} loadavg={os.getloadavg()[0]:.1f} (load skews figures)")
-    print(f"{'workers':>7} {'images':>6} {'seconds':>8} {'images/s':>9} {'MB/s':>6} {'cache KB/image':>14}")
+    header = f"{'workers':>7} {'images':>6} {'seconds':>8} {'images/s':>9} {'MB/s':>6} {'CPU ms/image':>12}"
+    print(header + f" {'cache KB/image':>14}")
     rates = {}
     for workers in args.workers:
         out = args.work / f"out-{workers}"
@@ -133,7 +139,8 @@ def main() -> None:
         per_image_kb = figures["cache_bytes"] / figures["images"] / 1024
         print(
             f"{workers:>7} {figures['images']:>6} {figures['seconds']:>8.1f} {rate:>9.1f} "
-            f"{megabytes / figures['seconds']:>6.1f} {per_image_kb:>14.1f}"
+            f"{megabytes / figures['seconds']:>6.1f} {1000 * figures['cpu'] / figures['images']:>12.1f} "
+            f"{per_image_kb:>14.1f}"
         )
     if 1 in rates and 2 in rates:
         print(f"speed-up with 2 workers: {rates[2] / rates[1]:.2f}x; loadavg now {os.getloadavg()[0]:.1f}")
