@@ -53,20 +53,22 @@ CATALOGUE_SCHEMA = pa.schema(
         ("source_id", pa.string()),  # volume id or dicom_id
         ("study_id", pa.string()),
         ("path", pa.string()),  # source file, relative to the source root
-        ("plane", pa.string()),  # axial for volumes, empty for X-ray
-        ("slice_index", pa.int32()),  # in the canonical volume; -1 for X-ray
-        ("z_mm", pa.float64()),  # slice position along the canonical z axis
+        ("plane", pa.string()),  # axial, coronal or sagittal for volumes (sources/planes.py); empty for X-ray
+        ("slice_index", pa.int32()),  # along the plane's normal in the canonical volume; -1 for X-ray
+        ("z_mm", pa.float64()),  # slice position along the slicing normal (LPS mm); NaN for X-ray
         ("pixel_spacing_mm", pa.float64()),  # square pixels of the rendered image
-        ("slice_spacing_mm", pa.float64()),
+        ("slice_spacing_mm", pa.float64()),  # between consecutive slices along the normal
         ("window", pa.string()),  # CT window name, empty otherwise
         ("view", pa.string()),  # X-ray ViewPosition, empty for volumes
         ("official_split", pa.string()),
         ("body_fraction", pa.float32()),
         ("height", pa.int32()),
         ("width", pa.int32()),
-        ("cache_file", pa.string()),  # .npy of shape (n, H, W) uint8, relative to cache/<modality>
-        ("mask_file", pa.string()),  # .npy of shape (n, H, W) bool, same indexing
+        ("cache_file", pa.string()),  # image stack (cache.py), relative to cache/<modality>
+        ("mask_file", pa.string()),  # body mask stack, same indexing
         ("cache_index", pa.int32()),
+        ("crop_x", pa.int32()),  # the image's left column in the full resampled slice (body crop)
+        ("crop_y", pa.int32()),  # its top row there; 0 for X-ray
         ("meta", pa.string()),  # JSON: the source's own metadata columns
     ]
 )
