@@ -10,6 +10,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from click.testing import CliRunner
+from splitfixture import write_manifest_for
 
 from medscout_data import MODALITIES, TASKS
 from medscout_data import cli as cli_package
@@ -212,6 +213,7 @@ def test_bad_rows_and_shards_are_recorded_and_skipped(split_shards: Path, tmp_pa
     rows.append(dict(rows[2]))  # a duplicate id
     pq.write_table(pa.Table.from_pylist(rows, schema=ITEM_SCHEMA), cell / "test-00000-of-00002.parquet")
     (cell / "test-00001-of-00002.parquet").write_bytes(b"not parquet at all")
+    write_manifest_for(root, split_shards)  # bad at split time, so the manifest's hashes match
     out = tmp_path / "out"
     result = export_split(Layout.at(root), out, ExportOptions(split="bench", progress=False))
     assert result.items == len(rows) - 2 == 5
