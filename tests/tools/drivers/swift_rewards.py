@@ -9,6 +9,7 @@ REQUEST: {"plugin": path, "jsonl": path, "completions": [[text, ...] per row], "
 import json
 import sys
 import types
+from pathlib import Path
 
 
 def load_rows(jsonl, major):
@@ -40,7 +41,9 @@ def build_rewards(names, major):
     )
     try:
         GRPOTrainer._prepare_rewards(trainer, list(names))
-    except AttributeError as exc:  # a later part of the method needs a real trainer; rewards are built by then
+    except (
+        AttributeError
+    ) as exc:  # a later part of the method needs a real trainer; rewards are built by then
         if not getattr(trainer, "reward_funcs", None):
             raise
         print(f"note: stopped after building rewards ({exc})", file=sys.stderr)
@@ -52,7 +55,7 @@ def call_rewards(funcs, rows, completions, major):
     import torch
 
     samples = []
-    for row, texts in zip(rows, completions):
+    for row, texts in zip(rows, completions, strict=True):
         for text in texts:
             samples.append({**row, "messages": [*row["messages"], {"role": "assistant", "content": text}]})
     if major >= 4:
@@ -71,7 +74,7 @@ def call_rewards(funcs, rows, completions, major):
 
 
 def main():
-    request = json.loads(open(sys.argv[1], encoding="utf-8").read())
+    request = json.loads(Path(sys.argv[1]).read_text(encoding="utf-8"))
     import swift
     from swift.utils import import_external_file
 
