@@ -113,10 +113,9 @@ class IndexConfig:
 
 @dataclass(frozen=True)
 class PngConfig:
-    """PNG encoding of item images (OpenCV)."""
+    """PNG encoding of item images: ISA-L deflate level (0-3) and the PNG row filter."""
 
     compression: int = 1
-    strategy: str = "rle"
     filter: str = "sub"
 
 
@@ -274,15 +273,8 @@ def _check(recipe: Recipe, path: Path) -> None:
             "anomaly.ref_distance_mm must be increasing",
         ),
         (recipe.index.search in ("exact", "ivf", "hnsw"), "index.search must be exact, ivf or hnsw"),
-        (
-            recipe.png.strategy in ("default", "rle", "filtered"),
-            "png.strategy must be default, rle or filtered",
-        ),
-        (0 <= recipe.png.compression <= 9, "png.compression must be in 0..9"),
-        (
-            recipe.png.filter in ("sub", "up", "avg", "paeth", "fast", "none"),
-            "png.filter must be sub, up, avg, paeth, fast or none",
-        ),
+        (0 <= recipe.png.compression <= 3, "png.compression must be in 0..3 (ISA-L deflate levels)"),
+        (recipe.png.filter in ("sub", "up", "none"), "png.filter must be sub, up or none"),
     ]
     for ok, message in rules:
         if not ok:

@@ -71,6 +71,10 @@ class ShardWriter:
             self.rows += len(self._buffer)
             self._buffer = []
 
+    def add_metadata(self, metadata: dict[str, str]) -> None:
+        """Key-value metadata known only at the end (in the file footer; read it with `pq.read_metadata`)."""
+        self._writer.add_key_value_metadata(metadata)
+
     def close(self) -> None:
         """Finish the file and move it to its final name."""
         self._flush()
