@@ -33,3 +33,35 @@ def flip_byte(path: Path, offset: int | None = None) -> None:
     at = len(data) // 2 if offset is None else offset
     data[at] ^= 0xFF
     path.write_bytes(bytes(data))
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    """The records of a JSONL file."""
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
+
+
+def side_rows(root: Path, side: str = "bench", pattern: str = "*/*/*.parquet") -> dict[str, dict]:
+    """id -> row of every shard of one side of a split (images included)."""
+    import pyarrow.parquet as pq
+
+    tables = [pq.read_table(p) for p in sorted((root / side).glob(pattern))]
+    return {row["id"]: row for table in tables for row in table.to_pylist()}
+
+
+def cli_ok(*args: str) -> str:
+    """Run the CLI in-process; its output, after checking it exited 0."""
+    from click.testing import CliRunner
+
+    from medscout_data.cli import cli
+
+    result = CliRunner().invoke(cli, list(args))
+    assert result.exit_code == 0, result.output
+    return result.output
+
+
+def stage_repo(shards: Path, stage: Path) -> Path:
+    """The bench of `shards` staged as a Hub repo folder (push-bench --dry-run: no network)."""
+    cli_ok(
+        "push-bench", "--repo-id", "me/bench", "--dry-run", "--stage-dir", str(stage), "--shards", str(shards)
+    )
+    return stage

@@ -23,7 +23,7 @@ import pytest
 import yaml
 from click.testing import CliRunner
 from PIL import Image
-from splitfixture import copy_split, flip_byte
+from splitfixture import cli_ok, copy_split, flip_byte, read_jsonl, side_rows, stage_repo
 
 from medscout_data.cli import cli
 from medscout_data.evaluation.score import DenseGeometricReward
@@ -42,36 +42,11 @@ def _invoke(*args: str):
     return CliRunner().invoke(cli, list(args))
 
 
-def _ok(*args: str) -> str:
-    result = _invoke(*args)
-    assert result.exit_code == 0, result.output
-    return result.output
-
-
-def _lines(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
-
-
-def _bench_rows(root: Path) -> dict[str, dict]:
-    tables = [pq.read_table(p) for p in sorted((root / "bench").glob("*/*/*.parquet"))]
-    return {row["id"]: row for table in tables for row in table.to_pylist()}
-
-
 @pytest.fixture(scope="module")
 def swift_cot(split_shards: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("swift") / "cot"
-    _ok(
-        "export",
-        "--split",
-        "bench",
-        "--mode",
-        "cot",
-        "--shards",
-        str(split_shards),
-        "--out",
-        str(out),
-        "--quiet",
-    )
+    args = ["--split", "bench", "--mode", "cot", "--quiet"]
+    cli_ok("export", *args, "--shards", str(split_shards), "--out", str(out))
     return out
 
 
@@ -129,7 +104,7 @@ def test_pool_preview_reads_only_the_shards_pool_json_lists(split_shards: Path, 
 
 
 def test_orm_classes_are_built_and_called_the_ways_ms_swift_3_and_4_do(swift_cot: Path) -> None:
-    records = _lines(swift_cot / "bench-cot-swift.jsonl")
+    records = read_jsonl(swift_cot / "bench-cot-swift.jsonl")
     registry: dict = {}
     classes = swift_rewards.register(registry, profile="official", mode="cot")
     assert sorted(registry) == ["medscout_accuracy", "medscout_cot", "medscout_format", "medscout_total"]
@@ -198,13 +173,13 @@ def test_printed_command_sets_the_image_root_or_uses_absolute_paths(
 ) -> None:
     out = tmp_path / "e"
     base = ["export", "--split", "bench", "--shards", str(split_shards), "--modality", "ct", "--quiet"]
-    text = _ok(*base, "--out", str(out))
+    text = cli_ok(*base, "--out", str(out))
     assert f"ROOT_IMAGE_DIR={out.resolve()} swift rlhf --rlhf_type grpo" in text
     assert f"--external_plugins {(out / 'plugin.py').resolve()}" in text
     assert "--reward_funcs medscout_accuracy medscout_format \\" in text  # direct: no CoT reward
     assert f"--system {(out / 'system-direct.txt').resolve()}" in text
     assert f"--dataset {(out / 'bench-direct-swift.jsonl').resolve()}" in text
-    text = _ok(*base, "--out", str(tmp_path / "abs"), "--absolute-paths", "--mode", "cot")
+    text = cli_ok(*base, "--out", str(tmp_path / "abs"), "--absolute-paths", "--mode", "cot")
     assert "ROOT_IMAGE_DIR" not in text and "medscout_format medscout_cot" in text
 
 
@@ -247,7 +222,7 @@ def test_lmms_eval_folder_declares_the_tasks_and_its_functions_score_the_truth(
     import datasets
 
     folder = tmp_path / "lmms"
-    _ok("export", "--format", "lmms-eval", "--shards", str(split_shards), "--out", str(folder))
+    cli_ok("export", "--format", "lmms-eval", "--shards", str(split_shards), "--out", str(folder))
     group = yaml.load((folder / "med_scout_bench.yaml").read_text(), _TaskLoader)
     assert group["group"] == "med_scout_bench"
     assert group["task"] == ["med_scout_bench_direct", "med_scout_bench_cot"]
@@ -283,7 +258,7 @@ def test_lmms_eval_folder_declares_the_tasks_and_its_functions_score_the_truth(
 
 def test_lmms_eval_hub_bench_and_bad_locations(tmp_path: Path) -> None:
     folder = tmp_path / "hub"
-    _ok("export", "--format", "lmms-eval", "--bench", "org/med-scout-bench", "--out", str(folder))
+    cli_ok("export", "--format", "lmms-eval", "--bench", "org/med-scout-bench", "--out", str(folder))
     template = yaml.load((folder / "_default_template_yaml").read_text(), _TaskLoader)
     assert template["dataset_path"] == "org/med-scout-bench" and "dataset_kwargs" not in template
     result = _invoke(
@@ -303,9 +278,9 @@ def test_lmms_eval_hub_bench_and_bad_locations(tmp_path: Path) -> None:
 
 def test_vlmeval_tsv_round_trips_to_the_shards_png_bytes(split_shards: Path, tmp_path: Path) -> None:
     out = tmp_path / "vlm"
-    _ok("export", "--format", "vlmeval", "--shards", str(split_shards), "--out", str(out), "--quiet")
+    cli_ok("export", "--format", "vlmeval", "--shards", str(split_shards), "--out", str(out), "--quiet")
     table = pd.read_csv(out / "MedScoutBench.tsv", sep="\t")  # how VLMEvalKit loads a TSV
-    rows = _bench_rows(split_shards)
+    rows = side_rows(split_shards)
     assert list(table["index"]) == list(range(len(rows))) and sorted(table["id"]) == sorted(rows)
     for line in table.to_dict("records"):
         row = rows[line["id"]]
@@ -342,16 +317,7 @@ def test_every_parquet_written_uses_only_feature_types_datasets_3_knows(
     split_shards: Path, tmp_path: Path
 ) -> None:
     stage = tmp_path / "stage"
-    _ok(
-        "push-bench",
-        "--repo-id",
-        "me/bench",
-        "--dry-run",
-        "--stage-dir",
-        str(stage),
-        "--shards",
-        str(split_shards),
-    )
+    stage_repo(split_shards, stage)
     files = sorted(split_shards.rglob("*.parquet")) + sorted(stage.rglob("*.parquet"))
     with_features = 0
     for path in files:

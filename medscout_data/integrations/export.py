@@ -36,7 +36,7 @@ import logging
 import os
 import re
 import shlex
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -438,21 +438,34 @@ def _export_cell(
 ) -> int:
     """Write one cell's rows; returns how many were exported."""
     make_record = RECORDS[options.format]
-    exported = 0
-    for path in cell.files:
-        for row in iter_rows(path, EXPORT_COLUMNS, result.report):
-            bar.update(1)
-            where = f"{path}:{row.get('id')}"
-            try:
-                paths = images.write(row)
-            except BadItem as exc:
-                result.report.skip(where, exc.reason, f"{where}: {exc}")
-                continue
-            handle.write(json.dumps(make_record(row, paths, options.mode), ensure_ascii=False) + "\n")
-            result.images += len(paths)
-            exported += 1
+
+    def write(row: dict[str, Any]) -> None:
+        paths = images.write(row)
+        handle.write(json.dumps(make_record(row, paths, options.mode), ensure_ascii=False) + "\n")
+        result.images += len(paths)
+
+    exported = write_cell_rows(cell, EXPORT_COLUMNS, result.report, bar, write)
     result.items += exported
     return exported
+
+
+def write_cell_rows(
+    cell: Cell, columns: Sequence[str], report: RunReport, bar: tqdm, write: Callable[[dict[str, Any]], None]
+) -> int:
+    """`write(row)` for every row of a cell; a row it refuses with `BadItem` is recorded in `report`
+    and skipped. Returns how many rows were written."""
+    written = 0
+    for path in cell.files:
+        for row in iter_rows(path, columns, report):
+            bar.update(1)
+            try:
+                write(row)
+            except BadItem as exc:
+                where = f"{path}:{row.get('id')}"
+                report.skip(where, exc.reason, f"{where}: {exc}")
+                continue
+            written += 1
+    return written
 
 
 @dataclass

@@ -33,10 +33,10 @@ from medscout_data.integrations.export import (
     BadItem,
     Cell,
     count_rows,
-    iter_rows,
     manifest_summary,
     png_bytes,
     split_cells,
+    write_cell_rows,
 )
 from medscout_data.integrations.vendor import BOOTSTRAP, write_vendored
 from medscout_data.layout import Layout
@@ -115,22 +115,15 @@ def tsv_row(index: int, row: dict, blobs: list[bytes]) -> list[str]:
 
 def _write_cell(cell: Cell, writer: Any, seen: set[str], result: VlmevalExport, bar: tqdm) -> int:
     """Write one cell's rows to the TSV; returns how many were written."""
-    exported = 0
-    for path in cell.files:
-        for row in iter_rows(path, READ_COLUMNS, result.report):
-            bar.update(1)
-            where = f"{path}:{row.get('id')}"
-            try:
-                if row["id"] in seen:
-                    raise BadItem("duplicate-id", f"duplicate item id {row['id']} (the first is kept)")
-                writer.writerow(tsv_row(result.items, row, png_bytes(row)))
-            except BadItem as exc:
-                result.report.skip(where, exc.reason, f"{where}: {exc}")
-                continue
-            seen.add(row["id"])
-            result.items += 1
-            exported += 1
-    return exported
+
+    def write(row: dict[str, Any]) -> None:
+        if row["id"] in seen:
+            raise BadItem("duplicate-id", f"duplicate item id {row['id']} (the first is kept)")
+        writer.writerow(tsv_row(result.items, row, png_bytes(row)))
+        seen.add(row["id"])
+        result.items += 1
+
+    return write_cell_rows(cell, READ_COLUMNS, result.report, bar, write)
 
 
 def export_vlmeval(

@@ -13,29 +13,14 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
-from click.testing import CliRunner
 from PIL import Image
+from splitfixture import cli_ok, read_jsonl, side_rows, stage_repo
 from toolrun import run_driver
 
-from medscout_data.cli import cli
 from medscout_data.evaluation.score import DenseGeometricReward, reward
 
 COMPONENTS = ("accuracy", "format", "cot", "total")
 NAMES = [f"medscout_{c}" for c in COMPONENTS]
-
-
-def _cli(*args: str) -> None:
-    result = CliRunner().invoke(cli, list(args))
-    assert result.exit_code == 0, result.output
-
-
-def _lines(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
-
-
-def _bench_rows(root: Path) -> dict[str, dict]:
-    tables = [pq.read_table(p) for p in sorted((root / "bench").glob("*/*/*.parquet"))]
-    return {row["id"]: row for table in tables for row in table.to_pylist()}
 
 
 def _pixels(data: bytes, mode: str | None = None) -> list:
@@ -73,7 +58,7 @@ def test_ms_swift_builds_and_calls_the_plugin_rewards_on_exported_rows(
 ) -> None:
     python = request.getfixturevalue(environment)
     out = tmp_path / "export"
-    _cli(
+    cli_ok(
         "export",
         "--split",
         "bench",
@@ -86,7 +71,7 @@ def test_ms_swift_builds_and_calls_the_plugin_rewards_on_exported_rows(
         "--quiet",
     )
     jsonl = out / f"bench-{mode}-swift.jsonl"
-    records = _lines(jsonl)
+    records = read_jsonl(jsonl)
     completions = _completions(records, mode)
     ask = {"plugin": str(out / "plugin.py"), "jsonl": str(jsonl), "completions": completions, "names": NAMES}
     got = run_driver(python, "swift_rewards.py", ask, tmp_path / "run", {"ROOT_IMAGE_DIR": str(out)})
@@ -112,8 +97,8 @@ def test_lmms_eval_task_loads_and_scores_the_truth_at_the_maximum(
     swift4_python: str, split_shards: Path, tmp_path: Path
 ) -> None:
     folder = tmp_path / "lmms"
-    _cli("export", "--format", "lmms-eval", "--shards", str(split_shards), "--out", str(folder))
-    rows = _bench_rows(split_shards)
+    cli_ok("export", "--format", "lmms-eval", "--shards", str(split_shards), "--out", str(folder))
+    rows = side_rows(split_shards)
     wrong = {
         i: "<answer>0</answer>" for i, r in rows.items() if (r["modality"], r["task"]) == ("xray", "anomaly")
     }
@@ -151,16 +136,7 @@ def test_datasets_3_decodes_the_shards_and_the_staged_repo(
     swift3_python: str, split_shards: Path, tmp_path: Path
 ) -> None:
     stage = tmp_path / "stage"
-    _cli(
-        "push-bench",
-        "--repo-id",
-        "me/bench",
-        "--dry-run",
-        "--stage-dir",
-        str(stage),
-        "--shards",
-        str(split_shards),
-    )
+    stage_repo(split_shards, stage)
     shards = sorted(str(p) for p in (split_shards / "bench").glob("*/*/*.parquet"))
     old = tmp_path / "old-metadata.parquet"  # the datasets-4 `List` metadata this project used to write
     table = pq.read_table(shards[0])
@@ -172,7 +148,7 @@ def test_datasets_3_decodes_the_shards_and_the_staged_repo(
     assert got["datasets"].startswith("3.")
     assert "Feature type 'List' not found" in got["error"]  # so the read below is a real check
     assert got["parquet"]["features"].startswith("Sequence(feature=Image(")
-    rows = _bench_rows(split_shards)
+    rows = side_rows(split_shards)
     for side in ("parquet", "staged"):
         decoded = got[side]["rows"]
         assert sorted(r["id"] for r in decoded) == sorted(rows)
