@@ -256,7 +256,14 @@ def test_lmms_eval_folder_declares_the_tasks_and_its_functions_score_the_truth(
     assert aggregate_accuracy([wrong["avg"]]) < 100.0
 
 
-def test_lmms_eval_hub_bench_and_bad_locations(tmp_path: Path) -> None:
+def test_lmms_eval_reads_a_staged_repo_a_hub_bench_and_refuses_bad_locations(
+    split_shards: Path, tmp_path: Path
+) -> None:
+    stage = stage_repo(split_shards, tmp_path / "stage")
+    cli_ok("export", "--format", "lmms-eval", "--bench", str(stage), "--out", str(tmp_path / "staged"))
+    template = yaml.load((tmp_path / "staged" / "_default_template_yaml").read_text(), _TaskLoader)
+    staged = sorted(str(p.resolve()) for p in (stage / "data").glob("*/*/test-*.parquet"))
+    assert sorted(template["dataset_kwargs"]["data_files"]["test"]) == staged and len(staged) == 9
     folder = tmp_path / "hub"
     cli_ok("export", "--format", "lmms-eval", "--bench", "org/med-scout-bench", "--out", str(folder))
     template = yaml.load((folder / "_default_template_yaml").read_text(), _TaskLoader)
