@@ -93,7 +93,7 @@ def main() -> None:
             [out / "catalogue" / modality, out / "cache" / modality],
         )
         if modality == "xray":
-            stage(rows, "xray index", ["index", *common[:-2], "--quiet"], [out / "index" / modality])
+            stage(rows, "xray index", ["index", *common[:-2]], [out / "index" / modality])
         summary = stage(rows, f"{modality} build", ["build", *common, "--quiet"], [out / "pool" / modality])
         print("  " + summary.strip().replace("\n", "\n  "))
     stage(rows, "split", ["split", "--shards", str(out)], [out / "bench", out / "train"])

@@ -25,7 +25,7 @@ from medscout_data.seeding import rng_for
 from medscout_data.stages.build.catalog import CellContext, read_catalogue
 from medscout_data.stages.build.making import PixelReader, make_item
 from medscout_data.stages.build.planning import BuildError, ItemSpec, Planner, image_capacity, plan_cell
-from medscout_data.stages.build.run import BuildOptions, _neighbour_lookup
+from medscout_data.stages.build.run import BuildOptions, _index_folder, _neighbour_lookup
 from medscout_data.stages.plan import BENCH, TRAIN, load_plan, make_plan
 from medscout_data.tasks.geometry import TaskRejected
 
@@ -121,7 +121,7 @@ def _dry_context(layout: Layout, recipe: Recipe, options: BuildOptions) -> CellC
         plan = make_plan(subjects, options.modality, recipe.seed, pool.bench_fraction, recipe.name)
     neighbours = None
     if options.modality == "xray" and "anomaly" in options.tasks:
-        index = layout.index_dir("xray", options.model or recipe.index.model) / "neighbours.parquet"
+        index = _index_folder(layout, recipe, options) / "neighbours.parquet"
         if not index.is_file():
             raise BuildError(
                 f"{index}: no reference index; X-ray anomaly items need it: run `medscout-data index "

@@ -31,7 +31,7 @@ import polars as pl
 from tqdm import tqdm
 
 from medscout_data import TASKS, __version__
-from medscout_data.layout import Layout, model_slug
+from medscout_data.layout import Layout
 from medscout_data.locking import stage_lock
 from medscout_data.ranks import Rank, RankError, missing_ranks, write_marker
 from medscout_data.recipe import Recipe
@@ -483,7 +483,7 @@ def _catalogue(layout: Layout, recipe: Recipe, options: BuildOptions) -> Path:
 
 def _neighbours_path(layout: Layout, recipe: Recipe, options: BuildOptions) -> Path:
     if _ranked(options):
-        path = layout.index_dir(options.modality, options.model or recipe.index.model) / "neighbours.parquet"
+        path = _index_folder(layout, recipe, options) / "neighbours.parquet"
         if not path.is_file():
             raise BuildError(
                 f"{path}: no reference index; ranked builds need `medscout-data index --modality xray` "
@@ -501,6 +501,14 @@ def _neighbours_path(layout: Layout, recipe: Recipe, options: BuildOptions) -> P
         root=options.root,
         workers=options.workers,
     )
+
+
+def _index_folder(layout: Layout, recipe: Recipe, options: BuildOptions) -> Path:
+    """Where index keeps this model's neighbours (the spec resolved as index resolves it)."""
+    from medscout_data.stages.embedders import parse_model_spec
+
+    spec = parse_model_spec(options.model or recipe.index.model).resolved()
+    return layout.index_dir(options.modality, spec.text)
 
 
 def _neighbour_lookup(path: Path) -> NeighbourLookup:
@@ -526,4 +534,4 @@ def _neighbour_lookup(path: Path) -> NeighbourLookup:
     return lookup
 
 
-__all__ = ["BuildError", "BuildOptions", "build_modality", "model_slug"]
+__all__ = ["BuildError", "BuildOptions", "build_modality"]
