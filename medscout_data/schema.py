@@ -3,6 +3,11 @@
 Declared once, never inferred from data. The item schema carries the
 `huggingface` metadata that makes `datasets` decode `images` as a list of PIL
 images straight from a Parquet file, with no dataset card.
+
+The metadata uses only feature types that every supported `datasets` release
+reads (3.x writes and reads `Sequence`; 4.x and later write `List` but still
+read `Sequence` as a list): `images` is `Sequence(Image())`, never `List`,
+which datasets 3.x rejects (`Feature type 'List' not found`).
 """
 
 from __future__ import annotations
@@ -18,7 +23,7 @@ ITEM_FIELDS: list[tuple[str, pa.DataType, dict]] = [
     ("modality", pa.string(), {"dtype": "string", "_type": "Value"}),
     ("task", pa.string(), {"dtype": "string", "_type": "Value"}),
     ("variant", pa.string(), {"dtype": "string", "_type": "Value"}),
-    ("images", pa.list_(IMAGE_TYPE), {"feature": {"_type": "Image"}, "_type": "List"}),
+    ("images", pa.list_(IMAGE_TYPE), {"feature": {"_type": "Image"}, "_type": "Sequence"}),
     ("question", pa.string(), {"dtype": "string", "_type": "Value"}),
     ("question_cot", pa.string(), {"dtype": "string", "_type": "Value"}),
     ("answer", pa.string(), {"dtype": "string", "_type": "Value"}),
@@ -29,6 +34,13 @@ ITEM_FIELDS: list[tuple[str, pa.DataType, dict]] = [
     ("reference_subject_id", pa.string(), {"dtype": "string", "_type": "Value"}),
     ("seed", pa.int64(), {"dtype": "int64", "_type": "Value"}),
 ]
+
+# Feature `_type`s that datasets 3.0 (the oldest release setup.cfg admits) knows; metadata outside
+# this set breaks `load_dataset` there. Checked by tests on every schema the project writes.
+DATASETS3_FEATURE_TYPES = frozenset(
+    {"Value", "ClassLabel", "Translation", "TranslationVariableLanguages", "LargeList", "Sequence"}
+    | {"Array2D", "Array3D", "Array4D", "Array5D", "Audio", "Image"}
+)
 
 ITEM_COLUMNS = [name for name, _, _ in ITEM_FIELDS]
 METADATA_COLUMNS = [name for name in ITEM_COLUMNS if name != "images"]
