@@ -380,6 +380,8 @@ class _Build:
                 removed.append(name)
         for name in sorted(old | ours):
             (self.folder / f"{name}.tmp").unlink(missing_ok=True)
+        for leftover in self.folder.glob("pool.json.*-*.tmp"):  # a killed writer's (atomic_writer names)
+            leftover.unlink(missing_ok=True)
         if removed:
             log.info("removed %d shard(s) of an earlier plan from %s: %s", len(removed), self.folder, removed)
             self.report.info["removed_shards"] = removed
