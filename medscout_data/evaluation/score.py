@@ -862,3 +862,23 @@ def score_file(
     report.count("items", len(items))
     report.count("missing", len(result.missing_ids))
     return result
+
+
+def scores_document(
+    result: ScoreResult,
+    report: RunReport,
+    source: BenchSource,
+    predictions: str | Path,
+    extraction: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """What `score --json` and evaluate's `scores.json` hold: the figures as fractions, the bench
+    and how it was checked, the predictions file, the extraction used, and every skipped line."""
+    figures = result.as_dict()
+    figures.update(
+        bench=source.location,
+        bench_integrity=source.integrity,
+        predictions=str(predictions),
+        extraction=dict(extraction or {"method": "strict"}),
+        skipped=[{"where": s.path, "reason": s.reason, "message": s.message} for s in report.skips],
+    )
+    return figures

@@ -1,0 +1,254 @@
+"""evaluate against a local protocol server: a real HTTP server on 127.0.0.1 (tests/chatserver.py)
+that checks every request and answers each item by its script (truth, perturbed, garbage, 429,
+500, delay, malformed). Nothing leaves the machine; the API key never reaches an output."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from benchfixture import make_shards
+from chatserver import Answer, BenchResponder, ChatServer, bench_rows
+from click.testing import CliRunner
+
+from medscout_data.cli import cli
+from medscout_data.evaluation.chat import Endpoint
+from medscout_data.evaluation.evaluate import EvaluateOptions, cut_torn_tail, evaluate
+from medscout_data.evaluation.score import Truth, accuracy_reward
+
+KEY = "sk-local-test-9f8e7d6c5b4a"
+MODEL = "test-vlm"
+FAST = (("retry-after-ms", "20"),)  # the client honours it: quick retries in tests
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def shards(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_shards(tmp_path_factory.mktemp("shards"), modalities=("ct", "xray"), per_cell=4)
+
+
+@pytest.fixture(scope="module")
+def rows(shards: Path) -> list[dict]:
+    return bench_rows(shards / "bench")
+
+
+def perturbed(row: dict) -> str:
+    """A well-formed but wrong answer."""
+    if row["task"] == "anomaly":
+        return "0"
+    if row["task"] == "jigsaw":
+        return " ".join(reversed(row["answer"].split()))
+    if row["variant"] == "tier":
+        return ", ".join("Label 2" if a == "Label 1" else "Label 1" for a in row["answer"].split(", "))
+    return "(0, 0, 100, 100), (0, 0, 100, 100), (0, 0, 100, 100)"
+
+
+def lines_of(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
+
+
+def every_file_text(folder: Path) -> str:
+    return "".join(p.read_bytes().decode("utf-8", "replace") for p in folder.rglob("*") if p.is_file())
+
+
+def test_evaluate_against_a_local_protocol_server_records_every_case(
+    shards: Path, rows: list[dict], tmp_path: Path
+) -> None:
+    by_task = {task: [r for r in rows if r["task"] == task] for task in ("scale", "jigsaw", "anomaly")}
+    scale, jigsaw, anomaly = by_task["scale"], by_task["jigsaw"], by_task["anomaly"]
+    scripts = {
+        scale[0]["id"]: [perturbed(scale[0])],
+        scale[1]["id"]: [perturbed(scale[1])],
+        jigsaw[0]["id"]: ["I am not sure what this image shows."],  # garbage
+        jigsaw[1]["id"]: [
+            Answer(429, '{"error": {"message": "slow down"}}', headers=FAST),
+            jigsaw[1]["answer"],
+        ],
+        anomaly[0]["id"]: [Answer(500, '{"error": {"message": "CUDA out of memory"}}', headers=FAST)],
+        anomaly[1]["id"]: [Answer(200, anomaly[1]["answer"], delay=4.0)],  # past the 1.5 s timeout
+        anomaly[2]["id"]: [Answer(200, raw=b"<html>bad gateway</html>")],
+        anomaly[3]["id"]: [
+            Answer(200, f"<think>cell 9 looks off</think><answer>{anomaly[3]['answer']}</answer>")
+        ],
+    }
+    responder = BenchResponder(rows, "direct", MODEL, KEY, scripts)
+    out = tmp_path / "run"
+    with ChatServer(responder) as server:
+        args = ["-vv", "evaluate", "--bench", str(shards), "--base-url", server.url, "--model", MODEL]
+        args += ["--concurrency", "6", "--retries", "1", "--timeout", "1.5", "--out", str(out), "--quiet"]
+        result = CliRunner(env={"OPENAI_API_KEY": KEY}).invoke(cli, args)
+    assert result.exit_code == 0, result.output
+    assert responder.problems == []  # every request carried the prompt, the images in order, the question
+
+    records = lines_of(out / "predictions.jsonl")
+    assert sorted(r["id"] for r in records) == sorted(r["id"] for r in rows)  # one line per item
+    errors = {r["id"]: r["error"] for r in records if r["error"]}
+    assert set(errors) == {anomaly[0]["id"], anomaly[1]["id"], anomaly[2]["id"]}
+    assert "HTTP 500" in errors[anomaly[0]["id"]] and "CUDA out of memory" in errors[anomaly[0]["id"]]
+    assert "Timeout" in errors[anomaly[1]["id"]]
+    assert responder.requests[jigsaw[1]["id"]] == 2 and responder.requests[anomaly[0]["id"]] == 2  # retried
+    answered = {r["id"]: r for r in records if not r["error"]}
+    assert answered[jigsaw[1]["id"]]["response"] == jigsaw[1]["answer"]
+    assert all(
+        r["model"] == MODEL and r["mode"] == "direct" and r["usage"]["total_tokens"] == 105
+        for r in answered.values()
+    )
+
+    scores = json.loads((out / "scores.json").read_text())
+    expected = sum(
+        accuracy_reward(r["response"], Truth.from_item(row)) for row in rows if (r := answered.get(row["id"]))
+    )
+    assert math.isclose(scores["overall"]["accuracy"], expected / len(rows))
+    assert scores["overall"]["missing"] == 3 and scores["extraction"] == {"method": "strict"}
+    assert scores["model"] == MODEL and scores["bench_integrity"] == "sha256 (manifest.json)"
+    assert "3 requests failed" in result.output and "Med-Scout-Bench Avg" in result.output
+
+    assert KEY not in result.output and KEY not in every_file_text(out)
+    with ChatServer(responder) as server:  # a rerun asks only the three failed items again
+        before = sum(responder.requests.values())
+        rerun = CliRunner(env={"OPENAI_API_KEY": KEY}).invoke(
+            cli, [*args[1:5], server.url, *args[6:]], catch_exceptions=False
+        )
+    assert rerun.exit_code == 0, rerun.output
+    # the 500 and the timeout again with their one retry; a malformed 200 is not retried by the client
+    assert sum(responder.requests.values()) - before == 2 + 2 + 1
+
+
+def test_cot_mode_and_lenient_extraction_against_a_local_protocol_server(
+    shards: Path, rows: list[dict], tmp_path: Path
+) -> None:
+    anomaly = [r for r in rows if r["task"] == "anomaly"]
+    cell = int(anomaly[0]["answer"])
+    scripts = {r["id"]: [f"<think>comparing cells</think><answer>{r['answer']}</answer>"] for r in rows}
+    scripts[anomaly[0]["id"]] = [f"<think>x</think><answer>Row {cell // 4}, column {cell % 4}</answer>"]
+    responder = BenchResponder(rows, "cot", MODEL, KEY, scripts)
+    with ChatServer(responder) as server:
+        endpoint = Endpoint(server.url, MODEL, concurrency=4)
+        os.environ["OPENAI_API_KEY"] = KEY
+        try:
+            strict = evaluate(EvaluateOptions(str(shards), tmp_path / "s", endpoint, "cot", progress=False))
+            lenient = evaluate(
+                EvaluateOptions(
+                    str(shards), tmp_path / "l", endpoint, "cot", extract="lenient", progress=False
+                )
+            )
+        finally:
+            del os.environ["OPENAI_API_KEY"]
+    assert responder.problems == []
+    assert strict.result.cells["ct/scale"].means()["cot"] == 0.5
+    assert lenient.result.overall.means()["accuracy"] == 1.0 > strict.result.overall.means()["accuracy"]
+    # format still judges what the model wrote
+    assert lenient.result.overall.means()["format"] == strict.result.overall.means()["format"]
+    assert lenient.document["extraction"] == {"method": "lenient", "rules": "lenient-1"}
+
+
+def test_kill_and_resume_against_a_local_protocol_server(
+    shards: Path, rows: list[dict], tmp_path: Path
+) -> None:
+    """A real SIGKILL of the evaluate process mid-run, a torn last line, then a rerun: every item is
+    answered exactly once, and no item answered before the kill is asked again."""
+    scripts = {r["id"]: [Answer(200, r["answer"], delay=0.1)] for r in rows}
+    responder = BenchResponder(rows, "direct", MODEL, KEY, scripts)
+    out = tmp_path / "run"
+    env = {**os.environ, "OPENAI_API_KEY": KEY, "PYTHONPATH": str(REPO)}
+    with ChatServer(responder) as server:
+        command = [sys.executable, "-m", "medscout_data.cli", "evaluate", "--bench", str(shards)]
+        command += ["--base-url", server.url, "--model", MODEL, "--concurrency", "2", "--out", str(out)]
+        first = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            path = out / "predictions.jsonl"
+            if path.exists() and path.read_bytes().count(b"\n") >= 6:
+                break
+            time.sleep(0.02)
+        first.send_signal(signal.SIGKILL)
+        stdout, stderr = first.communicate()
+        answered_before = {r["id"] for r in lines_of(out / "predictions.jsonl")}
+        assert 6 <= len(answered_before) < len(rows)
+        with open(out / "predictions.jsonl", "ab") as handle:  # as if killed in the middle of a write
+            handle.write(b'{"id": "ct-scale-00')
+        asked_before = responder.order.copy()
+        second = subprocess.run(command, env=env, capture_output=True, text=True, timeout=120)
+    assert second.returncode == 0, second.stderr
+    records = lines_of(out / "predictions.jsonl")
+    assert sorted(r["id"] for r in records) == sorted(r["id"] for r in rows)  # exactly once each
+    asked_after = responder.order[len(asked_before) :]
+    assert not set(asked_after) & answered_before and len(asked_after) == len(set(asked_after))
+    assert json.loads((out / "scores.json").read_text())["overall"]["accuracy"] == 1.0
+    for text in (stdout.decode(), stderr.decode(), second.stdout, second.stderr, every_file_text(out)):
+        assert KEY not in text
+
+
+def test_cut_torn_tail_keeps_whole_lines(tmp_path: Path) -> None:
+    path = tmp_path / "p.jsonl"
+    path.write_bytes(b'{"a": 1}\n{"b": 2}\n{"c"')
+    assert cut_torn_tail(path) == 4 and path.read_bytes() == b'{"a": 1}\n{"b": 2}\n'
+    assert cut_torn_tail(path) == 0
+    path.write_bytes(b"x" * 100_000)
+    assert cut_torn_tail(path) == 100_000 and path.read_bytes() == b""
+
+
+def test_a_refused_key_stops_the_run_without_printing_it(
+    shards: Path, rows: list[dict], tmp_path: Path
+) -> None:
+    responder = BenchResponder(rows, "direct", MODEL, "the-key-the-server-wants")
+    with ChatServer(responder) as server:
+        args = ["evaluate", "--bench", str(shards), "--base-url", server.url, "--model", MODEL]
+        result = CliRunner(env={"MY_KEY": KEY}).invoke(
+            cli, [*args, "--api-key-env", "MY_KEY", "--out", str(tmp_path / "r")]
+        )
+    assert result.exit_code != 0 and "Traceback" not in result.output
+    assert "refused the key (HTTP 401)" in result.output and "$MY_KEY" in result.output
+    assert KEY not in result.output and KEY not in every_file_text(tmp_path / "r")
+
+
+def test_a_wrong_model_or_path_stops_the_run(shards: Path, rows: list[dict], tmp_path: Path) -> None:
+    responder = BenchResponder(rows, "direct", MODEL, KEY)
+    with ChatServer(responder) as server:
+        endpoint = Endpoint(server.url.removesuffix("/v1"), MODEL)  # forgot /v1: 404
+        os.environ["OPENAI_API_KEY"] = KEY
+        try:
+            with pytest.raises(Exception, match=r"not found \(HTTP 404\).*--base-url"):
+                evaluate(EvaluateOptions(str(shards), tmp_path / "r", endpoint, progress=False))
+        finally:
+            del os.environ["OPENAI_API_KEY"]
+
+
+def test_an_unreachable_server_stops_the_run(shards: Path, tmp_path: Path) -> None:
+    with ChatServer(lambda body, headers: Answer()) as server:
+        url = server.url  # a port that was just free, now closed
+    result = CliRunner().invoke(
+        cli,
+        ["evaluate", "--bench", str(shards), "--base-url", url, "--model", MODEL, "--retries", "0",
+         "--concurrency", "2", "--out", str(tmp_path / "r"), "--quiet"],
+    )  # fmt: skip
+    assert result.exit_code != 0 and "could not connect" in result.output and "Traceback" not in result.output
+
+
+def test_a_rerun_with_other_settings_is_refused(shards: Path, rows: list[dict], tmp_path: Path) -> None:
+    responder = BenchResponder(rows, "direct", MODEL, KEY)
+    out = tmp_path / "run"
+    with ChatServer(responder) as server:
+        base = ["evaluate", "--bench", str(shards), "--base-url", server.url, "--out", str(out), "--quiet"]
+        runner = CliRunner(env={"OPENAI_API_KEY": KEY})
+        first = runner.invoke(cli, [*base, "--model", MODEL, "--limit", "1", "--modality", "ct"])
+        assert first.exit_code == 0, first.output
+        assert len(lines_of(out / "predictions.jsonl")) == 3  # one per ct cell
+        other = runner.invoke(cli, [*base, "--model", "another-model"])
+        assert other.exit_code != 0 and "other settings (model 'test-vlm' -> 'another-model')" in other.output
+        wider = runner.invoke(cli, [*base, "--model", MODEL])  # same settings, wider scope: completes it
+        assert wider.exit_code == 0 and len(lines_of(out / "predictions.jsonl")) == len(rows)
+    user = tmp_path / "mine"
+    user.mkdir()
+    (user / "predictions.jsonl").write_text("my own notes\n")
+    refused = CliRunner().invoke(cli, ["evaluate", "--bench", str(shards), "--base-url", "http://127.0.0.1:9/v1",
+                                       "--model", MODEL, "--out", str(user)])  # fmt: skip
+    assert refused.exit_code != 0 and "not an evaluate folder" in refused.output
+    assert (user / "predictions.jsonl").read_text() == "my own notes\n"
