@@ -252,3 +252,88 @@ def test_a_rerun_with_other_settings_is_refused(shards: Path, rows: list[dict], 
                                        "--model", MODEL, "--out", str(user)])  # fmt: skip
     assert refused.exit_code != 0 and "not an evaluate folder" in refused.output
     assert (user / "predictions.jsonl").read_text() == "my own notes\n"
+
+
+JUDGE_KEY = "sk-judge-secret-0a1b2c3d"
+JUDGE_MODEL = "judge-llm"
+
+
+def test_judge_extraction_against_a_local_protocol_server_is_cached(
+    shards: Path, rows: list[dict], tmp_path: Path
+) -> None:
+    """The model answers some items in free form; a judge server (checking its own key, model and
+    the versioned prompt) rewrites them; a second scoring asks the judge nothing."""
+    from medscout_data.evaluation.judge import JUDGE_PROMPT_VERSION, JUDGE_SYSTEM
+
+    anomaly = [r for r in rows if r["task"] == "anomaly"]
+    free = {
+        anomaly[0]["id"]: "Looking closely, the odd block sits in the third row, second column.",
+        anomaly[1]["id"]: "I cannot tell from these images.",
+        anomaly[2]["id"]: "The tampered region is the one in the middle, left of centre.",
+    }
+    judge_says = {free[anomaly[0]["id"]]: anomaly[0]["answer"], free[anomaly[1]["id"]]: "NONE"}
+    judge_calls: list[str] = []
+
+    def judge(body: dict, headers: dict[str, str]) -> Answer:
+        assert headers["authorization"] == f"Bearer {JUDGE_KEY}" and body["model"] == JUDGE_MODEL
+        system, user = body["messages"]
+        assert system == {"role": "system", "content": JUDGE_SYSTEM}
+        reply = user["content"].split("<reply>\n", 1)[1].split("\n</reply>", 1)[0]
+        assert "<question>" in user["content"] and "one integer, the cell index" in user["content"]
+        judge_calls.append(reply)
+        if reply not in judge_says:
+            return Answer(500, '{"error": {"message": "judge overloaded"}}', headers=FAST)
+        from chatserver import completion
+
+        return Answer(200, json.dumps(completion(judge_says[reply], JUDGE_MODEL)))
+
+    responder = BenchResponder(rows, "direct", MODEL, KEY, {k: [v] for k, v in free.items()})
+    out = tmp_path / "run"
+    env = {"OPENAI_API_KEY": KEY, "JUDGE_KEY": JUDGE_KEY}
+    with ChatServer(responder) as model_server, ChatServer(judge) as judge_server:
+        judge_args = [
+            "--extract",
+            "judge",
+            "--judge-base-url",
+            judge_server.url,
+            "--judge-model",
+            JUDGE_MODEL,
+        ]
+        judge_args += ["--judge-api-key-env", "JUDGE_KEY"]
+        args = ["evaluate", "--bench", str(shards), "--base-url", model_server.url, "--model", MODEL]
+        result = CliRunner(env=env).invoke(cli, [*args, "--out", str(out), "--quiet", *judge_args])
+        assert result.exit_code == 0, result.output
+        first_calls = len(judge_calls)
+        scores = json.loads((out / "scores.json").read_text())
+        rescored = CliRunner(env=env).invoke(
+            cli,
+            ["score", "--predictions", str(out / "predictions.jsonl"), "--bench", str(shards), "--quiet",
+             "--json", str(tmp_path / "again.json"), *judge_args],
+        )  # fmt: skip
+    assert rescored.exit_code == 0, rescored.output
+    assert responder.problems == []
+    # only the three free-form answers go to the judge; the failing one is retried 4 times by the client
+    assert sorted(set(judge_calls[:first_calls])) == sorted(free.values()) and first_calls == 2 + 5
+    extraction = scores["extraction"]
+    assert extraction["method"] == "judge" and extraction["prompt_version"] == JUDGE_PROMPT_VERSION
+    assert extraction["judge_model"] == JUDGE_MODEL and extraction["judge_failed"] == [anomaly[2]["id"]]
+    assert extraction["canonical_kept"] == len(rows) - 3 and extraction["judged_now"] == 2
+    cells = (
+        scores["cells"]["ct/anomaly"]
+        if anomaly[0]["id"].startswith("ct")
+        else scores["cells"]["xray/anomaly"]
+    )
+    assert math.isclose(
+        cells["accuracy"], (1 + 0 + 0 + 1) / 4
+    )  # judged right, NONE, failed (strict: 0), truth
+    cached = lines_of(out / "judged.jsonl")
+    assert sorted((c["id"], c["answer"], c["reply"]) for c in cached) == [
+        (anomaly[0]["id"], anomaly[0]["answer"], anomaly[0]["answer"]),
+        (anomaly[1]["id"], "", "NONE"),
+    ]
+    # rescoring: the two judged answers come from the cache; only the failed one is asked again
+    assert sorted(set(judge_calls[first_calls:])) == [free[anomaly[2]["id"]]]
+    again = json.loads((tmp_path / "again.json").read_text())
+    assert again["extraction"]["from_cache"] == 2 and again["overall"] == scores["overall"]
+    for text in (result.output, rescored.output, every_file_text(out)):
+        assert KEY not in text and JUDGE_KEY not in text
