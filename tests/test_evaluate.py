@@ -337,3 +337,19 @@ def test_judge_extraction_against_a_local_protocol_server_is_cached(
     assert again["extraction"]["from_cache"] == 2 and again["overall"] == scores["overall"]
     for text in (result.output, rescored.output, every_file_text(out)):
         assert KEY not in text and JUDGE_KEY not in text
+
+
+def test_the_spliced_request_body_is_the_plain_request(rows: list[dict]) -> None:
+    from medscout_data.evaluation.evaluate import image_problem, request_body, request_messages
+
+    row = {**rows[0], "question": 'a "quoted" question\nwith ünïcode and \\ slashes'}
+    for mode, max_tokens in (("direct", None), ("cot", 512)):
+        options = EvaluateOptions(
+            "b", Path("o"), Endpoint("http://127.0.0.1:1/v1", MODEL), mode, max_tokens, 0.7
+        )
+        expected = {"model": MODEL, "temperature": 0.7, "messages": request_messages(row, mode)}
+        if max_tokens:
+            expected["max_tokens"] = max_tokens
+        assert json.loads(request_body(row, options)) == expected
+    damaged = {**row, "images": [row["images"][0], {"bytes": row["images"][0]["bytes"][:-30]}]}
+    assert image_problem(row) == "" and image_problem(damaged).startswith("image 1: ")

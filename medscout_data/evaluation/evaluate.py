@@ -29,6 +29,7 @@ import json
 import logging
 import os
 from collections.abc import AsyncIterator, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -165,6 +166,34 @@ def request_messages(row: dict[str, Any], mode: str) -> list[dict[str, Any]]:
     return [{"role": "system", "content": SYSTEM_PROMPTS[mode]}, {"role": "user", "content": parts}]
 
 
+def request_body(row: dict[str, Any], options: EvaluateOptions) -> bytes:
+    """The JSON request body of `request_messages`, built from pieces: base64 is JSON-safe as
+    it is, so the images are spliced in as bytes instead of being scanned by a JSON encoder
+    (which costs more CPU than the rest of a request). Equal, once parsed, to the plain form."""
+    head: dict[str, Any] = {"model": options.endpoint.model, "temperature": options.temperature}
+    if options.max_tokens is not None:
+        head["max_tokens"] = options.max_tokens
+    question = row["question_cot"] if options.mode == "cot" else row["question"]
+    images = b",".join(
+        b'{"type":"image_url","image_url":{"url":"data:image/png;base64,'
+        + base64.b64encode(image["bytes"])
+        + b'"}}'
+        for image in row["images"]
+    )
+    return b"".join(
+        [
+            json.dumps(head)[:-1].encode("ascii"),
+            b',"messages":[{"role":"system","content":',
+            json.dumps(SYSTEM_PROMPTS[options.mode]).encode("ascii"),
+            b'},{"role":"user","content":[',
+            images,
+            b',{"type":"text","text":',
+            json.dumps(question).encode("ascii"),
+            b"}]}]}",
+        ]
+    )
+
+
 def image_problem(row: dict[str, Any]) -> str:
     """Why a row's images cannot be sent (empty when they can)."""
     images = row.get("images") or []
@@ -294,6 +323,7 @@ class _Asker:
     fd: int
     redact: Redactor
     bar: tqdm
+    check_images: bool = True  # False when the bench check already covered every PNG byte
     sent: int = 0
     failed: int = 0
 
@@ -303,12 +333,11 @@ class _Asker:
             await drain(_rows_async(rows), self.ask, self.options.endpoint.concurrency)
 
     async def ask(self, row: dict[str, Any]) -> None:
-        problem = image_problem(row)
+        problem = image_problem(row) if self.check_images else ""
         if problem:
             reply = Reply(None, 0.0, error=problem)
         else:
-            messages = request_messages(row, self.options.mode)
-            reply = await self.chat.complete(messages, self.options.max_tokens, self.options.temperature)
+            reply = await self.chat.send(request_body(row, self.options))
             self.sent += 1
         line = json.dumps(prediction_record(row["id"], reply, self.options), ensure_ascii=False) + "\n"
         _append(self.fd, self.redact(line).encode("utf-8"))
@@ -320,10 +349,13 @@ class _Asker:
 
 
 async def _rows_async(rows: Iterator[dict[str, Any]]) -> AsyncIterator[dict[str, Any]]:
-    """The rows, read in a thread a few at a time so the requests in flight never wait on disk."""
-    while chunk := await asyncio.to_thread(_take, rows, READ_ROWS):
-        for row in chunk:
-            yield row
+    """The rows, read a few at a time in one reader thread, so the requests in flight never wait
+    on disk (one thread, not a pool: each thread would grow its own malloc arena)."""
+    loop = asyncio.get_running_loop()
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="bench-reader") as reader:
+        while chunk := await loop.run_in_executor(reader, _take, rows, READ_ROWS):
+            for row in chunk:
+                yield row
 
 
 def _take(rows: Iterator[dict[str, Any]], n: int) -> list[dict[str, Any]]:
@@ -394,7 +426,7 @@ def _ask(
     bar = tqdm(
         total=len(todo), desc=f"evaluate {options.endpoint.model}", unit="req", disable=not options.progress
     )
-    asker = _Asker(options, fd, redact, bar)
+    asker = _Asker(options, fd, redact, bar, check_images=source.is_hub)
     try:
         if todo:
             asyncio.run(asker.run(bench_rows(source, todo)))
