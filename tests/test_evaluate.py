@@ -21,7 +21,7 @@ from click.testing import CliRunner
 from medscout_data.cli import cli
 from medscout_data.evaluation.chat import Endpoint
 from medscout_data.evaluation.evaluate import EvaluateOptions, cut_torn_tail, evaluate
-from medscout_data.evaluation.score import Truth, accuracy_reward
+from medscout_data.evaluation.score import Truth, accuracy_reward, resolve_bench
 
 KEY = "sk-local-test-9f8e7d6c5b4a"
 MODEL = "test-vlm"
@@ -353,3 +353,23 @@ def test_the_spliced_request_body_is_the_plain_request(rows: list[dict]) -> None
         assert json.loads(request_body(row, options)) == expected
     damaged = {**row, "images": [row["images"][0], {"bytes": row["images"][0]["bytes"][:-30]}]}
     assert image_problem(row) == "" and image_problem(damaged).startswith("image 1: ")
+
+
+def test_rows_from_a_hub_bench_match_the_local_shards(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The Hub path (datasets.load_dataset; a staged folder stands in for the Hub offline) yields
+    the same rows, images byte for byte, as reading the shards."""
+    import datasets
+    from benchfixture import make_staged_repo
+
+    from medscout_data.evaluation.evaluate import bench_rows as rows_of
+    from medscout_data.evaluation.score import BenchSource
+
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", tmp_path / "hf-cache")
+    staged = make_staged_repo(tmp_path / "repo", modalities=("ct",), per_cell=2)
+    local = resolve_bench(staged)
+    wanted = {"ct-scale-0001", "ct-anomaly-0000", "ct-jigsaw-0001"}
+    hub = BenchSource(str(staged), repo_id=str(staged))
+    assert sorted(rows_of(hub, wanted), key=str) == sorted(rows_of(local, wanted), key=str)
+    assert {r["id"] for r in rows_of(hub, wanted)} == wanted

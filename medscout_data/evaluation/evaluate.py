@@ -46,7 +46,7 @@ from medscout_data.evaluation.errors import ScoreError
 from medscout_data.evaluation.extraction import METHODS, STRICT, LenientExtractor
 from medscout_data.evaluation.integrity import png_problem
 from medscout_data.evaluation.judge import JudgeExtractor
-from medscout_data.evaluation.predictions import read_predictions
+from medscout_data.evaluation.predictions import BadLine, parse_line, parse_record, read_predictions
 from medscout_data.evaluation.score import (
     MODES,
     PROFILES,
@@ -273,6 +273,23 @@ def cut_torn_tail(path: Path) -> int:
     return size - keep
 
 
+def answered_ids(path: Path) -> set[str]:
+    """Ids with an answer (not a failed request) in our predictions file; quietly, since the
+    final scoring reports every line."""
+    answered: set[str] = set()
+    if not path.exists():
+        return answered
+    with open(path, "rb") as handle:
+        for raw in handle:
+            try:
+                item_id, response, _ = parse_record(parse_line(raw))
+            except BadLine:
+                continue
+            if response is not None:
+                answered.add(item_id)
+    return answered
+
+
 # ---------------------------------------------------------------- reading the bench's rows
 
 
@@ -405,11 +422,7 @@ def evaluate(options: EvaluateOptions, command: str = "medscout-data evaluate") 
         check_folder(out, options.run_record())
         predictions_path = out / PREDICTIONS
         cut_torn_tail(predictions_path)
-        answered = (
-            set(read_predictions(predictions_path, RunReport("resume")))
-            if predictions_path.exists()
-            else set()
-        )
+        answered = answered_ids(predictions_path)
         todo = {item.id for item in scope} - answered
         asker = _ask(options, source, todo, predictions_path, redact)
         report = RunReport("evaluate")
