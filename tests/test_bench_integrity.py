@@ -12,6 +12,7 @@ from benchfixture import make_shards, make_staged_repo
 from click.testing import CliRunner
 
 from medscout_data.cli import cli
+from medscout_data.errors import StageError
 from medscout_data.evaluation import score as score_module
 from medscout_data.evaluation.integrity import png_problem
 from medscout_data.evaluation.score import ScoreError, resolve_bench, score_file
@@ -95,9 +96,9 @@ def test_a_flipped_byte_in_a_bench_shard_is_refused(pristine: Path, tmp_path: Pa
     assert score_file(preds, root).overall.means()["accuracy"] == 1.0
     shard = root / "bench" / "ct" / "jigsaw" / "test-00000-of-00001.parquet"
     flip_png_byte(shard)
-    with pytest.raises(ScoreError, match=rf"{shard}: sha256 differs from the manifest"):
+    with pytest.raises(StageError, match=rf"{shard}: sha256 differs from the manifest"):
         score_file(preds, root)
-    with pytest.raises(ScoreError, match="sha256 differs"):
+    with pytest.raises(StageError, match="sha256 differs"):
         resolve_bench(root / "bench")  # the bench side of a root is checked against the root's manifest
     result = CliRunner().invoke(cli, ["score", "--predictions", str(preds), "--bench", str(root)])
     assert result.exit_code != 0 and "sha256 differs" in result.output and "Traceback" not in result.output
@@ -108,10 +109,10 @@ def test_a_missing_or_resized_shard_is_refused(pristine: Path, tmp_path: Path) -
     shutil.copytree(pristine, root)
     shard = root / "bench" / "ct" / "scale" / "test-00000-of-00001.parquet"
     shard.write_bytes(shard.read_bytes()[:-10])
-    with pytest.raises(ScoreError, match="bytes, the manifest says"):
+    with pytest.raises(StageError, match="bytes, the manifest says"):
         resolve_bench(root)
     shard.unlink()
-    with pytest.raises(ScoreError, match=r"listed in .* but missing"):
+    with pytest.raises(StageError, match=r"listed in .* but missing"):
         resolve_bench(root)
 
 

@@ -5,7 +5,13 @@ from __future__ import annotations
 import click
 
 from medscout_data.cli.options import modalities_filter, quiet_option, tasks_filter
-from medscout_data.cli.score import bench_option, extraction_options, judge_endpoint
+from medscout_data.cli.score import (
+    bench_option,
+    extraction_options,
+    judge_endpoint,
+    mode_option,
+    profile_option,
+)
 
 
 @click.command(short_help="Ask a model (any OpenAI-compatible server) every bench item, then score it.")
@@ -16,13 +22,7 @@ from medscout_data.cli.score import bench_option, extraction_options, judge_endp
     help="The server's OpenAI-compatible base URL, e.g. http://localhost:8000/v1.",
 )
 @click.option("--model", required=True, help="Model name as the server knows it.")
-@click.option(
-    "--mode",
-    type=click.Choice(["direct", "cot"]),
-    default="direct",
-    show_default=True,
-    help="direct: the answer only; cot: <think>...</think><answer>...</answer> (scored with the CoT reward).",
-)
+@mode_option
 @click.option(
     "--concurrency", type=click.IntRange(min=1), default=16, show_default=True, help="Requests at once."
 )
@@ -35,13 +35,7 @@ from medscout_data.cli.score import bench_option, extraction_options, judge_endp
 )
 @modalities_filter
 @tasks_filter
-@click.option(
-    "--profile",
-    type=click.Choice(["official", "paper"]),
-    default="official",
-    show_default=True,
-    help="Reward profile of the final scores.",
-)
+@profile_option
 @extraction_options
 @click.option(
     "--api-key-env",

@@ -18,6 +18,22 @@ bench_option = click.option(
 )
 
 
+profile_option = click.option(
+    "--profile",
+    type=click.Choice(["official", "paper"]),
+    default="official",
+    show_default=True,
+    help="official: the authors' released reward code; paper: the paper's formulas.",
+)
+mode_option = click.option(
+    "--mode",
+    type=click.Choice(["direct", "cot"]),
+    default="direct",
+    show_default=True,
+    help="direct: the answer only; cot: <think>...</think><answer>...</answer>, with the CoT reward (+0.5).",
+)
+
+
 def extraction_options(function: Callable[..., Any]) -> Callable[..., Any]:
     """--extract and the judge's endpoint, shared by `score` and `evaluate`."""
     for option in reversed(
@@ -104,20 +120,8 @@ def _label(given: str, path: Path, models: list[str]) -> str:
     help="Baseline predictions (from `medscout-data baseline`) shown as extra columns; LABEL=PATH.",
 )
 @bench_option
-@click.option(
-    "--profile",
-    type=click.Choice(["official", "paper"]),
-    default="official",
-    show_default=True,
-    help="official: the authors' released reward code; paper: the paper's formulas.",
-)
-@click.option(
-    "--mode",
-    type=click.Choice(["direct", "cot"]),
-    default="direct",
-    show_default=True,
-    help="cot adds 0.5 for a <think>...</think><answer>...</answer> response.",
-)
+@profile_option
+@mode_option
 @extraction_options
 @click.option(
     "--judge-cache",

@@ -76,7 +76,7 @@ def plot_columns(columns: Sequence[Column], path: Path, metric: str = "accuracy"
         raise RuntimeError("--plot needs matplotlib: pip install matplotlib") from exc
     keys = [key for key in row_keys(columns) if key.count("/") == 1] + [AVG]
     labels = [_cell_label(key) for key in keys]
-    fig = Figure(figsize=(max(6.0, 0.9 * len(keys) * max(1, len(columns)) / 2 + 2), 3.6), dpi=110)
+    fig = Figure(figsize=(max(6.0, 0.8 * len(keys) + 1.5), 3.8), dpi=110)
     FigureCanvasAgg(fig)
     axes = fig.add_subplot()
     width = 0.8 / max(1, len(columns))
@@ -86,9 +86,11 @@ def plot_columns(columns: Sequence[Column], path: Path, metric: str = "accuracy"
         axes.bar(offsets, values, width, label=column.label, hatch="//" if column.baseline else None)
     axes.set_xticks(range(len(keys)), labels, rotation=35, ha="right", fontsize=8)
     axes.set_ylabel(f"{metric} x100")
-    axes.set_ylim(0, 100 if metric == "accuracy" else None)
+    if metric == "accuracy":  # room above 100 for the legend
+        axes.set_ylim(0, 118)
+        axes.set_yticks(range(0, 101, 20))
     axes.set_title(title or f"Med-Scout-Bench, {metric} per cell", fontsize=10)
-    axes.legend(fontsize=8, ncols=min(4, len(columns)))
+    axes.legend(fontsize=8, ncols=min(6, len(columns)), loc="upper center", frameon=False)
     axes.grid(axis="y", alpha=0.3)
     fig.tight_layout()
     path = Path(path)

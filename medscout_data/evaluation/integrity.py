@@ -29,7 +29,7 @@ from medscout_data.evaluation.errors import ScoreError
 from medscout_data.hub.push import STAGE_MARKER as STAGE_RECORD
 from medscout_data.layout import Layout
 from medscout_data.shards import sha256_file
-from medscout_data.stages.manifest import read_manifest, shard_names, shard_problems
+from medscout_data.stages.manifest import verified_shards
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 BATCH_ROWS = 64
@@ -48,20 +48,12 @@ def looks_like_a_path(text: str) -> str:
 
 
 def manifest_verified(root: Path) -> tuple[Path, ...]:
-    """The bench shards of a shards root, each checked against manifest.json (size, sha256)."""
-    layout = Layout.at(root)
-    manifest = read_manifest(layout)
-    names = shard_names(manifest, "bench")
-    if not names:
-        raise ScoreError(f"{layout.manifest()}: lists no bench shards; rerun `medscout-data split`")
-    problems = shard_problems(layout, manifest, names)
-    if problems:
-        more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
-        raise ScoreError(
-            f"{problems[0]}{more}; the bench is damaged: restore it or rerun `medscout-data split`, "
-            "then `medscout-data validate`"
-        )
-    return tuple(layout.root / name for name in names)
+    """The bench shards of a shards root, each checked against manifest.json (size, sha256);
+    `ManifestError` naming the damaged shard."""
+    files = verified_shards(Layout.at(root), "bench")
+    if not files:
+        raise ScoreError(f"{Layout.at(root).manifest()}: lists no bench shards; rerun `medscout-data split`")
+    return tuple(files)
 
 
 def stage_record_files(folder: Path) -> dict[str, str] | None:
