@@ -37,14 +37,13 @@ from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 from tqdm import tqdm
 
 from medscout_data import MODALITIES, TASKS, __version__
 from medscout_data.evaluation.chat import ChatClient, Endpoint, Redactor, Reply, drain, redactor_for
 from medscout_data.evaluation.errors import ScoreError
 from medscout_data.evaluation.extraction import METHODS, STRICT, LenientExtractor
-from medscout_data.evaluation.integrity import png_problem
+from medscout_data.evaluation.integrity import png_problem, row_groups
 from medscout_data.evaluation.judge import JudgeExtractor
 from medscout_data.evaluation.predictions import BadLine, parse_line, parse_record, read_predictions
 from medscout_data.evaluation.score import (
@@ -313,7 +312,7 @@ def _batches(source: BenchSource) -> Iterator[pa.RecordBatch | pa.Table]:
         return
     for path in source.files:
         try:
-            yield from pq.ParquetFile(path).iter_batches(batch_size=READ_ROWS, columns=ROW_COLUMNS)
+            yield from row_groups(path, ROW_COLUMNS)
         except (pa.ArrowException, OSError) as exc:
             raise ScoreError(f"{path}: cannot read the bench's images ({exc})") from exc
 

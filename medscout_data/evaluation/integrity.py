@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import struct
 import zlib
+from collections.abc import Iterator
 from pathlib import Path
 
 import pyarrow as pa
@@ -106,19 +107,27 @@ def png_problem(data: bytes) -> str:
     return "no IEND chunk (truncated)"
 
 
+def row_groups(path: Path, columns: list[str] | None = None) -> Iterator[pa.Table]:
+    """The shard's row groups, one in memory at a time (`iter_batches` reads ahead and holds
+    several times as much, growing with the file)."""
+    source = pq.ParquetFile(path)
+    for group in range(source.num_row_groups):
+        yield source.read_row_group(group, columns=columns)
+
+
 def decode_checked(path: Path) -> None:
     """Read every row group of a bench shard and check each image's PNG chunks; `ScoreError` on damage."""
     try:
-        source = pq.ParquetFile(path)
-        has_images = "images" in source.schema_arrow.names
-        for batch in source.iter_batches(batch_size=BATCH_ROWS):
-            if has_images:
-                _check_images(path, batch)
+        for table in row_groups(path):
+            if "images" in table.column_names:
+                _check_images(path, table)
     except (pa.ArrowException, OSError) as exc:
         raise ScoreError(f"{path}: not a readable Parquet shard ({exc}); the bench is damaged") from exc
+    finally:
+        pa.default_memory_pool().release_unused()
 
 
-def _check_images(path: Path, batch: pa.RecordBatch) -> None:
+def _check_images(path: Path, batch: pa.Table) -> None:
     ids = batch.column("id").to_pylist() if "id" in batch.schema.names else [""] * batch.num_rows
     for item_id, images in zip(ids, batch.column("images").to_pylist(), strict=True):
         for k, image in enumerate(images or []):
