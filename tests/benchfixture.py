@@ -201,9 +201,11 @@ def write_manifest(root: Path, seed: int = 0, per_cell: int = 0) -> Path:
             "rows": rows,
             "bytes": path.stat().st_size,
         }
-        counts = cells.setdefault(f"{modality}/{task}", {"bench": 0, "train": 0})
+        counts = cells.setdefault(f"{modality}/{task}", {"pool": 0, "bench": 0, "train": 0, "dropped": 0})
         counts[side] += rows
-    manifest = {"seed": seed, "bench_per_cell": per_cell, "recipe": {"name": "sample"}, "cells": cells}
+        counts["pool"] += rows
+    recipe = {"name": "benchfixture", "digest": "0" * 64}
+    manifest = {"seed": seed, "bench_per_cell": per_cell, "recipe": recipe, "cells": cells}
     path = root / "manifest.json"
     path.write_text(json.dumps({**manifest, "shards": shards}, indent=1), encoding="utf-8")
     return path

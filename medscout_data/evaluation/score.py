@@ -44,13 +44,6 @@ import pyarrow.parquet as pq
 
 from medscout_data import MODALITIES, SCALE_VARIANTS, TASKS
 from medscout_data.evaluation.errors import ScoreError
-from medscout_data.evaluation.integrity import (
-    decode_checked,
-    looks_like_a_path,
-    manifest_verified,
-    stage_record_files,
-    stage_verified,
-)
 from medscout_data.evaluation.predictions import message_text, preview, read_predictions
 from medscout_data.report import RunReport
 
@@ -548,6 +541,15 @@ def resolve_bench(location: str | Path, verify: bool = True) -> BenchSource:
     With `verify`, local shards are checked before use (`integrity`: the manifest's sha256, the
     staged record's sha256, or a decode check) and damage is refused.
     """
+    # Imported here, not at module level: exported ms-swift / lmms-eval / VLMEvalKit files carry a
+    # copy of this module and its module-level imports only, and the checks need stages/ and hub/.
+    from medscout_data.evaluation.integrity import (
+        looks_like_a_path,
+        manifest_verified,
+        stage_record_files,
+        stage_verified,
+    )
+
     text = str(location)
     if text.startswith(HUB_PREFIX):
         return _hub_source(text, text[len(HUB_PREFIX) :])
@@ -592,6 +594,8 @@ def _listed(text: str, folder: Path, train: tuple[Path, ...]) -> BenchSource:
 
 
 def _checked(text: str, files: tuple[Path, ...], train: tuple[Path, ...], integrity: str) -> BenchSource:
+    from medscout_data.evaluation.integrity import decode_checked  # see resolve_bench
+
     for path in files if integrity else ():
         decode_checked(path)
     return BenchSource(text, files=files, train_files=train, integrity=integrity)
