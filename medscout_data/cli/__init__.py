@@ -24,6 +24,7 @@ COMMANDS = {
     "push-bench": "medscout_data.cli.push:push_bench",
     "score": "medscout_data.cli.score:score",
     "baseline": "medscout_data.cli.score:baseline",
+    "audit": "medscout_data.cli.audit:audit",
     "export": "medscout_data.cli.export:export",
     "preview": "medscout_data.cli.export:preview",
 }
@@ -44,6 +45,7 @@ Stages, in order:
   push-bench  stage the bench as a Hub dataset repo and upload it
   score       Dense Geometric Reward of model answers on the bench
   baseline    random / prior / classical-vision predictions
+  audit       shortcut probes (sharpness, noise, seams, centroid, prior) per cell
   export      ms-swift GRPO or generic JSONL for training
   preview     HTML page and contact sheets of items
 
