@@ -85,7 +85,7 @@ class ScaleConfig:
     # through one effective resolution first; tasks/resampling.py), with grain put back on the
     # crops that lost noise by averaging (match_noise) and a Gaussian of resample_blur pixels.
     resampling: str = "direct"
-    resample_blur: float = 1.0
+    resample_blur: float = 1.2
     match_noise: bool = True
     max_enlargement: float = 3.0  # smallest level's native crop -> crop_size; more is rejected
     min_structure: float = 3.0  # grey levels (tasks/content.py); flatter crops are redrawn

@@ -308,7 +308,7 @@ def audit_cell(cell: str, records: Sequence[ItemRecord]) -> CellAudit:
     probes: dict[str, ProbeScore] = {"prior": _prior_score(records, fold)}
     if task == "scale":
         for index, name in enumerate(("sharpness", "noise")):
-            probes[name] = _tier_probe(records, fold, index)
+            probes[name] = tier_probe(records, fold, index)
     for name in PROBES[task]:
         if name in probes or name == "prior":
             continue
@@ -334,7 +334,7 @@ def _prior_score(records: Sequence[ItemRecord], fold: Sequence[int]) -> ProbeSco
     return ProbeScore(_mean(scores), _mean(chances), len(scores))
 
 
-def _tier_probe(records: Sequence[ItemRecord], fold: Sequence[int], feature: int) -> ProbeScore:
+def tier_probe(records: Sequence[ItemRecord], fold: Sequence[int], feature: int) -> ProbeScore:
     """Tier items labelled crop by crop with a threshold on one feature learnt on the other half
     (crops of both variants); the AUC is over every crop of the cell."""
     values = [f[feature] for r in records for f in r.features]
