@@ -110,7 +110,7 @@ class AnomalyConfig:
     min_cell_difference: float = 10.0
     max_references: int = 8
     paste: str = "hard"  # "hard" (as in the paper) or "matched" (intensity statistics matched)
-    min_structure: float = 3.0  # the cell and its edge neighbours, grey levels (tasks/content.py)
+    min_structure: float = 3.0  # the cell and half its edge neighbours, grey levels (tasks/content.py)
 
 
 @dataclass(frozen=True)

@@ -128,16 +128,23 @@ def test_without_the_check_the_same_head_makes_flat_crops() -> None:
     assert flat_crops >= 5
 
 
-def test_anomaly_rejects_a_featureless_neighbour_and_names_it() -> None:
+def test_anomaly_rejects_a_featureless_neighbourhood_and_names_it() -> None:
     image = structured_image(128, 128, 5)
     reference = structured_image(128, 128, 6)
     anomaly_item(image, reference, 5, RECIPE, "ct")
-    for neighbour in edge_neighbours(5, 4):
-        flattened = image.copy()
-        x0, y0, x1, y1 = cell_box(128, 128, neighbour, 4)
-        flattened[y0:y1, x0:x1] = _flat(y1 - y0, x1 - x0, neighbour)
-        with pytest.raises(TaskRejected, match=rf"neighbour cell {neighbour} is featureless"):
-            anomaly_item(flattened, reference, 5, RECIPE, "ct")
+
+    def flattened(cells: list[int]) -> np.ndarray:
+        out = image.copy()
+        for k in cells:
+            x0, y0, x1, y1 = cell_box(128, 128, k, 4)
+            out[y0:y1, x0:x1] = _flat(y1 - y0, x1 - x0, k)
+        return out
+
+    anomaly_item(flattened([1, 4]), reference, 5, RECIPE, "ct")  # air above and beside: still fair
+    with pytest.raises(TaskRejected, match=r"cell 5's neighbourhood is featureless: neighbour cells 1, 4, 6"):
+        anomaly_item(flattened([1, 4, 6]), reference, 5, RECIPE, "ct")
+    with pytest.raises(TaskRejected, match=r"^cell 5 is featureless"):
+        anomaly_item(flattened([5]), reference, 5, RECIPE, "ct")
     assert sorted(edge_neighbours(5, 4)) == [1, 4, 6, 9] and sorted(edge_neighbours(0, 4)) == [1, 4]
 
 

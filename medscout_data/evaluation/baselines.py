@@ -9,14 +9,15 @@
   bench comes with one (`<shards>/train/`); otherwise from the bench's own
   truths, which is an ORACLE prior (it has seen the answers) and is reported
   as such.
-- `classical`: computer-vision solvers, no learning. Scale: OpenCV template
-  matching of each crop, resized to every candidate level's size, in the full
-  image; the best level and location win. Jigsaw: every non-identity
-  permutation scored by the dissimilarity of the seams it would create
-  (1 - correlation of the touching pixel lines) plus a prior that the
-  image's outer frame is background; the lowest cost wins. Anomaly: each
-  candidate cell's boundary discontinuity against the gradients just inside
-  and outside it; the most seam-like wins.
+- `classical`: computer-vision solvers, no learning, each the strongest the
+  shortcut audit (evaluation/audit.py) measures for its task. Scale: OpenCV
+  template matching of each crop, resized to every candidate level's size,
+  in the full image; the best level and location win. Jigsaw: every
+  non-identity permutation scored by the discontinuity of the seams it would
+  create (mean absolute difference of the touching raw pixel lines) plus a
+  prior that the image's outer frame is background (dark); the lowest cost
+  wins. Anomaly: each candidate cell's boundary discontinuity against the
+  gradients just inside and outside it; the most seam-like wins.
 
 A baseline knows only what the question states: the number of crops, the
 level areas, the grid and the candidate cells. Images are decoded with

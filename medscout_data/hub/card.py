@@ -381,7 +381,7 @@ def _validity(facts: CardFacts) -> str:
 ## Validity: answerable only by looking
 
 Every item was checked when it was made. Each scale crop, each jigsaw tile and the
-anomaly cell with its edge neighbours carries structure (the spread of its block means
+anomaly cell with at least half of its edge neighbours carries structure (the spread of its block means
 is at least {scale.min_structure:g} / {jigsaw.min_structure:g} / {anomaly.min_structure:g} grey levels,
 so a flat grey square never makes an item), no two jigsaw tiles look alike (at least
 {jigsaw.min_tile_difference:g} grey levels apart), a Level-2 crop is never enlarged more than

@@ -95,7 +95,10 @@ def _white_noise_scale() -> float:
 
 def check_structure(patch: np.ndarray, minimum: float, what: str) -> None:
     """TaskRejected when `patch` is featureless (structure below `minimum`)."""
-    value = structure(patch)
+    check_structure_value(structure(patch), minimum, what)
+
+
+def check_structure_value(value: float, minimum: float, what: str) -> None:
     if value < minimum:
         raise TaskRejected(f"{what} is featureless (structure {value:.1f} < {minimum:g})")
 
@@ -117,11 +120,23 @@ def check_tiles(pieces: list[np.ndarray], min_structure: float, min_difference: 
 def check_cell(
     image: np.ndarray, boxes: list[tuple[int, int, int, int]], cell: int, grid: int, minimum: float
 ) -> None:
-    """The anomaly cell and every cell sharing a side with it carry structure: a paste is judged
-    against its neighbours, and against a flat neighbour nothing is seen."""
-    for k in [cell, *edge_neighbours(cell, grid)]:
+    """The anomaly cell carries structure, and so do at least half of the cells sharing a side
+    with it: a paste is judged against its neighbours, and against flat ones nothing is seen.
+    (Half, not all: a central cell next to the air above a patient is a fair item.)"""
+
+    def value(k: int) -> float:
         x0, y0, x1, y1 = boxes[k]
-        check_structure(image[y0:y1, x0:x1], minimum, f"cell {k}" if k == cell else f"neighbour cell {k}")
+        return structure(image[y0:y1, x0:x1])
+
+    check_structure_value(value(cell), minimum, f"cell {cell}")
+    neighbours = edge_neighbours(cell, grid)
+    flat = {k: v for k in neighbours if (v := value(k)) < minimum}
+    if len(flat) > len(neighbours) // 2:
+        values = ", ".join(f"{v:.1f}" for v in flat.values())
+        raise TaskRejected(
+            f"cell {cell}'s neighbourhood is featureless: neighbour cells "
+            f"{', '.join(map(str, flat))} (structure {values} < {minimum:g})"
+        )
 
 
 def edge_neighbours(cell: int, grid: int) -> list[int]:

@@ -126,7 +126,7 @@ def anomaly_item(
 ) -> ItemContent:
     """The image with `cell` replaced by the same cell of `reference`; the answer is the cell.
 
-    `TaskRejected` when the cell or one of its edge neighbours is featureless,
+    `TaskRejected` when the cell, or more than half of its edge neighbours, is featureless,
     or when the paste (after matching, with `anomaly.paste = "matched"`)
     differs from the original by less than `anomaly.min_cell_difference`.
     """
