@@ -1,6 +1,6 @@
 """Benchmark: bench validity (issue 17) at the paper's sizes, and what the checks cost.
 
-    python benchmarks/bench_validity.py [--subjects 6] [--xray-subjects 40] [--items 120] [--work DIR]
+    python benchmarks/bench_validity.py [--xray-subjects 40] [--items 120] [--build-items 200] [--work DIR]
 
 Setup (not timed): the sample sources at 512 px (CT, MRI, MIMIC-CXR-JPG),
 ingested with the paper's settings (images at most 512 px, crops 224 px).
@@ -19,8 +19,9 @@ Measured, per modality, on items made by the pipeline's own item functions:
    without the content check.
 3. Anomaly paste `hard` vs `matched`: accuracy of the seam-strength probe
    (solvable by looking) and of the intensity-step probe (the intensity cue).
-4. Speed: scale items/s (geometry + PNG rows) on 512 px slices, direct vs
-   matched, and the three tasks mixed; the machine's cores and load average.
+4. Speed on 512 px CT slices, direct vs matched: scale items/s (item
+   functions + PNG rows), and items/s of item making in a real `build` of
+   the three CT cells; the machine's cores and load average.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -66,6 +68,7 @@ from medscout_data.tasks.items import (  # noqa: E402
 )
 
 MODALITIES = ("ct", "mri", "xray")
+SUBJECTS = 6  # CT and MRI sample subjects (x 40 slices)
 CHAINS = {
     "direct": {"resampling": "direct"},
     "matched, no grain": {"resampling": "matched", "match_noise": False},
@@ -78,7 +81,7 @@ def paper_recipe(**scale: object) -> Recipe:
     return dataclasses.replace(recipe, scale=dataclasses.replace(recipe.scale, **scale))
 
 
-def setup(work: Path, subjects: int, xray_subjects: int) -> dict[str, list]:
+def setup(work: Path, xray_subjects: int) -> dict[str, list]:
     """Ingested 512 px sample images per modality: (pixels, mask, ref) lists."""
     from medscout_data.cache import ImageCache
     from medscout_data.layout import Layout
@@ -91,7 +94,7 @@ def setup(work: Path, subjects: int, xray_subjects: int) -> dict[str, list]:
     sources = {"ct": "totalseg-ct", "mri": "totalseg-mri", "xray": "mimic-cxr-jpg"}
     images = {}
     for modality, source in sources.items():
-        count = xray_subjects if modality == "xray" else subjects
+        count = xray_subjects if modality == "xray" else SUBJECTS
         folder = work / f"src-{modality}-{count}"
         if not (folder / source).exists():
             write_samples(folder, subjects=count, size=512, slices=40, seed=1, sources=(source,))
@@ -294,10 +297,11 @@ def anomaly_paste(images: dict[str, list], count: int) -> None:
 # ---------------------------------------------------------------- 4. speed
 
 
-def rows_per_second(pairs: list, recipe: Recipe, tasks: tuple[str, ...], seconds: float = 6.0) -> float:
+def rows_per_second(pairs: list, recipe: Recipe, tasks: tuple[str, ...], count: int = 300) -> float:
+    """Items per CPU second (process time: the shared machine's load does not count)."""
     perms = non_identity_permutations(4)
-    made, start, k = 0, time.perf_counter(), 0
-    while time.perf_counter() - start < seconds:
+    made, start = 0, time.process_time()
+    for k in range(count):
         image, mask = pairs[k % len(pairs)]
         task = tasks[k % len(tasks)]
         rng = np.random.default_rng(k)
@@ -309,49 +313,85 @@ def rows_per_second(pairs: list, recipe: Recipe, tasks: tuple[str, ...], seconds
             else:
                 content = anomaly_item(image, pairs[(k + 1) % len(pairs)][0], 5 + k % 2, recipe, "ct")
         except TaskRejected:
-            k += 1
             continue
         to_row(content, ItemKey(f"{k}", "ct", task, "", "s", "s", "", k), {}, recipe.png)
         made += 1
-        k += 1
-    return made / (time.perf_counter() - start)
+    return made / (time.process_time() - start)
 
 
-def speed(images: dict[str, list]) -> None:
+def build_items_per_second(work: Path, settings: dict, items_per_cell: int) -> float:
+    """Items per CPU second of a whole `build` (1 worker: planning, item making, shards) of the
+    three CT cells, on a copy of the ingested catalogue and cache so every run starts alike."""
+    from medscout_data.layout import Layout
+    from medscout_data.stages.build import BuildOptions, build_modality
+
+    root = work / "build-run"
+    shutil.rmtree(root, ignore_errors=True)
+    for folder in ("catalogue", "cache"):
+        shutil.copytree(work / "shards" / folder / "ct", root / folder / "ct")
+    recipe = paper_recipe(**settings)
+    pool = dataclasses.replace(
+        recipe.pool, items_per_cell=items_per_cell, bench_per_cell=items_per_cell // 10
+    )
+    options = BuildOptions(modality="ct", root=work / f"src-ct-{SUBJECTS}" / "totalseg-ct", progress=False)
+    start = time.process_time()
+    report = build_modality(Layout.at(root), dataclasses.replace(recipe, pool=pool), options)
+    seconds = time.process_time() - start
+    shutil.rmtree(root, ignore_errors=True)
+    return report.info["items"] / seconds
+
+
+SPEED_SETTINGS = {  # before issue 17, the content check alone, and what the recipes ship
+    "before": {"resampling": "direct", "min_structure": 0.0},
+    "check": {"resampling": "direct"},
+    "shipped": {"resampling": "matched"},
+}
+
+
+def speed(images: dict[str, list], work: Path, items_per_cell: int, rounds: int = 5) -> None:
     print(
-        f"\n4. speed on 512 px CT slices, 1 process ({os.cpu_count()} cores, load {os.getloadavg()[0]:.2f})"
+        f"\n4. speed on 512 px CT slices, items per CPU second, 1 process "
+        f"({os.cpu_count()} cores, load {os.getloadavg()[0]:.2f}); best of {rounds} interleaved rounds"
     )
     pairs = [(p, m) for _, p, m in images["ct"]][:40]
-    for tasks in (("scale",), ("scale", "jigsaw", "anomaly")):
-        figures = {}
-        for _ in range(2):  # alternate, so a load change hits both
-            for chain, settings in (("direct", CHAINS["direct"]), ("matched", CHAINS["matched (shipped)"])):
-                figures.setdefault(chain, []).append(rows_per_second(pairs, paper_recipe(**settings), tasks))
+    runs = {
+        "scale items (item functions + PNG rows)": lambda s: rows_per_second(
+            pairs, paper_recipe(**s), ("scale",)
+        ),
+        "build of the 3 CT cells, 1 worker": lambda s: build_items_per_second(work, s, items_per_cell),
+    }
+    for name, run in runs.items():
+        figures: dict[str, list[float]] = {}
+        for _ in range(rounds):  # interleaved, so a load change hits every setting alike
+            for setting, values in SPEED_SETTINGS.items():
+                figures.setdefault(setting, []).append(run(values))
         best = {k: max(v) for k, v in figures.items()}
-        cost = 1 - best["matched"] / best["direct"]
+        chain = best["check"] / best["shipped"] - 1
+        whole = best["before"] / best["shipped"] - 1
         print(
-            f"  {'+'.join(tasks):22s} direct {best['direct']:6.1f} items/s, matched {best['matched']:6.1f} "
-            f"items/s: {100 * cost:+.1f}% time per item (load {os.getloadavg()[0]:.2f})"
+            f"  {name:40s} before {best['before']:6.1f}/s, content check {best['check']:6.1f}/s, "
+            f"shipped {best['shipped']:6.1f}/s: the chain {100 * chain:+.1f}% time per item, "
+            f"the whole change {100 * whole:+.1f}% (load {os.getloadavg()[0]:.2f})"
         )
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--subjects", type=int, default=6, help="CT and MRI sample subjects")
     parser.add_argument("--xray-subjects", type=int, default=40)
     parser.add_argument("--items", type=int, default=120, help="items per modality and chain")
+    parser.add_argument("--build-items", type=int, default=200, help="items per cell of the timed builds")
     parser.add_argument("--work", type=Path, default=None, help="reuse this folder (sample + ingest)")
     parser.add_argument("--only", choices=["tier", "content", "anomaly", "speed"], action="append")
     args = parser.parse_args()
     work = args.work or Path(tempfile.mkdtemp(prefix="bench-validity-"))
     print(f"bench_validity: {os.cpu_count()} cores, load {os.getloadavg()[0]:.2f}, work {work}")
-    images = setup(work, args.subjects, args.xray_subjects)
+    images = setup(work, args.xray_subjects)
     print("images: " + ", ".join(f"{m} {len(v)}" for m, v in images.items()))
     steps = {
         "tier": lambda: tier_shortcuts(images, args.items),
         "content": lambda: degenerate_content(images, 40),
         "anomaly": lambda: anomaly_paste(images, args.items),
-        "speed": lambda: speed(images),
+        "speed": lambda: speed(images, work, args.build_items),
     }
     for name in args.only or steps:
         steps[name]()

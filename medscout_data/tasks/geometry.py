@@ -31,7 +31,7 @@ from medscout_data.tasks.resampling import Resampling, resample_crop
 __all__ = ["TaskRejected"]  # re-exported: build and the tests import it from here
 
 Box = tuple[int, int, int, int]
-NOISE_WINDOW = 128  # the image's noise level is read in its central window of this size
+NOISE_WINDOW = 48  # the image's noise level is read in its central window of this size
 
 
 # ---------------------------------------------------------------- scale
@@ -139,7 +139,7 @@ def _anatomical_box(
         if box_fraction(mask, box) < config.min_anatomy_fraction:
             continue
         x0, y0, x1, y1 = box
-        if structure(image[y0:y1, x0:x1]) >= config.min_structure:
+        if config.min_structure <= 0 or structure(image[y0:y1, x0:x1]) >= config.min_structure:
             return box
         featureless += 1
     if featureless:
