@@ -65,7 +65,7 @@ from medscout_data.layout import Layout
 from medscout_data.report import RunReport
 from medscout_data.seeding import rng_for
 from medscout_data.tasks.content import noise_level
-from medscout_data.tasks.geometry import cell_box, fit_to_grid, non_identity_permutations
+from medscout_data.tasks.geometry import non_identity_permutations
 
 log = logging.getLogger(__name__)
 
@@ -130,12 +130,7 @@ def border_step(image: np.ndarray, box: tuple[int, int, int, int], band: int = I
 
 def solve_anomaly_intensity(tampered: np.ndarray, grid: int, cells: Sequence[int]) -> int:
     """The candidate cell with the strongest consistent brightness step at its border."""
-    image = fit_to_grid(tampered, grid).astype(np.float32)
-    height, width = image.shape
-    if min(height, width) < 4 * grid:
-        raise UnsupportedItem(f"image {width}x{height} too small for a {grid}x{grid} intensity search")
-    scores = [border_step(image, cell_box(height, width, cell, grid)) for cell in cells]
-    return int(cells[int(np.argmax(scores))])
+    return solve_anomaly(tampered, grid, cells, score=border_step)
 
 
 def crop_features(images: Sequence[np.ndarray]) -> list[tuple[float, float]]:

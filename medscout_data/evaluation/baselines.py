@@ -31,7 +31,7 @@ import logging
 import math
 import re
 from collections import Counter, defaultdict
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -378,13 +378,19 @@ def _side_ratio(lines: np.ndarray) -> float:
     return float(steps[1] / ((steps[0] + steps[2]) / 2 + 1.0))
 
 
-def solve_anomaly(tampered: np.ndarray, grid: int, cells: Sequence[int]) -> int:
-    """The candidate cell whose boundary is most seam-like."""
+def solve_anomaly(
+    tampered: np.ndarray,
+    grid: int,
+    cells: Sequence[int],
+    score: Callable[[np.ndarray, Box], float] = seam_score,
+) -> int:
+    """The candidate cell that scores highest: by default the most seam-like boundary
+    (`seam_score`); the audit passes other cell scores (e.g. its brightness step)."""
     image = fit_to_grid(tampered, grid).astype(np.float32)
     height, width = image.shape
     if min(height, width) < 4 * grid:
-        raise UnsupportedItem(f"image {width}x{height} too small for a {grid}x{grid} seam search")
-    scores = [seam_score(image, cell_box(height, width, cell, grid)) for cell in cells]
+        raise UnsupportedItem(f"image {width}x{height} too small for a {grid}x{grid} cell search")
+    scores = [score(image, cell_box(height, width, cell, grid)) for cell in cells]
     return int(cells[int(np.argmax(scores))])
 
 

@@ -18,6 +18,7 @@ from medscout_data.recipe import PngConfig, Recipe
 from medscout_data.tasks import prompts
 from medscout_data.tasks.content import TaskRejected, check_cell, check_tiles
 from medscout_data.tasks.geometry import (
+    ScaleResult,
     box_to_grid,
     box_to_unit,
     cell_box,
@@ -67,7 +68,7 @@ def scale_item(
     )
 
 
-def _chain_provenance(result) -> dict[str, Any]:
+def _chain_provenance(result: ScaleResult) -> dict[str, Any]:
     """How the crops were resampled: the mode, and for `matched` the effective grid, blur and grain."""
     chain = result.chain
     if chain.mode == "direct":
