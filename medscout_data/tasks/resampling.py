@@ -128,12 +128,13 @@ def blur_noise_gain(sigma: float) -> float:
 def _grain(rng: np.random.Generator, shape: tuple[int, int], blur: float) -> np.ndarray:
     """Unit-variance noise with the spectrum of white noise through the effective Gaussian.
 
-    White noise from uniform random bytes (ten times cheaper to draw than normal deviates);
-    after the Gaussian, which sums dozens of them per pixel, it is Gaussian to the eye and to
-    any probe, with the same spectrum.
+    White noise from the generator's raw bits read as uniform bytes (far cheaper to draw than
+    normal deviates); after the Gaussian, which sums dozens of them per pixel, it is Gaussian to
+    the eye and to any probe, with the same spectrum.
     """
     count = shape[0] * shape[1]
-    white = np.frombuffer(rng.bytes(count), np.int8).astype(np.float32).reshape(shape)
+    raw = rng.bit_generator.random_raw(count // 8 + 1).view(np.int8)[:count]
+    white = raw.astype(np.float32).reshape(shape)
     white *= 1.0 / (_INT8_SD * blur_noise_gain(blur) ** 2)
     kernel = gaussian_kernel(blur)
     return cv2.sepFilter2D(white, -1, kernel, kernel)
