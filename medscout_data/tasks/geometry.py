@@ -31,7 +31,7 @@ from medscout_data.tasks.resampling import Resampling, resample_crop
 __all__ = ["TaskRejected"]  # re-exported: build and the tests import it from here
 
 Box = tuple[int, int, int, int]
-NOISE_WINDOW = 32  # the image's noise level is read in its central window of this size
+NOISE_WINDOW = 48  # the image's noise level is read in its central window of this size
 
 
 # ---------------------------------------------------------------- scale
