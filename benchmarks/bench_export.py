@@ -8,7 +8,10 @@ in child processes, for each item count:
 
 - baseline: read the shards row group by row group and write every PNG with
   a plain `write_bytes` (no JSONL, no temporary names);
-- export:   `medscout-data export --format swift` (atomic image writes + JSONL);
+- export:   `medscout-data export --format swift` (manifest check, atomic image
+  writes, JSONL, plugin);
+- vlmeval:  `medscout-data export --format vlmeval` of the same items as a bench
+  (manifest check, base64 TSV);
 - preview:  `medscout-data preview --per-cell 4` (reads only the chosen row groups).
 
 Prints wall time, items/s, MB/s of image bytes, peak RSS of each, the export /
@@ -33,7 +36,7 @@ from medscout_data.imaging import encode_png
 from medscout_data.recipe import load_recipe
 from medscout_data.schema import ITEM_SCHEMA
 from medscout_data.seeding import rng_for
-from medscout_data.shards import ShardWriter
+from medscout_data.shards import ShardWriter, sha256_file
 
 IMAGES = {"scale": 4, "jigsaw": 1, "anomaly": 1}
 TARGETS = {
@@ -56,8 +59,8 @@ def phantom_pngs(size: int, count: int) -> list[bytes]:
     return pngs
 
 
-def write_split(root: Path, items: int, size: int) -> int:
-    """`items` train items spread over ct's three tasks; returns the image bytes written into rows."""
+def write_split(root: Path, items: int, size: int, side: str = "train") -> int:
+    """`items` items of one side spread over ct's three tasks; returns the image bytes written into rows."""
     recipe = load_recipe("med-scout-bench")
     pngs = phantom_pngs(size, 8)
     image_bytes = 0
@@ -67,7 +70,8 @@ def write_split(root: Path, items: int, size: int) -> int:
         for shard in range(shards):
             start = shard * recipe.pool.shard_max_items
             stop = min(per_task, start + recipe.pool.shard_max_items)
-            path = root / "train" / "ct" / task / f"train-{shard:05d}-of-{shards:05d}.parquet"
+            prefix = "train" if side == "train" else "test"
+            path = root / side / "ct" / task / f"{prefix}-{shard:05d}-of-{shards:05d}.parquet"
             with ShardWriter(path, ITEM_SCHEMA, recipe.pool.row_group_items) as writer:
                 for number in range(start, stop):
                     images = [pngs[(number + k) % len(pngs)] for k in range(n_images)]
@@ -93,6 +97,16 @@ def _row(task: str, number: int, images: list[bytes]) -> dict:
         "reference_subject_id": "",
         "seed": number,
     }
+
+
+def write_manifest(root: Path) -> None:
+    """The manifest `split` would write for these shards (what export checks them against)."""
+    shards = {
+        p.relative_to(root).as_posix(): {"bytes": p.stat().st_size, "sha256": sha256_file(p)}
+        for p in sorted(root.glob("*/ct/*/*.parquet"))
+    }
+    manifest = {"seed": 0, "bench_per_cell": 0, "shards": shards, "cells": {}, "recipe": {}}
+    (root / "manifest.json").write_text(json.dumps(manifest), encoding="utf-8")
 
 
 BASELINE = """
@@ -125,12 +139,15 @@ def main() -> None:
     args = parser.parse_args()
     work = args.work or Path(tempfile.mkdtemp(prefix="bench-export-"))
     cli = [sys.executable, "-m", "medscout_data.cli"]
-    print(f"cores: {os.cpu_count()}; images {args.size} px; best of {args.repeat}; work {work}")
+    load = ", ".join(f"{v:.2f}" for v in os.getloadavg())
+    print(f"cores: {os.cpu_count()}; load {load}; images {args.size} px; best of {args.repeat}; work {work}")
     peaks = {}
     for items in args.items:
         root = work / f"shards-{items}"
         shutil.rmtree(root, ignore_errors=True)
         image_mb = write_split(root, items, args.size) / 1e6
+        write_split(root, items, args.size, side="bench")
+        write_manifest(root)
         base = best_of(args.repeat, [sys.executable, "-c", BASELINE, str(root), str(work / f"base-{items}")])
         out = work / f"export-{items}"
         export = best_of(
@@ -138,13 +155,27 @@ def main() -> None:
             [*cli, "export", "--split", "train", "--shards", str(root), "--out", str(out), "--quiet"],
         )
         lines = len((out / "train-direct-swift.jsonl").read_text(encoding="utf-8").splitlines())
+        tsv = best_of(
+            args.repeat,
+            [
+                *cli,
+                "export",
+                "--format",
+                "vlmeval",
+                "--shards",
+                str(root),
+                "--out",
+                str(work / "v"),
+                "--quiet",
+            ],
+        )
         view = best_of(
             args.repeat,
             [*cli, "preview", "--split", "train", "--shards", str(root), "--out", str(work / "p"), "--quiet"],
         )
         peaks[items] = export.peak_tree_mib
         print(f"{lines} items, {image_mb:.0f} MB of PNG:")
-        for name, run in (("baseline", base), ("export", export)):
+        for name, run in (("baseline", base), ("export", export), ("vlmeval", tsv)):
             print(
                 f"  {name:<8} {run.seconds:7.2f} s {lines / run.seconds:7.0f} items/s "
                 f"{image_mb / run.seconds:6.1f} MB/s  peak RSS {run.peak_tree_mib:5.0f} MiB"
@@ -153,6 +184,7 @@ def main() -> None:
             f"  preview  {view.seconds:7.2f} s (4 items per cell)      peak RSS {view.peak_tree_mib:5.0f} MiB"
         )
         print(f"  export / baseline time: {export.seconds / base.seconds:.2f}x")
+    print(f"load at the end: {', '.join(f'{v:.2f}' for v in os.getloadavg())}")
     low, high = min(peaks), max(peaks)
     print(
         f"export peak RSS {high} vs {low} items: {peaks[high] / peaks[low]:.2f}x "

@@ -34,7 +34,8 @@ from medscout_data.stages.embedders import (
     preprocess_config,
     resolve_model,
 )
-from medscout_data.stages.index import EmbeddingStore, IndexOptions, SearchConfig, embed_missing, search_side
+from medscout_data.stages.embeddings import EmbeddingStore, catalogue_blocks, embed_missing
+from medscout_data.stages.search import SearchConfig, search_side
 
 # BiomedCLIP's open_clip image-tower config (open_clip_config.json's model_cfg, text tower left out).
 BIOMEDCLIP_VISION = {
@@ -113,9 +114,9 @@ def bench_pipeline(n: int, workers: int) -> None:
         ]  # fmt: skip
         model = resolve_model(ModelSpec("pixels"))
         store = EmbeddingStore(Path(tmp) / "emb", model.identity())
-        options = IndexOptions(model="pixels", batch_size=64, workers=workers)
         t0 = time.perf_counter()
-        embed_missing(rows, store, lambda: PixelEmbedder(model), cache, options, RunReport("bench"))
+        blocks = catalogue_blocks(rows, 64)
+        embed_missing(blocks, store, lambda: PixelEmbedder(model), cache, workers, RunReport("bench"))
         seconds = time.perf_counter() - t0
     print(f"pipeline pixels, {n} images 512x512, {workers} threads: {n / seconds:8.1f} images/s")
 

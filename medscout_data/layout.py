@@ -2,7 +2,7 @@
 
 sample/<source>/                    procedural sample sources (no --root)
 catalogue/<modality>/               ingest: catalogue.parquet, errors.parquet, report.json, parts/
-cache/<modality>/                   ingest: rendered 8-bit images and body masks (.npy)
+cache/<modality>/                   ingest: rendered 8-bit images and body masks (.stack, see cache.py)
 plan/<modality>.json                seeded subject partition (bench / train)
 index/<modality>/<model-slug>/      index: embeddings, neighbours.parquet, index.json
 pool/<modality>/<task>-NNNNN.parquet  build: the item pool; pool.json: what build planned and made

@@ -58,6 +58,9 @@ class PoolConfig:
         return self.bench_per_cell / self.items_per_cell
 
 
+PLANES = ("auto", "axial", "coronal", "sagittal")
+
+
 @dataclass(frozen=True)
 class IngestConfig:
     """Decoding and rendering of sources into 8-bit 2-D images."""
@@ -69,6 +72,21 @@ class IngestConfig:
     max_size: int = 512
     xray_views: tuple[str, ...] = ("PA", "AP")
     xray_chunk_images: int = 256
+    # Images whose shorter side is below this many pixels are skipped (`too-small`).
+    min_image_size: int = 32
+    # Slicing plane of CT/MRI volumes: "auto" slices in the acquisition plane when the axial in-plane
+    # spacing would be more than `plane_anisotropy` times as coarse as the finest plane's.
+    plane: str = "auto"
+    plane_anisotropy: float = 2.0
+    # Crop CT/MRI slices to the body's bounding box (over the volume) plus this margin on each side,
+    # as a fraction of the box's longer side; body fraction is measured inside the crop.
+    crop_to_body: bool = True
+    body_crop_margin: float = 0.05
+    # At most this many images per modality are cached (0: all usable ones): each volume gets an equal
+    # share of slices, in slabs of three `slab_step_mm` apart (so anomaly references stay in reach);
+    # X-ray subjects get one image each in a seeded order, then a second, ...
+    max_images: int = 0
+    slab_step_mm: float = 6.0
 
 
 @dataclass(frozen=True)
@@ -125,10 +143,9 @@ class IndexConfig:
 
 @dataclass(frozen=True)
 class PngConfig:
-    """PNG encoding of item images (OpenCV)."""
+    """PNG encoding of item images: ISA-L deflate level (0-3) and the PNG row filter."""
 
     compression: int = 1
-    strategy: str = "rle"
     filter: str = "sub"
 
 
@@ -294,17 +311,29 @@ def _check(recipe: Recipe, path: Path) -> None:
             0 <= anomaly.ref_distance_mm[0] <= anomaly.ref_distance_mm[1],
             "anomaly.ref_distance_mm must be increasing",
         ),
+        *_ingest_rules(recipe),
         (recipe.index.search in ("exact", "ivf", "hnsw"), "index.search must be exact, ivf or hnsw"),
-        (
-            recipe.png.strategy in ("default", "rle", "filtered"),
-            "png.strategy must be default, rle or filtered",
-        ),
-        (0 <= recipe.png.compression <= 9, "png.compression must be in 0..9"),
-        (
-            recipe.png.filter in ("sub", "up", "avg", "paeth", "fast", "none"),
-            "png.filter must be sub, up, avg, paeth, fast or none",
-        ),
+        (0 <= recipe.png.compression <= 3, "png.compression must be in 0..3 (ISA-L deflate levels)"),
+        (recipe.png.filter in ("sub", "up", "none"), "png.filter must be sub, up or none"),
     ]
     for ok, message in rules:
         if not ok:
             raise RecipeError(f"{path}: {message}")
+
+
+def _ingest_rules(recipe: Recipe) -> list[tuple[bool, str]]:
+    """Rules of `[ingest]`, some against `[anomaly]` (slabs must hold references in its distance range)."""
+    ingest, low_high = recipe.ingest, recipe.anomaly.ref_distance_mm
+    return [
+        (0 <= ingest.min_body_fraction <= 1, "ingest.min_body_fraction must be in [0, 1]"),
+        (1 <= ingest.min_image_size <= ingest.max_size, "ingest.min_image_size must be in [1, max_size]"),
+        (ingest.xray_chunk_images > 0, "ingest.xray_chunk_images must be positive"),
+        (ingest.plane in PLANES, f"ingest.plane must be one of {', '.join(PLANES)}"),
+        (ingest.plane_anisotropy >= 1, "ingest.plane_anisotropy must be at least 1"),
+        (0 <= ingest.body_crop_margin <= 1, "ingest.body_crop_margin must be in [0, 1]"),
+        (ingest.max_images >= 0, "ingest.max_images must be 0 (all) or positive"),
+        (
+            ingest.max_images == 0 or low_high[0] <= ingest.slab_step_mm <= low_high[1],
+            "ingest.slab_step_mm must lie within anomaly.ref_distance_mm when ingest.max_images is set",
+        ),
+    ]

@@ -21,8 +21,10 @@ import csv
 import gzip
 import io
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from tqdm import tqdm
@@ -36,6 +38,7 @@ SYNTHETIC_NOTE = (
     "SYNTHETIC SAMPLE: procedural phantoms written by `medscout-data sample`. "
     "Not patient data; anatomy is schematic. Layouts mimic TotalSegmentator and MIMIC-CXR."
 )
+ANATOMY_STEP = 2  # radiograph anatomy is drawn at half resolution and enlarged; noise is full resolution
 # Orientations the volumes are stored in (SimpleITK DICOMOrient codes), cycled over subjects.
 STORED_ORIENTATIONS = ("LPS", "RAS", "LAS", "RPI")
 
@@ -245,43 +248,74 @@ def _write_nifti(image, path: Path) -> None:
     sitk.WriteImage(image, str(path), useCompression=True)
 
 
-def write_totalseg(out: Path, modality: str, subjects: int, size: int, slices: int, seed: int) -> None:
-    """A TotalSegmentator-layout tree of CT (HU) or MRI phantoms."""
+def _totalseg_subject(
+    out: Path, modality: str, index: int, size: int, slices: int, seed: int
+) -> dict[str, str]:
+    """Write one subject's volume and segmentations; returns its meta.csv row."""
+    image_id = f"s{index:04d}"
+    rng = rng_for(seed, "sample", modality, image_id)
+    geometry = _geometry(index, size, slices, rng)
+    torso = _torso(rng, geometry.shape[0] * geometry.spacing[2])
+    labels, offsets = phantom_volume(torso, geometry)
+    make = ct_intensities if modality == "ct" else mri_intensities
+    orientation = STORED_ORIENTATIONS[index % len(STORED_ORIENTATIONS)]
+    volume_name = "ct.nii.gz" if modality == "ct" else "mri.nii.gz"
+    _write_nifti(_to_image(make(labels, offsets, rng), geometry, orientation), out / image_id / volume_name)
+    _, _, nx = geometry.shape
+    left = (np.arange(nx) >= nx // 2)[None, None, :]  # LPS: columns run toward patient's left
+    for name, (label, side) in SEGMENTATIONS.items():
+        mask = labels == label
+        if side:
+            mask &= left if side > 0 else ~left
+        seg = _to_image(mask.astype(np.uint8), geometry, orientation)
+        _write_nifti(seg, out / image_id / "segmentations" / f"{name}.nii.gz")
+    return {
+        "image_id": image_id,
+        "age": str(int(rng.integers(25, 85))),
+        "gender": str(rng.choice(["m", "f"])),
+        "institute": "synthetic",
+        "study_type": "ct thorax-abdomen" if modality == "ct" else "mri t1 abdomen",
+        "split": ["train", "train", "train", "val", "test"][index % 5],
+        "note": "synthetic phantom",
+    }
+
+
+def write_totalseg(
+    out: Path, modality: str, subjects: int, size: int, slices: int, seed: int, workers: int = 1
+) -> None:
+    """A TotalSegmentator-layout tree of CT (HU) or MRI phantoms, one subject per task."""
     out.mkdir(parents=True, exist_ok=True)
-    rows = []
-    for index in tqdm(range(subjects), desc=f"sample {modality}", unit="volume", leave=False):
-        image_id = f"s{index:04d}"
-        rng = rng_for(seed, "sample", modality, image_id)
-        geometry = _geometry(index, size, slices, rng)
-        torso = _torso(rng, geometry.shape[0] * geometry.spacing[2])
-        labels, offsets = phantom_volume(torso, geometry)
-        make = ct_intensities if modality == "ct" else mri_intensities
-        orientation = STORED_ORIENTATIONS[index % len(STORED_ORIENTATIONS)]
-        volume_name = "ct.nii.gz" if modality == "ct" else "mri.nii.gz"
-        _write_nifti(
-            _to_image(make(labels, offsets, rng), geometry, orientation), out / image_id / volume_name
-        )
-        _, _, nx = geometry.shape
-        left = (np.arange(nx) >= nx // 2)[None, None, :]  # LPS: columns run toward patient's left
-        for name, (label, side) in SEGMENTATIONS.items():
-            mask = labels == label
-            if side:
-                mask &= left if side > 0 else ~left
-            seg = _to_image(mask.astype(np.uint8), geometry, orientation)
-            _write_nifti(seg, out / image_id / "segmentations" / f"{name}.nii.gz")
-        rows.append(
-            {
-                "image_id": image_id,
-                "age": str(int(rng.integers(25, 85))),
-                "gender": str(rng.choice(["m", "f"])),
-                "institute": "synthetic",
-                "study_type": "ct thorax-abdomen" if modality == "ct" else "mri t1 abdomen",
-                "split": ["train", "train", "train", "val", "test"][index % 5],
-                "note": "synthetic phantom",
-            }
-        )
+    tasks = [(_totalseg_subject, (out, modality, index, size, slices, seed)) for index in range(subjects)]
+    rows = _run_tasks(tasks, workers, f"sample {modality}", "volume")
     _write_meta_csv(out / "meta.csv", rows)
     (out / "README.txt").write_text(SYNTHETIC_NOTE + "\n", encoding="utf-8")
+
+
+def _call(task: tuple[Callable[..., Any], tuple]) -> Any:
+    function, args = task
+    return function(*args)
+
+
+def _run_tasks(
+    tasks: list[tuple[Callable[..., Any], tuple]], workers: int, desc: str, unit: str
+) -> list[Any]:
+    """Results of `tasks` in order, in a pool of `workers` processes that die with this one."""
+    bar = tqdm(total=len(tasks), desc=desc, unit=unit, leave=False)
+    if workers <= 1:
+        results = []
+        for task in tasks:
+            results.append(_call(task))
+            bar.update()
+    else:
+        from medscout_data.workers import process_pool
+
+        with process_pool(workers) as pool:
+            results = []
+            for result in pool.map(_call, tasks, chunksize=max(1, len(tasks) // (8 * workers))):
+                results.append(result)
+                bar.update()
+    bar.close()
+    return results
 
 
 def _write_meta_csv(path: Path, rows: list[dict[str, str]]) -> None:
@@ -332,6 +366,10 @@ def chest_radiograph(
     Frontal views show the patient's left on the image's right; lateral views a
     single lung field with the spine behind and the heart in front.
     """
+    import cv2
+
+    full_height, full_width = height, width
+    height, width = max(2, height // ANATOMY_STEP), max(2, width // ANATOMY_STEP)  # anatomy is smooth
     yy, xx = np.mgrid[0:height, 0:width].astype(np.float32)
     shift_x, shift_y = rng.uniform(-0.03, 0.03, 2)
     u = (xx / width - 0.5 - shift_x) * 2  # -1..1, image left to right
@@ -365,9 +403,10 @@ def chest_radiograph(
         mu[(u > 0.45) & (u < 0.6)] += 0.45  # spine, posterior
         mu[v > params.lung_height - 0.05 + 0.15 * u] += 0.5
     gain = rng.uniform(1.2, 1.6)
-    image = 1.0 - np.exp(-gain * np.clip(mu, 0, None))
-    image += rng.normal(0.0, 0.015, image.shape).astype(np.float32)
-    return np.clip(image / (1.0 - np.exp(-gain * 2.0)), 0.0, 1.0)
+    mu = cv2.resize(mu, (full_width, full_height), interpolation=cv2.INTER_LINEAR)
+    image = 1.0 - np.exp(np.float32(-gain) * np.clip(mu, 0, None))
+    image += rng.standard_normal(image.shape, dtype=np.float32) * np.float32(0.015)
+    return np.clip(image / np.float32(1.0 - np.exp(-gain * 2.0)), 0.0, 1.0)
 
 
 def _smooth_field(rng: np.random.Generator, height: int, width: int, cells: int) -> np.ndarray:
@@ -393,91 +432,118 @@ class Radiograph:
         return Path("files") / f"p{self.subject_id[:2]}" / f"p{self.subject_id}" / f"s{self.study_id}"
 
 
-def radiographs(subjects: int, size: int, seed: int) -> list[Radiograph]:
-    """Every sample X-ray: 1-3 studies per subject, a frontal view each, some laterals."""
-    out = []
+def subject_radiographs(index: int, size: int, seed: int) -> list[Radiograph]:
+    """One subject's sample X-rays: 1-3 studies, a frontal view each, some with a lateral."""
     height, width = round(size * 1.2), size
-    for index in range(subjects):
-        subject_id = str(10000000 + 1379 * index + 17)
-        rng = rng_for(seed, "sample", "xray", subject_id)
-        params = _chest_params(rng)
-        for study in range(int(rng.integers(1, 4))):
-            study_id = str(50000000 + 7919 * index + 101 * study)
-            views = [str(rng.choice(["PA", "AP"]))] + (["LATERAL"] if rng.random() < 0.5 else [])
-            for view in views:
-                dicom_id = "-".join(f"{int(v):08x}" for v in rng.integers(0, 2**32, 5))
-                pixels = chest_radiograph(params, view, height, width, rng)
-                out.append(Radiograph(subject_id, study_id, dicom_id, view, pixels))
+    subject_id = str(10000000 + 1379 * index + 17)
+    rng = rng_for(seed, "sample", "xray", subject_id)
+    params = _chest_params(rng)
+    out = []
+    for study in range(int(rng.integers(1, 4))):
+        study_id = str(50000000 + 7919 * index + 101 * study)
+        views = [str(rng.choice(["PA", "AP"]))] + (["LATERAL"] if rng.random() < 0.5 else [])
+        for view in views:
+            dicom_id = "-".join(f"{int(v):08x}" for v in rng.integers(0, 2**32, 5))
+            pixels = chest_radiograph(params, view, height, width, rng)
+            out.append(Radiograph(subject_id, study_id, dicom_id, view, pixels))
     return out
 
 
-def write_mimic_jpg(out: Path, images: list[Radiograph]) -> None:
-    """A MIMIC-CXR-JPG-layout tree with its metadata and split CSVs."""
+def radiographs(subjects: int, size: int, seed: int) -> list[Radiograph]:
+    """Every sample X-ray of `subjects` subjects, in memory (small samples and test fixtures)."""
+    return [image for index in range(subjects) for image in subject_radiographs(index, size, seed)]
+
+
+@dataclass(frozen=True)
+class XrayRows:
+    """One subject's rows of the MIMIC index CSVs."""
+
+    metadata: list[dict[str, object]]
+    split: list[dict[str, object]]
+    records: list[dict[str, object]]
+    studies: dict[str, dict[str, object]]
+
+
+def _xray_subject(out: Path, sources: tuple[str, ...], index: int, size: int, seed: int) -> XrayRows:
+    """Write one subject's X-rays into the requested trees (JPG and/or DICOM); returns its index rows."""
     from PIL import Image
 
-    meta_rows, split_rows = [], []
-    for index, item in enumerate(tqdm(images, desc="sample mimic-cxr-jpg", unit="image", leave=False)):
-        path = out / item.folder / f"{item.dicom_id}.jpg"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        Image.fromarray(np.round(item.pixels * 255).astype(np.uint8)).save(path, quality=92)
-        rows_px, columns = item.pixels.shape
-        meta_rows.append(
-            {
-                "dicom_id": item.dicom_id,
+    rows = XrayRows([], [], [], {})
+    for number, item in enumerate(subject_radiographs(index, size, seed)):
+        turn = index + number  # varies the split and the DICOM photometry over images
+        if "mimic-cxr-jpg" in sources:
+            path = out / "mimic-cxr-jpg" / item.folder / f"{item.dicom_id}.jpg"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(np.round(item.pixels * 255).astype(np.uint8)).save(path, quality=92)
+            rows.metadata.append(_metadata_row(item, 21800101 + index % 20000 + 7 * number))
+            split = ["train", "train", "train", "validate", "test"][turn % 5]
+            rows.split.append(
+                {
+                    "dicom_id": item.dicom_id,
+                    "study_id": item.study_id,
+                    "subject_id": item.subject_id,
+                    "split": split,
+                }
+            )
+        if "mimic-cxr" in sources:
+            relative = item.folder / f"{item.dicom_id}.dcm"
+            (out / "mimic-cxr" / relative).parent.mkdir(parents=True, exist_ok=True)
+            _write_dicom(out / "mimic-cxr" / relative, item, monochrome1=turn % 3 == 1, seed=seed)
+            record = {"subject_id": item.subject_id, "study_id": item.study_id, "dicom_id": item.dicom_id}
+            rows.records.append(record | {"path": str(relative)})
+            rows.studies[item.study_id] = {
                 "subject_id": item.subject_id,
                 "study_id": item.study_id,
-                "PerformedProcedureStepDescription": "CHEST (PA AND LAT)",
-                "ViewPosition": item.view,
-                "Rows": rows_px,
-                "Columns": columns,
-                "StudyDate": 21800101 + index,
-                "StudyTime": "120000.000",
-                "ProcedureCodeSequence_CodeMeaning": "CHEST (PA AND LAT)",
-                "ViewCodeSequence_CodeMeaning": "postero-anterior"
-                if item.view == "PA"
-                else "antero-posterior"
-                if item.view == "AP"
-                else "lateral",
-                "PatientOrientationCodeSequence_CodeMeaning": "Erect",
+                "path": str(item.folder),
             }
-        )
-        split_rows.append(
-            {
-                "dicom_id": item.dicom_id,
-                "study_id": item.study_id,
-                "subject_id": item.subject_id,
-                "split": ["train", "train", "train", "validate", "test"][index % 5],
-            }
-        )
-    _write_csv_gz(out / "mimic-cxr-2.0.0-metadata.csv.gz", meta_rows, list(meta_rows[0]))
-    _write_csv_gz(out / "mimic-cxr-2.0.0-split.csv.gz", split_rows, list(split_rows[0]))
-    (out / "README.txt").write_text(SYNTHETIC_NOTE + "\n", encoding="utf-8")
+    return rows
 
 
-def write_mimic_dicom(out: Path, images: list[Radiograph], seed: int) -> None:
-    """A MIMIC-CXR (DICOM) tree: 12-bit pixels, real window tags, MONOCHROME1 on every third image."""
-    records, studies = [], {}
-    for index, item in enumerate(tqdm(images, desc="sample mimic-cxr", unit="image", leave=False)):
-        relative = item.folder / f"{item.dicom_id}.dcm"
-        path = out / relative
-        path.parent.mkdir(parents=True, exist_ok=True)
-        _write_dicom(path, item, monochrome1=index % 3 == 1, seed=seed)
-        records.append(
-            {
-                "subject_id": item.subject_id,
-                "study_id": item.study_id,
-                "dicom_id": item.dicom_id,
-                "path": str(relative),
-            }
+def _metadata_row(item: Radiograph, date: int) -> dict[str, object]:
+    rows_px, columns = item.pixels.shape
+    meaning = {"PA": "postero-anterior", "AP": "antero-posterior"}.get(item.view, "lateral")
+    return {
+        "dicom_id": item.dicom_id,
+        "subject_id": item.subject_id,
+        "study_id": item.study_id,
+        "PerformedProcedureStepDescription": "CHEST (PA AND LAT)",
+        "ViewPosition": item.view,
+        "Rows": rows_px,
+        "Columns": columns,
+        "StudyDate": date,
+        "StudyTime": "120000.000",
+        "ProcedureCodeSequence_CodeMeaning": "CHEST (PA AND LAT)",
+        "ViewCodeSequence_CodeMeaning": meaning,
+        "PatientOrientationCodeSequence_CodeMeaning": "Erect",
+    }
+
+
+def write_xray_sources(
+    out: Path, sources: tuple[str, ...], subjects: int, size: int, seed: int, workers: int = 1
+) -> None:
+    """The MIMIC-CXR-JPG and/or MIMIC-CXR (DICOM) trees under `out`, with their index CSVs.
+
+    Each subject is written by one task (in a pool with `workers`), images
+    streamed to disk, so memory stays flat at any number of subjects.
+    """
+    tasks = [(_xray_subject, (out, sources, index, size, seed)) for index in range(subjects)]
+    results: list[XrayRows] = _run_tasks(tasks, workers, "sample x-ray", "subject")
+    if "mimic-cxr-jpg" in sources:
+        metadata = [row for r in results for row in r.metadata]
+        split = [row for r in results for row in r.split]
+        folder = out / "mimic-cxr-jpg"
+        _write_csv_gz(folder / "mimic-cxr-2.0.0-metadata.csv.gz", metadata, list(metadata[0]))
+        _write_csv_gz(folder / "mimic-cxr-2.0.0-split.csv.gz", split, list(split[0]))
+        (folder / "README.txt").write_text(SYNTHETIC_NOTE + "\n", encoding="utf-8")
+    if "mimic-cxr" in sources:
+        folder = out / "mimic-cxr"
+        records = [row for r in results for row in r.records]
+        studies = [study for r in results for study in r.studies.values()]
+        _write_csv_gz(
+            folder / "cxr-record-list.csv.gz", records, ["subject_id", "study_id", "dicom_id", "path"]
         )
-        studies[item.study_id] = {
-            "subject_id": item.subject_id,
-            "study_id": item.study_id,
-            "path": str(item.folder),
-        }
-    _write_csv_gz(out / "cxr-record-list.csv.gz", records, ["subject_id", "study_id", "dicom_id", "path"])
-    _write_csv_gz(out / "cxr-study-list.csv.gz", list(studies.values()), ["subject_id", "study_id", "path"])
-    (out / "README.txt").write_text(SYNTHETIC_NOTE + "\n", encoding="utf-8")
+        _write_csv_gz(folder / "cxr-study-list.csv.gz", studies, ["subject_id", "study_id", "path"])
+        (folder / "README.txt").write_text(SYNTHETIC_NOTE + "\n", encoding="utf-8")
 
 
 def _write_dicom(path: Path, item: Radiograph, monochrome1: bool, seed: int) -> None:
@@ -525,20 +591,21 @@ def write_samples(
     slices: int = 40,
     seed: int = 0,
     sources: tuple[str, ...] = SOURCES,
+    workers: int = 1,
 ) -> dict[str, Path]:
-    """Write the requested sample trees under `out`; returns source name -> folder."""
+    """Write the requested sample trees under `out`; returns source name -> folder.
+
+    The same files for any `workers`: every subject is a pure function of (seed, subject).
+    """
     out = Path(out)
     written = {}
     if "totalseg-ct" in sources:
-        write_totalseg(out / "totalseg-ct", "ct", subjects, size, slices, seed)
+        write_totalseg(out / "totalseg-ct", "ct", subjects, size, slices, seed, workers)
     if "totalseg-mri" in sources:
-        write_totalseg(out / "totalseg-mri", "mri", subjects, size, slices, seed)
-    if {"mimic-cxr-jpg", "mimic-cxr"} & set(sources):
-        images = radiographs(subjects, size, seed)
-        if "mimic-cxr-jpg" in sources:
-            write_mimic_jpg(out / "mimic-cxr-jpg", images)
-        if "mimic-cxr" in sources:
-            write_mimic_dicom(out / "mimic-cxr", images, seed)
+        write_totalseg(out / "totalseg-mri", "mri", subjects, size, slices, seed, workers)
+    xray = tuple(name for name in ("mimic-cxr-jpg", "mimic-cxr") if name in sources)
+    if xray:
+        write_xray_sources(out, xray, subjects, size, seed, workers)
     for name in sources:
         written[name] = out / name
     (out / "README.txt").write_text(SYNTHETIC_NOTE + "\n", encoding="utf-8")

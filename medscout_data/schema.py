@@ -3,6 +3,11 @@
 Declared once, never inferred from data. The item schema carries the
 `huggingface` metadata that makes `datasets` decode `images` as a list of PIL
 images straight from a Parquet file, with no dataset card.
+
+The metadata uses only feature types that every supported `datasets` release
+reads (3.x writes and reads `Sequence`; 4.x and later write `List` but still
+read `Sequence` as a list): `images` is `Sequence(Image())`, never `List`,
+which datasets 3.x rejects (`Feature type 'List' not found`).
 """
 
 from __future__ import annotations
@@ -18,7 +23,7 @@ ITEM_FIELDS: list[tuple[str, pa.DataType, dict]] = [
     ("modality", pa.string(), {"dtype": "string", "_type": "Value"}),
     ("task", pa.string(), {"dtype": "string", "_type": "Value"}),
     ("variant", pa.string(), {"dtype": "string", "_type": "Value"}),
-    ("images", pa.list_(IMAGE_TYPE), {"feature": {"_type": "Image"}, "_type": "List"}),
+    ("images", pa.list_(IMAGE_TYPE), {"feature": {"_type": "Image"}, "_type": "Sequence"}),
     ("question", pa.string(), {"dtype": "string", "_type": "Value"}),
     ("question_cot", pa.string(), {"dtype": "string", "_type": "Value"}),
     ("answer", pa.string(), {"dtype": "string", "_type": "Value"}),
@@ -29,6 +34,13 @@ ITEM_FIELDS: list[tuple[str, pa.DataType, dict]] = [
     ("reference_subject_id", pa.string(), {"dtype": "string", "_type": "Value"}),
     ("seed", pa.int64(), {"dtype": "int64", "_type": "Value"}),
 ]
+
+# Feature `_type`s that datasets 3.0 (the oldest release setup.cfg admits) knows; metadata outside
+# this set breaks `load_dataset` there. Checked by tests on every schema the project writes.
+DATASETS3_FEATURE_TYPES = frozenset(
+    {"Value", "ClassLabel", "Translation", "TranslationVariableLanguages", "LargeList", "Sequence"}
+    | {"Array2D", "Array3D", "Array4D", "Array5D", "Audio", "Image"}
+)
 
 ITEM_COLUMNS = [name for name, _, _ in ITEM_FIELDS]
 METADATA_COLUMNS = [name for name in ITEM_COLUMNS if name != "images"]
@@ -53,20 +65,22 @@ CATALOGUE_SCHEMA = pa.schema(
         ("source_id", pa.string()),  # volume id or dicom_id
         ("study_id", pa.string()),
         ("path", pa.string()),  # source file, relative to the source root
-        ("plane", pa.string()),  # axial for volumes, empty for X-ray
-        ("slice_index", pa.int32()),  # in the canonical volume; -1 for X-ray
-        ("z_mm", pa.float64()),  # slice position along the canonical z axis
+        ("plane", pa.string()),  # axial, coronal or sagittal for volumes (sources/planes.py); empty for X-ray
+        ("slice_index", pa.int32()),  # along the plane's normal in the canonical volume; -1 for X-ray
+        ("z_mm", pa.float64()),  # slice position along the slicing normal (LPS mm); NaN for X-ray
         ("pixel_spacing_mm", pa.float64()),  # square pixels of the rendered image
-        ("slice_spacing_mm", pa.float64()),
+        ("slice_spacing_mm", pa.float64()),  # between consecutive slices along the normal
         ("window", pa.string()),  # CT window name, empty otherwise
         ("view", pa.string()),  # X-ray ViewPosition, empty for volumes
         ("official_split", pa.string()),
         ("body_fraction", pa.float32()),
         ("height", pa.int32()),
         ("width", pa.int32()),
-        ("cache_file", pa.string()),  # .npy of shape (n, H, W) uint8, relative to cache/<modality>
-        ("mask_file", pa.string()),  # .npy of shape (n, H, W) bool, same indexing
+        ("cache_file", pa.string()),  # image stack (cache.py), relative to cache/<modality>
+        ("mask_file", pa.string()),  # body mask stack, same indexing
         ("cache_index", pa.int32()),
+        ("crop_x", pa.int32()),  # the image's left column in the full resampled slice (body crop)
+        ("crop_y", pa.int32()),  # its top row there; 0 for X-ray
         ("meta", pa.string()),  # JSON: the source's own metadata columns
     ]
 )

@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import threading
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -71,6 +72,10 @@ class ShardWriter:
             self.rows += len(self._buffer)
             self._buffer = []
 
+    def add_metadata(self, metadata: dict[str, str]) -> None:
+        """Key-value metadata known only at the end (in the file footer; read it with `pq.read_metadata`)."""
+        self._writer.add_key_value_metadata(metadata)
+
     def close(self) -> None:
         """Finish the file and move it to its final name."""
         self._flush()
@@ -115,10 +120,12 @@ def atomic_writer(path: Path, mode: str = "w") -> Iterator[IO[Any]]:
     """An open file under a temporary name, renamed to `path` when the block ends without error.
 
     On an error (or a kill) only the temporary file is left, and it is removed
-    where possible: a file under its final name is always complete.
+    where possible: a file under its final name is always complete. The
+    temporary name is the process's and thread's own, so several ranks writing
+    the same file (each the same content) never rename each other's.
     """
     path = Path(path)
-    tmp = tmp_path(path)
+    tmp = path.with_name(f"{path.name}.{os.getpid()}-{threading.get_ident()}.tmp")  # concurrent writers
     encoding = None if "b" in mode else "utf-8"
     try:
         with open(tmp, mode, encoding=encoding) as handle:

@@ -10,6 +10,10 @@ import pytest
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
+# tests/tools drive ms-swift, lmms-eval and datasets 3.x in their own environments; they run from
+# `.ci/tools-test`, which builds those and sets MEDSCOUT_TOOL_TESTS=1. The main suite needs none of them.
+collect_ignore = [] if os.environ.get("MEDSCOUT_TOOL_TESTS") == "1" else ["tools"]
+
 
 @pytest.fixture(scope="session")
 def sample_sources(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:

@@ -10,6 +10,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from click.testing import CliRunner
+from splitfixture import cli_ok, read_jsonl, side_rows, write_manifest_for
 
 from medscout_data import MODALITIES, TASKS
 from medscout_data import cli as cli_package
@@ -29,25 +30,10 @@ from medscout_data.layout import Layout
 from medscout_data.schema import ITEM_SCHEMA
 
 
-def _run(*args: str) -> str:
-    result = CliRunner().invoke(cli, list(args))
-    assert result.exit_code == 0, result.output
-    return result.output
-
-
-def _lines(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
-
-
-def _rows(root: Path, side: str, pattern: str = "*/*/*.parquet") -> dict[str, dict]:
-    tables = [pq.read_table(p) for p in sorted((root / side).glob(pattern))]
-    return {row["id"]: row for table in tables for row in table.to_pylist()}
-
-
 @pytest.fixture(scope="module")
 def bench_direct(split_shards: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("export") / "swift"
-    _run(
+    cli_ok(
         "export",
         "--format",
         "swift",
@@ -64,10 +50,10 @@ def bench_direct(split_shards: Path, tmp_path_factory: pytest.TempPathFactory) -
 
 def test_swift_rows_follow_the_grpo_format(split_shards: Path, bench_direct: Path) -> None:
     jsonl = bench_direct / "bench-direct-swift.jsonl"
-    records = _lines(jsonl)
+    records = read_jsonl(jsonl)
     manifest = json.loads((split_shards / "manifest.json").read_text())
     assert len(records) == manifest["totals"]["bench"] == 54
-    shards = _rows(split_shards, "bench")
+    shards = side_rows(split_shards, "bench")
     cells = [(MODALITIES.index(r["modality"]), TASKS.index(r["task"])) for r in records]
     assert cells == sorted(cells)  # pipeline order, cell by cell
     assert {r["id"] for r in records} == set(shards)
@@ -98,13 +84,13 @@ def test_swift_rows_follow_the_grpo_format(split_shards: Path, bench_direct: Pat
 
 
 def test_direct_solutions_score_the_maximum(split_shards: Path, bench_direct: Path, tmp_path: Path) -> None:
-    records = _lines(bench_direct / "bench-direct-swift.jsonl")
+    records = read_jsonl(bench_direct / "bench-direct-swift.jsonl")
     predictions = tmp_path / "predictions.jsonl"
     predictions.write_text(
         "".join(json.dumps({"id": r["id"], "response": r["solution"]}) + "\n" for r in records)
     )
     figures = tmp_path / "score.json"
-    _run(
+    cli_ok(
         "score",
         "--predictions",
         str(predictions),
@@ -124,7 +110,7 @@ def test_direct_solutions_score_the_maximum(split_shards: Path, bench_direct: Pa
 
 def test_cot_export_uses_the_cot_question_and_scores_the_maximum(split_shards: Path, tmp_path: Path) -> None:
     out = tmp_path / "cot"
-    _run(
+    cli_ok(
         "export",
         "--split",
         "bench",
@@ -136,8 +122,8 @@ def test_cot_export_uses_the_cot_question_and_scores_the_maximum(split_shards: P
         str(out),
         "--quiet",
     )
-    records = _lines(out / "bench-cot-swift.jsonl")
-    shards = _rows(split_shards, "bench")
+    records = read_jsonl(out / "bench-cot-swift.jsonl")
+    shards = side_rows(split_shards, "bench")
     for record in records:
         row = shards[record["id"]]
         assert record["messages"][0]["content"] == IMAGE_TAG * len(row["images"]) + row["question_cot"]
@@ -148,7 +134,7 @@ def test_cot_export_uses_the_cot_question_and_scores_the_maximum(split_shards: P
     ]
     predictions.write_text("\n".join(lines) + "\n")
     figures = tmp_path / "score.json"
-    _run(
+    cli_ok(
         "score",
         "--predictions",
         str(predictions),
@@ -176,9 +162,9 @@ def test_generic_jsonl_of_a_train_cell_with_absolute_paths(split_shards: Path, t
         "--out",
         str(out),
     ]
-    _run(*args, "--absolute-paths", "--modality", "ct", "--task", "jigsaw", "--quiet")
-    records = _lines(out / "train-direct-generic.jsonl")
-    shards = _rows(split_shards, "train", "ct/jigsaw/*.parquet")
+    cli_ok(*args, "--absolute-paths", "--modality", "ct", "--task", "jigsaw", "--quiet")
+    records = read_jsonl(out / "train-direct-generic.jsonl")
+    shards = side_rows(split_shards, "train", "ct/jigsaw/*.parquet")
     rows_in_footers = sum(
         pq.ParquetFile(p).metadata.num_rows for p in (split_shards / "train/ct/jigsaw").glob("*")
     )
@@ -212,11 +198,12 @@ def test_bad_rows_and_shards_are_recorded_and_skipped(split_shards: Path, tmp_pa
     rows.append(dict(rows[2]))  # a duplicate id
     pq.write_table(pa.Table.from_pylist(rows, schema=ITEM_SCHEMA), cell / "test-00000-of-00002.parquet")
     (cell / "test-00001-of-00002.parquet").write_bytes(b"not parquet at all")
+    write_manifest_for(root, split_shards)  # bad at split time, so the manifest's hashes match
     out = tmp_path / "out"
     result = export_split(Layout.at(root), out, ExportOptions(split="bench", progress=False))
     assert result.items == len(rows) - 2 == 5
     assert result.report.skipped_by_reason() == {"duplicate-id": 1, "not-png": 1, "unreadable-shard": 1}
-    assert len(_lines(out / "bench-direct-swift.jsonl")) == 5
+    assert len(read_jsonl(out / "bench-direct-swift.jsonl")) == 5
     errors = pq.read_table(out / "_reports" / "bench-direct-swift" / "errors.parquet").to_pylist()
     assert any(
         "test-00001-of-00002.parquet" in e["message"] and "not a readable" in e["message"] for e in errors
@@ -246,6 +233,6 @@ def test_mimic_note_on_xray_export(split_shards: Path, tmp_path: Path) -> None:
     args = ["export", "--split", "bench", "--shards", str(split_shards), "--out", str(out), "--quiet"]
     result = CliRunner().invoke(cli, [*args, "--modality", "xray", "--task", "anomaly"])
     assert result.exit_code == 0 and "PhysioNet" in result.output
-    assert len(_lines(out / "bench-direct-swift.jsonl")) == 6
+    assert len(read_jsonl(out / "bench-direct-swift.jsonl")) == 6
     result = CliRunner().invoke(cli, [*args, "--modality", "ct", "--task", "anomaly"])
     assert result.exit_code == 0 and "PhysioNet" not in result.output

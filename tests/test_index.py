@@ -23,19 +23,17 @@ from medscout_data.layout import Layout
 from medscout_data.recipe import Recipe, load_recipe
 from medscout_data.schema import CATALOGUE_SCHEMA
 from medscout_data.stages.embedders import ModelSpec, ModelSpecError, parse_model_spec
+from medscout_data.stages.embeddings import EmbeddingStore
 from medscout_data.stages.index import (
     NEIGHBOUR_SCHEMA,
-    EmbeddingStore,
     IndexMismatch,
     IndexOptions,
-    SearchConfig,
     index_catalogue,
-    ivf_lists,
     load_neighbours,
     neighbours_metadata,
-    search_side,
 )
 from medscout_data.stages.plan import SubjectPlan
+from medscout_data.stages.search import SearchConfig, ivf_lists, search_side
 
 BENCH_SUBJECTS = ("s1", "s2")
 TRAIN_SUBJECTS = ("s3", "s4", "s5", "s6")

@@ -9,6 +9,7 @@ Hugging Face cache folder laid out as the Hub client writes it.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -24,6 +25,7 @@ import open_clip
 import pyarrow.parquet as pq
 import pytest
 import torch
+from PIL import Image
 from test_index import run_index, small_recipe, smooth_image, write_plan, write_xray_catalogue, xray_images
 
 from medscout_data.layout import Layout
@@ -103,14 +105,25 @@ def guarded(monkeypatch: pytest.MonkeyPatch) -> None:
         monkeypatch.setattr(module, name, refuse)
 
 
-def reference_embedding(model_dir: Path, inputs: np.ndarray) -> np.ndarray:
-    """The checkpoint's image tower, loaded here by hand, on prepared inputs."""
+def open_clip_inputs(images: list[np.ndarray]) -> torch.Tensor:
+    """open_clip's own inference transform of the config, on each gray image as a PIL image."""
+    from open_clip.transform import PreprocessCfg, image_transform_v2
+
+    config = json.loads(ASSET.read_text())
+    size = config["model_cfg"]["vision_cfg"]["image_size"]
+    preprocess = {k: tuple(v) for k, v in config["preprocess_cfg"].items()}
+    transform = image_transform_v2(PreprocessCfg(size=size, **preprocess), is_train=False)
+    return torch.stack([transform(Image.fromarray(image)) for image in images])
+
+
+def reference_embedding(model_dir: Path, inputs: torch.Tensor) -> np.ndarray:
+    """The checkpoint's image tower, loaded here by hand, on open_clip's transformed inputs."""
     config = json.loads(ASSET.read_text())["model_cfg"]
     tower = open_clip.model._build_vision_tower(config["embed_dim"], config["vision_cfg"]).eval()
     state = torch.load(model_dir / "open_clip_pytorch_model.bin", weights_only=True)
     tower.load_state_dict({k.removeprefix("visual."): v for k, v in state.items() if k.startswith("visual.")})
     with torch.inference_mode():
-        out = tower(torch.from_numpy(inputs)).numpy()
+        out = tower(inputs).numpy()
     return out / np.linalg.norm(out, axis=1, keepdims=True)
 
 
@@ -123,24 +136,42 @@ def test_local_dir_loads_only_the_image_tower_with_its_weights(model_dir: Path, 
     model = resolve_model(parse_model_spec(f"local-dir:{model_dir}"))
     assert model.dim == 32 and model.weights.startswith("sha256:")
     embedder = load_embedder(model, device="cpu")
-    inputs = np.stack([embedder.prepare(image) for image in images()])
-    vectors = embedder.embed(inputs)
+    vectors = embedder.embed(np.stack([embedder.prepare(image) for image in images()]))
     assert vectors.shape == (4, 32) and vectors.dtype == np.float32
     np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
+    inputs = open_clip_inputs(images())
     np.testing.assert_allclose(vectors, reference_embedding(model_dir, inputs), atol=1e-5)
     with torch.inference_mode():
         untrained = build_vision_tower(json.loads(ASSET.read_text())["model_cfg"]).eval()
-        random_out = untrained(torch.from_numpy(inputs)).numpy()
+        random_out = untrained(inputs).numpy()
     assert not np.allclose(vectors, random_out / np.linalg.norm(random_out, axis=1, keepdims=True), atol=1e-3)
+
+
+@pytest.mark.parametrize("resize_mode", ["shortest", "longest", "squash"])
+def test_model_input_is_bit_identical_to_open_clips_own_transform(model_dir: Path, resize_mode: str) -> None:
+    """prepare (geometry on the gray image, in threads) + model_input (RGB, /255, normalise, on the
+    device) must give exactly the tensor open_clip's transform gives, whatever the image's shape."""
+    model = resolve_model(parse_model_spec(f"local-dir:{model_dir}"))
+    model = dataclasses.replace(model, preprocess_cfg={**model.preprocess_cfg, "resize_mode": resize_mode})
+    embedder = load_embedder(model, device="cpu")
+    rng = np.random.default_rng(6)
+    for shape in [(70, 60), (512, 420), (33, 97), (64, 64)]:
+        image = rng.integers(0, 256, shape, dtype=np.uint8)
+        prepared = embedder.prepare(image)
+        assert prepared.dtype == np.uint8 and prepared.shape == (64, 64)
+        expected = embedder.transform(Image.fromarray(image)).unsqueeze(0)
+        got = embedder.model_input(prepared[None])
+        assert got.shape == (1, 3, 64, 64)
+        assert torch.equal(got, expected), (resize_mode, shape)
 
 
 def test_preprocessing_is_the_models_own_with_gray_replicated(model_dir: Path) -> None:
     embedder = load_embedder(resolve_model(parse_model_spec(f"local-dir:{model_dir}")), device="cpu")
-    prepared = embedder.prepare(images(1)[0])
-    assert prepared.shape == (3, 64, 64)
+    inputs = embedder.model_input(np.stack([embedder.prepare(image) for image in images(2)])).numpy()
+    np.testing.assert_array_equal(inputs, open_clip_inputs(images(2)).numpy())
     config = json.loads(ASSET.read_text())["preprocess_cfg"]
     mean, std = np.array(config["mean"])[:, None, None], np.array(config["std"])[:, None, None]
-    pixels = prepared * std + mean
+    pixels = inputs[0] * std + mean
     np.testing.assert_allclose(pixels[0], pixels[1], atol=1e-5)
     np.testing.assert_allclose(pixels[0], pixels[2], atol=1e-5)
     assert pixels.min() >= -1e-5 and pixels.max() <= 1.0 + 1e-5

@@ -38,7 +38,7 @@ def digests(folder: Path) -> dict[str, str]:
     return {
         p.relative_to(folder).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
         for p in sorted(folder.rglob("*"))
-        if p.is_file() and p.name != "report.json"
+        if p.is_file() and p.name != "report.json" and not p.name.startswith(".lock-")
     }
 
 
@@ -109,7 +109,7 @@ def test_one_and_two_workers_write_identical_bytes(
         assert report.counts["units_run"] >= 2
         results[workers] = (digests(out / "catalogue"), digests(out / "cache"))
     assert results[1] == results[2]
-    assert any(name.endswith(".npy") for name in results[1][1])
+    assert any(name.endswith(".stack") for name in results[1][1])
 
 
 def test_rerun_skips_finished_units_and_redoes_only_a_missing_part(
@@ -145,9 +145,9 @@ def test_changed_input_or_recipe_redoes_what_it_touches(
     windows = (Window("soft-tissue", 400.0, 40.0), Window("bone", 1800.0, 400.0))
     report = run_ingest(layout, recipe_with(ct_windows=windows), "ct", root, progress=False)
     assert report.counts["units_run"] == 6
-    assert (layout.cache_dir("ct") / "s0000.bone.npy").is_file()
+    assert (layout.cache_dir("ct") / "s0000.bone.stack").is_file()
     run_ingest(layout, recipe_with(), "ct", root, progress=False)
-    assert not (layout.cache_dir("ct") / "s0000.bone.npy").exists(), "unreferenced cache files are removed"
+    assert not (layout.cache_dir("ct") / "s0000.bone.stack").exists(), "unreferenced cache files are removed"
 
 
 def test_killed_unit_leaves_no_part_and_is_redone(sample_sources: dict[str, Path], tmp_path: Path) -> None:
@@ -157,7 +157,7 @@ def test_killed_unit_leaves_no_part_and_is_redone(sample_sources: dict[str, Path
     before = layout.catalogue("xray").read_bytes()
     part = layout.catalogue_dir("xray") / "parts" / "chunk-00001.parquet"
     part.rename(part.with_name(part.name + ".tmp"))  # as a kill mid-write leaves it
-    (layout.cache_dir("xray") / "chunk-00001.npy").write_bytes(b"half a stack")
+    (layout.cache_dir("xray") / "chunk-00001.stack").write_bytes(b"half a stack")
     report = run_ingest(layout, recipe, "xray", root, progress=False)
     assert report.counts["units_run"] == 1
     assert layout.catalogue("xray").read_bytes() == before

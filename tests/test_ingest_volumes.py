@@ -164,14 +164,18 @@ def test_anisotropic_volume_comes_out_with_square_pixels(tmp_path: Path) -> None
     disc = ((yy + 0.5) * 1.0 - 30) ** 2 + ((xx + 0.5) * 0.5 - 30) ** 2 <= 20**2
     volume = np.where(disc, 40, -1000).astype(np.int16)[None].repeat(4, axis=0)
     write_volume(tmp_path / "src" / "s0000" / "ct.nii.gz", volume, spacing=(0.5, 1.0, 3.0), orientation="RAS")
-    _, catalogue, cache = ingest(tmp_path / "src", tmp_path / "out", min_body_fraction=0.1)
+    _, catalogue, cache = ingest(
+        tmp_path / "src", tmp_path / "out", min_body_fraction=0.1, crop_to_body=False
+    )
     row = catalogue.row(0, named=True)
     assert (row["height"], row["width"]) == (120, 120)
     assert row["pixel_spacing_mm"] == pytest.approx(0.5)
     assert row["slice_spacing_mm"] == pytest.approx(3.0)
     rows, cols = np.nonzero(cache.mask(row))
     assert abs((rows.max() - rows.min()) - (cols.max() - cols.min())) <= 2  # a disc, not an ellipse
-    _, small, _ = ingest(tmp_path / "src", tmp_path / "out-small", min_body_fraction=0.1, max_size=48)
+    _, small, _ = ingest(
+        tmp_path / "src", tmp_path / "out-small", min_body_fraction=0.1, max_size=48, crop_to_body=False
+    )
     assert (small["height"][0], small["width"][0]) == (48, 48)
     assert small["pixel_spacing_mm"][0] == pytest.approx(60 / 48)
 
@@ -191,7 +195,7 @@ def test_window_maps_level_and_edges() -> None:
 
 def test_body_mask_fills_the_lung_and_leaves_out_the_couch(tmp_path: Path) -> None:
     write_volume(tmp_path / "src" / "s0000" / "ct.nii.gz", torso_phantom())
-    report, catalogue, cache = ingest(tmp_path / "src", tmp_path / "out")
+    report, catalogue, cache = ingest(tmp_path / "src", tmp_path / "out", crop_to_body=False)
     assert sorted(catalogue["slice_index"].to_list()) == list(range(1, 11))  # air-only ends dropped
     assert report.counts["slices_dropped_low_body"] == 2
     row = catalogue.row(3, named=True)
@@ -207,7 +211,7 @@ def test_body_mask_fills_the_lung_and_leaves_out_the_couch(tmp_path: Path) -> No
 def test_several_windows_give_one_cache_file_and_one_row_each(tmp_path: Path) -> None:
     write_volume(tmp_path / "src" / "s0000" / "ct.nii.gz", torso_phantom())
     windows = (Window("soft-tissue", 400.0, 40.0), Window("lung", 1500.0, -600.0))
-    _, catalogue, cache = ingest(tmp_path / "src", tmp_path / "out", ct_windows=windows)
+    _, catalogue, cache = ingest(tmp_path / "src", tmp_path / "out", ct_windows=windows, crop_to_body=False)
     assert catalogue.height == 2 * 10
     assert catalogue["image_id"].n_unique() == catalogue.height
     assert set(catalogue["window"]) == {"soft-tissue", "lung"}
@@ -226,7 +230,7 @@ def test_mri_is_scaled_by_percentiles_inside_the_body(tmp_path: Path) -> None:
     signal = np.where(phantom > -500, 300.0, 5.0) + rng.normal(0, 8, phantom.shape)
     volume = np.clip(signal, 0, None).astype(np.int16)
     write_volume(tmp_path / "src" / "s0000" / "mri.nii.gz", volume, orientation="RAS")
-    report, catalogue, cache = ingest(tmp_path / "src", tmp_path / "out", modality="mri")
+    report, catalogue, cache = ingest(tmp_path / "src", tmp_path / "out", modality="mri", crop_to_body=False)
     assert report.counts["used"] == 1
     assert set(catalogue["window"]) == {""}
     assert catalogue["image_id"][0] == f"s0000:{catalogue['slice_index'][0]:04d}"

@@ -24,7 +24,7 @@ from pydicom.uid import (
     generate_uid,
 )
 
-from medscout_data.cache import ImageCache
+from medscout_data.cache import ImageCache, stack_entries
 from medscout_data.layout import Layout
 from medscout_data.recipe import IngestConfig, load_recipe
 from medscout_data.sources import run_ingest
@@ -173,7 +173,7 @@ def test_catalogue_rows_carry_metadata_and_split(sample_sources: dict[str, Path]
     assert np.isnan(row["z_mm"]) and np.isnan(row["pixel_spacing_mm"])
 
 
-def test_chunks_are_padded_stacks_and_images_are_shrunk(sample_sources: dict[str, Path], tmp_path) -> None:
+def test_chunks_are_stacks_and_images_are_shrunk(sample_sources: dict[str, Path], tmp_path) -> None:
     report, catalogue, cache = ingest(
         sample_sources["mimic-cxr"], tmp_path / "out", max_size=64, xray_chunk_images=4
     )
@@ -182,13 +182,13 @@ def test_chunks_are_padded_stacks_and_images_are_shrunk(sample_sources: dict[str
     files = sorted(set(catalogue["cache_file"]))
     assert len(files) == report.counts["units_run"] >= 3
     for name in files:
-        stack = np.load(tmp_path / "out" / "cache" / "xray" / name)
         rows = catalogue.filter(pl.col("cache_file") == name)
-        assert stack.shape == (rows.height, 64, 64) and stack.dtype == np.uint8
+        assert stack_entries(tmp_path / "out" / "cache" / "xray" / name) == rows.height
         assert sorted(rows["cache_index"]) == list(range(rows.height))
-        assert not stack[:, :, 53:].any(), "padding stays zero"
+        assert set(rows["mask_file"]) == {name.replace(".stack", ".mask.stack")}
     row = catalogue.row(0, named=True)
-    assert cache.image(row).shape == (64, 53) and cache.mask(row).shape == (64, 53)
+    image, mask = cache.image(row), cache.mask(row)
+    assert image.shape == mask.shape == (64, 53) and image.dtype == np.uint8 and mask.dtype == bool
 
 
 def test_xray_mask_leaves_out_the_dark_background(sample_sources: dict[str, Path], tmp_path: Path) -> None:

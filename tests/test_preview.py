@@ -15,6 +15,7 @@ import pyarrow.parquet as pq
 import pytest
 from click.testing import CliRunner
 from PIL import Image
+from splitfixture import write_manifest_for
 
 from medscout_data.cli import cli
 from medscout_data.integrations.preview import (
@@ -180,6 +181,7 @@ def test_text_is_escaped_and_bad_items_are_listed(split_shards: Path, tmp_path: 
     rows[1]["images"][0] = {"bytes": b"\x89PNG\r\n\x1a\n truncated", "path": None}
     rows[2]["target"] = "{not json"
     pq.write_table(pa.Table.from_pylist(rows, schema=ITEM_SCHEMA), cell / "test-00000-of-00001.parquet")
+    write_manifest_for(root, split_shards)  # bad when split, so the manifest's hashes match
     out = tmp_path / "preview"
     options = PreviewOptions(per_cell=len(rows), size=64, progress=False)
     result = write_preview(Layout.at(root), out, options)

@@ -396,7 +396,7 @@ def test_mimic_source_inside_a_ct_shard_blocks_a_public_push(split_shards: Path,
     table = table.set_column(table.schema.get_field_index("source"), "source", [sources])
     pq.write_table(table, path)
     manifest = json.loads((shards / "manifest.json").read_text())
-    manifest["shards"][name]["sha256"] = sha256_file(path)
+    manifest["shards"][name].update(sha256=sha256_file(path), bytes=path.stat().st_size)
     (shards / "manifest.json").write_text(json.dumps(manifest))
     options = PushOptions(REPO, private=False, modalities=("ct",), stage_dir=tmp_path / "s", progress=False)
     with pytest.raises(PushRefused, match="1 item"):
@@ -411,7 +411,7 @@ def test_mimic_source_inside_a_ct_shard_blocks_a_public_push(split_shards: Path,
 def test_invalid_split_is_not_pushed(split_shards: Path, tmp_path: Path) -> None:
     shards = copy_split(split_shards, tmp_path / "shards")
     (shards / "bench/mri/anomaly/test-00000-of-00001.parquet").unlink()
-    with pytest.raises(PushError, match=r"(?s)not valid.*listed in the manifest but missing"):
+    with pytest.raises(PushError, match=r"(?s)not valid.*listed in .*manifest.json but missing"):
         stage_bench(
             Layout.at(shards), PushOptions(REPO, dry_run=True, stage_dir=tmp_path / "s", progress=False)
         )
@@ -608,3 +608,118 @@ def test_cli_upload_reports_the_commit_then_up_to_date(
     second = CliRunner().invoke(push_command, args)
     assert second.exit_code == 0 and "up to date" in second.output and len(hub.commits) == 1
     assert hf_token not in first.output + second.output
+
+
+# --- the user's files, faults and concurrent runs ------------------------------------------
+
+
+def test_user_folders_named_like_the_old_work_folders_are_kept(split_shards: Path, tmp_path: Path) -> None:
+    stage = tmp_path / "X"
+    for name in ("X.partial", "X.old"):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "mine.txt").write_text("keep")
+    layout = Layout.at(split_shards)
+    stage_bench(layout, PushOptions(REPO, stage_dir=stage, progress=False))
+    stage_bench(layout, PushOptions(REPO, modalities=("ct",), stage_dir=stage, progress=False))
+    for name in ("X.partial", "X.old"):
+        assert (tmp_path / name / "mine.txt").read_text() == "keep"
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".lock-push-X", "X", "X.old", "X.partial"]
+
+
+def test_a_file_added_to_the_stage_is_refused_then_deleted_with_force(
+    split_shards: Path, tmp_path: Path
+) -> None:
+    stage = tmp_path / "stage"
+    layout = Layout.at(split_shards)
+    stage_bench(layout, PushOptions(REPO, stage_dir=stage, progress=False))
+    notes = stage / "data" / "ct" / "NOTES.md"
+    notes.write_text("my notes")
+    before = {p: p.read_bytes() for p in stage.rglob("*") if p.is_file()}
+    args = [
+        "--repo-id",
+        REPO,
+        "--shards",
+        str(split_shards),
+        "--dry-run",
+        "--stage-dir",
+        str(stage),
+        "--quiet",
+    ]
+    refused = CliRunner().invoke(push_command, args)
+    assert refused.exit_code == 1 and "data/ct/NOTES.md" in refused.output and "--force" in refused.output
+    assert {p: p.read_bytes() for p in stage.rglob("*") if p.is_file()} == before
+    forced = CliRunner().invoke(push_command, [*args, "--force"])
+    assert forced.exit_code == 0, forced.output
+    assert "deleted from the stage folder (--force): data/ct/NOTES.md" in forced.output
+    assert not notes.exists() and (stage / "README.md").exists()
+
+
+def test_force_replaces_a_foreign_folder_saying_what_it_deleted(split_shards: Path, tmp_path: Path) -> None:
+    foreign = tmp_path / "mine"
+    foreign.mkdir()
+    (foreign / "notes.txt").write_text("mine")
+    staged = stage_bench(
+        Layout.at(split_shards), PushOptions(REPO, stage_dir=foreign, force=True, progress=False)
+    )
+    assert staged.removed == ("notes.txt",) and not (foreign / "notes.txt").exists()
+    assert (foreign / STAGE_MARKER).exists()
+
+
+def test_disk_full_while_staging_keeps_the_previous_stage(
+    split_shards: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """ENOSPC while copying a shard (the stage on another file system, so no hard links)."""
+    import errno
+
+    from faultkit import fail_on_call
+
+    from medscout_data.hub import push
+
+    stage = tmp_path / "stage"
+    layout = Layout.at(split_shards)
+    stage_bench(layout, PushOptions(REPO, stage_dir=stage, progress=False))
+    before = {p: p.read_bytes() for p in stage.rglob("*") if p.is_file()}
+    full = OSError(errno.ENOSPC, "No space left on device", str(stage / "data"))
+
+    def no_links(source: Path, target: Path) -> None:
+        raise OSError(errno.EXDEV, "Invalid cross-device link")
+
+    monkeypatch.setattr(push.os, "link", no_links)
+    monkeypatch.setattr(push.shutil, "copy2", fail_on_call(shutil.copy2, 2, full))
+    with pytest.raises(PushError) as caught:
+        stage_bench(layout, PushOptions(REPO, modalities=("ct",), stage_dir=stage, progress=False))
+    assert "no space left on the device" in str(caught.value) and "\n" not in str(caught.value)
+    assert "left as it was" in str(caught.value)
+    assert {p: p.read_bytes() for p in stage.rglob("*") if p.is_file()} == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".lock-push-stage", "stage"]
+
+
+def test_read_only_stage_folder_is_a_clear_error(split_shards: Path, tmp_path: Path) -> None:
+    from faultkit import cli, no_traceback, read_only
+
+    parent = tmp_path / "ro"
+    parent.mkdir()
+    args = ["push-bench", "--repo-id", REPO, "--shards", str(split_shards), "--dry-run", "--quiet"]
+    with read_only(parent) as prefix:
+        result = cli(*args, "--stage-dir", str(parent / "stage"), prefix=prefix)
+    assert result.returncode == 1 and "cannot write here" in result.stdout, result.stdout
+    no_traceback(result.stdout)
+    assert not (parent / "stage").exists()
+
+
+def test_a_second_push_into_the_same_stage_is_refused(split_shards: Path, tmp_path: Path) -> None:
+    """Two real processes: the first frozen while it holds the stage's lock."""
+    from faultkit import cli, no_traceback, resume, start_frozen_holder
+
+    stage = tmp_path / "stage"
+    args = ["push-bench", "--repo-id", REPO, "--shards", str(split_shards), "--dry-run"]
+    args += ["--stage-dir", str(stage), "--quiet"]
+    first = start_frozen_holder(args, tmp_path / ".lock-push-stage")
+    try:
+        second = cli(*args)
+    finally:
+        code, output = resume(first)
+    assert second.returncode == 1 and "is already writing here" in second.stdout, second.stdout
+    assert f"pid {first.pid}" in second.stdout
+    no_traceback(second.stdout)
+    assert code == 0 and "would upload" in output, output

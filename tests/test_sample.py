@@ -149,3 +149,24 @@ def test_cli_writes_chosen_sources_labelled_synthetic(tmp_path: Path) -> None:
     assert (tmp_path / "totalseg-ct" / "s0001" / "ct.nii.gz").exists()
     assert not (tmp_path / "totalseg-mri").exists()
     assert "SYNTHETIC" in (tmp_path / "README.txt").read_text()
+
+
+def test_any_worker_count_writes_identical_files(tmp_path: Path) -> None:
+    one = write_samples(tmp_path / "one", subjects=5, size=32, slices=6, seed=2, workers=1)
+    two = write_samples(tmp_path / "two", subjects=5, size=32, slices=6, seed=2, workers=2)
+    for name in one:
+        assert _tree_digest(one[name]) == _tree_digest(two[name]), name
+
+
+def test_xray_sample_scales_with_subjects_studies_and_views(tmp_path: Path) -> None:
+    """About two frontal images per subject (1-3 studies), laterals on some studies, ids that stay valid."""
+    written = write_samples(tmp_path, subjects=300, size=32, slices=4, seed=0, sources=("mimic-cxr-jpg",))
+    meta = _read_csv_gz(written["mimic-cxr-jpg"] / "mimic-cxr-2.0.0-metadata.csv.gz")
+    frontal = [r for r in meta if r["ViewPosition"] in ("PA", "AP")]
+    subjects = {r["subject_id"] for r in meta}
+    assert len(subjects) == 300 and 1.7 < len(frontal) / len(subjects) < 2.3
+    studies = {(r["subject_id"], r["study_id"]) for r in meta}
+    assert len(studies) == len(frontal), "one frontal view per study"
+    assert len({r["dicom_id"] for r in meta}) == len(meta)
+    assert all(len(r["subject_id"]) == len(r["study_id"]) == 8 for r in meta)
+    assert len(list((written["mimic-cxr-jpg"] / "files").rglob("*.jpg"))) == len(meta)

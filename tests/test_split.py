@@ -11,28 +11,20 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from click.testing import CliRunner
+from faultkit import copy_pool, reseal, shard
 
 from medscout_data.cli import cli
 from medscout_data.layout import Layout
 from medscout_data.recipe import load_recipe
-from medscout_data.shards import sha256_file
 from medscout_data.stages.build import BuildOptions, build_modality
 from medscout_data.stages.plan import load_plan
 from medscout_data.stages.split import SplitError, SplitOptions, split_pool
 from medscout_data.stages.validate import validate_split
 
 
-def _copy_pool(source: Path, target: Path, modalities: tuple[str, ...] = ("ct", "mri", "xray")) -> Layout:
-    for modality in modalities:
-        shutil.copytree(source / "pool" / modality, target / "pool" / modality)
-        (target / "plan").mkdir(parents=True, exist_ok=True)
-        shutil.copy(source / "plan" / f"{modality}.json", target / "plan" / f"{modality}.json")
-    return Layout.at(target)
-
-
 @pytest.fixture()
 def split_root(built_pool: Path, tmp_path: Path) -> Layout:
-    layout = _copy_pool(built_pool, tmp_path / "s")
+    layout = copy_pool(built_pool, tmp_path / "s")
     split_pool(layout, SplitOptions(progress=False))
     return layout
 
@@ -81,7 +73,7 @@ def test_no_subject_or_reference_on_both_sides(split_root: Layout) -> None:
 
 
 def test_same_seed_gives_byte_identical_split(built_pool: Path, split_root: Layout, tmp_path: Path) -> None:
-    again = _copy_pool(built_pool, tmp_path / "again")
+    again = copy_pool(built_pool, tmp_path / "again")
     split_pool(again, SplitOptions(seed=11, progress=False))
     first = json.loads(split_root.manifest().read_text())["shards"]
     second = json.loads(again.manifest().read_text())["shards"]
@@ -104,7 +96,7 @@ def test_another_seed_gives_another_split(test_recipe: Path, sample_sources, tmp
 
 
 def test_seed_contradicting_the_plan_is_refused(built_pool: Path, tmp_path: Path) -> None:
-    layout = _copy_pool(built_pool, tmp_path / "p")
+    layout = copy_pool(built_pool, tmp_path / "p")
     with pytest.raises(SplitError, match=r"--seed 11"):
         split_pool(layout, SplitOptions(seed=99, progress=False))
     result = CliRunner().invoke(cli, ["split", "--shards", str(layout.root), "--seed", "99"])
@@ -112,14 +104,14 @@ def test_seed_contradicting_the_plan_is_refused(built_pool: Path, tmp_path: Path
 
 
 def test_ct_only_pool_gives_ct_cells_only(built_pool: Path, tmp_path: Path) -> None:
-    layout = _copy_pool(built_pool, tmp_path / "ct", modalities=("ct",))
+    layout = copy_pool(built_pool, tmp_path / "ct", modalities=("ct",))
     manifest = split_pool(layout, SplitOptions(progress=False))
     assert sorted(manifest["cells"]) == ["ct/anomaly", "ct/jigsaw", "ct/scale"]
     assert validate_split(layout, progress=False) == []
 
 
 def test_dropping_one_percent_or_more_is_refused(built_pool: Path, tmp_path: Path) -> None:
-    layout = _copy_pool(built_pool, tmp_path / "d")
+    layout = copy_pool(built_pool, tmp_path / "d")
     with pytest.raises(SplitError, match="dropped"):
         split_pool(layout, SplitOptions(bench_per_cell=5, progress=False))
     with pytest.raises(SplitError, match="needs 7"):
@@ -127,7 +119,7 @@ def test_dropping_one_percent_or_more_is_refused(built_pool: Path, tmp_path: Pat
 
 
 def test_cli_split_and_validate(built_pool: Path, tmp_path: Path) -> None:
-    layout = _copy_pool(built_pool, tmp_path / "cli")
+    layout = copy_pool(built_pool, tmp_path / "cli")
     result = CliRunner().invoke(cli, ["split", "--shards", str(layout.root), "--quiet"])
     assert result.exit_code == 0, result.output
     assert "bench 54" in result.output
@@ -138,32 +130,10 @@ def test_cli_split_and_validate(built_pool: Path, tmp_path: Path) -> None:
 # ------------------------------------------------------------------ corruption
 
 
-def _reseal(layout: Layout) -> None:
-    """Recompute the manifest's hashes, as a buggy split tool would have written them."""
-    manifest = json.loads(layout.manifest().read_text())
-    manifest["shards"] = {
-        p.relative_to(layout.root).as_posix(): {
-            "sha256": sha256_file(p),
-            "rows": pq.ParquetFile(p).metadata.num_rows,
-        }
-        for side in ("bench", "train")
-        for p in sorted((layout.root / side).rglob("*.parquet"))
-    }
-    layout.manifest().write_text(json.dumps(manifest))
-
-
 def _rewrite(path: Path, edit) -> None:
     table = pq.read_table(path)
     table = edit(table)
     pq.write_table(table, path)
-
-
-def _bench(layout: Layout, modality: str, task: str) -> Path:
-    return next((layout.root / "bench" / modality / task).glob("*.parquet"))
-
-
-def _train(layout: Layout, modality: str, task: str) -> Path:
-    return next((layout.root / "train" / modality / task).glob("*.parquet"))
 
 
 def _invalid(layout: Layout, expected: str) -> None:
@@ -174,7 +144,7 @@ def _invalid(layout: Layout, expected: str) -> None:
 
 
 def test_validate_catches_a_changed_shard(split_root: Layout) -> None:
-    path = _bench(split_root, "ct", "scale")
+    path = shard(split_root.root, "bench", "ct", "scale")
     data = bytearray(path.read_bytes())
     data[len(data) // 2] ^= 0xFF
     path.write_bytes(bytes(data))
@@ -182,7 +152,7 @@ def test_validate_catches_a_changed_shard(split_root: Layout) -> None:
 
 
 def test_validate_catches_unlisted_and_missing_shards(split_root: Layout) -> None:
-    path = _bench(split_root, "mri", "jigsaw")
+    path = shard(split_root.root, "bench", "mri", "jigsaw")
     shutil.copy(path, path.with_name("test-extra.parquet"))
     _invalid(split_root, "not in the manifest")
     path.with_name("test-extra.parquet").unlink()
@@ -191,16 +161,19 @@ def test_validate_catches_unlisted_and_missing_shards(split_root: Layout) -> Non
 
 
 def test_validate_catches_a_subject_on_both_sides(split_root: Layout) -> None:
-    train_row = pq.read_table(_train(split_root, "ct", "jigsaw")).slice(0, 1)
-    _rewrite(_bench(split_root, "ct", "jigsaw"), lambda t: pa.concat_tables([t, train_row.cast(t.schema)]))
-    _reseal(split_root)
+    train_row = pq.read_table(shard(split_root.root, "train", "ct", "jigsaw")).slice(0, 1)
+    _rewrite(
+        shard(split_root.root, "bench", "ct", "jigsaw"),
+        lambda t: pa.concat_tables([t, train_row.cast(t.schema)]),
+    )
+    reseal(split_root.root)
     _invalid(split_root, "on both sides")
     _invalid(split_root, "expected 6")
     _invalid(split_root, "duplicate item id")
 
 
 def test_validate_catches_a_reference_across_the_partition(split_root: Layout) -> None:
-    train_subject = pq.read_table(_train(split_root, "xray", "anomaly"))["subject_id"][0].as_py()
+    train_subject = pq.read_table(shard(split_root.root, "train", "xray", "anomaly"))["subject_id"][0].as_py()
 
     def edit(table: pa.Table) -> pa.Table:
         refs = table["reference_subject_id"].to_pylist()
@@ -209,8 +182,8 @@ def test_validate_catches_a_reference_across_the_partition(split_root: Layout) -
             table.schema.get_field_index("reference_subject_id"), "reference_subject_id", pa.array(refs)
         )
 
-    _rewrite(_bench(split_root, "xray", "anomaly"), edit)
-    _reseal(split_root)
+    _rewrite(shard(split_root.root, "bench", "xray", "anomaly"), edit)
+    reseal(split_root.root)
     _invalid(split_root, "uses pixels of train-side subject")
 
 
@@ -219,14 +192,14 @@ def test_validate_catches_an_unbalanced_cell(split_root: Layout) -> None:
         variants = ["tier"] * table.num_rows
         return table.set_column(table.schema.get_field_index("variant"), "variant", pa.array(variants))
 
-    _rewrite(_bench(split_root, "mri", "scale"), edit)
-    _reseal(split_root)
+    _rewrite(shard(split_root.root, "bench", "mri", "scale"), edit)
+    reseal(split_root.root)
     _invalid(split_root, "unbalanced")
 
 
 def test_validate_catches_lost_huggingface_metadata(split_root: Layout) -> None:
-    _rewrite(_bench(split_root, "ct", "anomaly"), lambda t: t.replace_schema_metadata({}))
-    _reseal(split_root)
+    _rewrite(shard(split_root.root, "bench", "ct", "anomaly"), lambda t: t.replace_schema_metadata({}))
+    reseal(split_root.root)
     _invalid(split_root, "huggingface")
 
 
@@ -237,8 +210,8 @@ def test_validate_catches_images_that_are_not_png(split_root: Layout) -> None:
         column = pa.array(images, table.schema.field("images").type)
         return table.set_column(table.schema.get_field_index("images"), "images", column)
 
-    _rewrite(_bench(split_root, "xray", "jigsaw"), edit)
-    _reseal(split_root)
+    _rewrite(shard(split_root.root, "bench", "xray", "jigsaw"), edit)
+    reseal(split_root.root)
     _invalid(split_root, "is not a PNG")
 
 

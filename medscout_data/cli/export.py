@@ -9,31 +9,52 @@ import click
 from medscout_data import MODALITIES, TASKS
 from medscout_data.cli.options import modalities_filter, quiet_option, shards_option, tasks_filter
 
-FORMATS = ("swift", "jsonl")
+FORMATS = ("swift", "jsonl", "lmms-eval", "vlmeval")
 MODES = ("direct", "cot")
+PROFILES = ("official", "paper")
 EXPORT_SPLITS = ("train", "bench")
 PREVIEW_SPLITS = ("bench", "train", "pool")
 
 out_dir = click.option("--out", "out", type=click.Path(file_okay=False), required=True, help="Output folder.")
 
 
-@click.command(short_help="ms-swift GRPO or generic JSONL (+ PNG files) for training.")
+@click.command(short_help="Files for ms-swift (GRPO JSONL + reward plugin), lmms-eval, VLMEvalKit, or JSONL.")
 @click.option(
     "--format",
     "fmt",
     type=click.Choice(FORMATS),
     default="swift",
     show_default=True,
-    help="swift: ms-swift GRPO rows (messages, images, solution); jsonl: id, question, answer, images.",
+    help="swift: ms-swift GRPO rows + plugin.py; jsonl: id, question, answer, images; "
+    "lmms-eval: a task folder; vlmeval: a VLMEvalKit TSV + dataset class.",
 )
-@click.option("--split", type=click.Choice(EXPORT_SPLITS), required=True, help="Which side of the split.")
+@click.option(
+    "--split",
+    type=click.Choice(EXPORT_SPLITS),
+    default=None,
+    help="Which side of the split (swift, jsonl: required; lmms-eval and vlmeval: the bench).",
+)
 @shards_option
+@click.option(
+    "--bench",
+    default=None,
+    help="lmms-eval only: the bench to read (shards root, staged repo folder or Hub ORG/NAME). "
+    "Default: SHARDS.",
+)
 @click.option(
     "--mode",
     type=click.Choice(MODES),
     default="direct",
     show_default=True,
-    help="Which question: Direct, or CoT (<think>...</think><answer>...</answer>).",
+    help="Which question: Direct, or CoT (<think>...</think><answer>...</answer>). "
+    "lmms-eval and vlmeval carry both.",
+)
+@click.option(
+    "--profile",
+    type=click.Choice(PROFILES),
+    default="official",
+    show_default=True,
+    help="Reward profile written into the plugin / task / wrapper settings.",
 )
 @out_dir
 @click.option(
@@ -46,57 +67,108 @@ out_dir = click.option("--out", "out", type=click.Path(file_okay=False), require
 @quiet_option
 def export(
     fmt: str,
-    split: str,
+    split: str | None,
     shards: str,
+    bench: str | None,
     mode: str,
+    profile: str,
     out: str,
     absolute_paths: bool,
     modalities: tuple[str, ...],
     tasks: tuple[str, ...],
     quiet: bool,
 ) -> None:
-    """Write the items of SHARDS/<split> as JSONL in OUT, their images as the
-    shards' PNG bytes (no re-encode) under OUT/images/<modality>/<task>/.
+    """Write SHARDS/<split> for the tools researchers use, in OUT. Images are the
+    shards' PNG bytes (no re-encode). The split is checked against
+    SHARDS/manifest.json first: damaged or changed shards are refused.
 
     \b
-    OUT/<split>-<mode>-swift.jsonl     (--format swift) + OUT/system-<mode>.txt
-    OUT/<split>-<mode>-generic.jsonl   (--format jsonl)
-    OUT/_reports/<split>-<mode>-<swift|generic>/  report.json, errors.parquet
+    --format swift      OUT/<split>-<mode>-swift.jsonl, OUT/images/<modality>/<task>/<id>-<k>.png,
+                        OUT/system-<mode>.txt, OUT/plugin.py (reward ORMs for --external_plugins)
+    --format jsonl      OUT/<split>-<mode>-generic.jsonl + OUT/images/
+    --format lmms-eval  OUT/med_scout_bench*.yaml, OUT/utils.py: lmms-eval --include_path OUT
+                        --tasks med_scout_bench (the bench stays where it is)
+    --format vlmeval    OUT/MedScoutBench.tsv, OUT/medscout_vlmeval.py
 
-    Image paths are relative to OUT unless --absolute-paths: ms-swift opens
-    relative paths from the working directory or under $ROOT_IMAGE_DIR, so
-    train from OUT or set ROOT_IMAGE_DIR=OUT. The JSONL is renamed into place
-    only when every image is written.
+    Image paths in the JSONL are relative to OUT unless --absolute-paths:
+    ms-swift opens relative paths under $ROOT_IMAGE_DIR, so the printed
+    command sets ROOT_IMAGE_DIR=OUT. The plugin, task and wrapper carry a copy
+    of the scorer (OUT/_medscout/): the training or evaluation box needs no
+    medscout-data. The JSONL or TSV is renamed into place only when complete.
     """
     from medscout_data.errors import StageError
-    from medscout_data.integrations.export import ExportOptions, export_split
     from medscout_data.layout import Layout
 
-    options = ExportOptions(
-        split=split,
-        format=fmt,
-        mode=mode,
-        absolute_paths=absolute_paths,
-        modalities=modalities or MODALITIES,
-        tasks=tasks or TASKS,
-        progress=not quiet,
-    )
+    if fmt in ("lmms-eval", "vlmeval"):
+        if split == "train":
+            raise click.UsageError(f"--format {fmt} exports the bench; drop --split train")
+    elif split is None:
+        raise click.UsageError(f"--format {fmt} needs --split train or --split bench")
+    if bench is not None and fmt != "lmms-eval":
+        raise click.UsageError("--bench is for --format lmms-eval; other formats read --shards")
+    if fmt == "lmms-eval" and (modalities or tasks):
+        raise click.UsageError("--format lmms-eval exports the whole bench; drop --modality/--task")
     try:
-        result = export_split(Layout.at(shards), Path(out), options)
+        if fmt == "lmms-eval":
+            _lmms_eval(bench or shards, Path(out), profile)
+        elif fmt == "vlmeval":
+            _vlmeval(Layout.at(shards), Path(out), modalities, tasks, profile, quiet)
+        else:
+            settings = dict(
+                split=split, format=fmt, mode=mode, profile=profile, absolute_paths=absolute_paths
+            )
+            _jsonl(Layout.at(shards), Path(out), settings, modalities, tasks, quiet)
     except StageError as exc:
         raise click.ClickException(str(exc)) from exc
+
+
+def _jsonl(layout, out: Path, settings: dict, modalities, tasks, quiet: bool) -> None:
+    from medscout_data.integrations.export import MIMIC_NOTE, ExportOptions, export_split
+
+    options = ExportOptions(
+        **settings, modalities=modalities or MODALITIES, tasks=tasks or TASKS, progress=not quiet
+    )
+    result = export_split(layout, out, options)
     report = result.report
     click.echo(f"export: {result.items} items, {result.images} images -> {result.jsonl}")
     for cell, count in result.cells.items():
         click.echo(f"  {cell:<14} {count:>7}")
     if result.system is not None:
         click.echo(f"system prompt: {result.system} (pass it to ms-swift as --system)")
+    if result.plugin is not None:
+        click.echo(f"reward plugin: {result.plugin}\ntrain with (MODEL = yours):\n  {result.command}")
+    _skipped(report, out)
+    if result.has_mimic:
+        click.echo(f"note: {MIMIC_NOTE}", err=True)
+
+
+def _lmms_eval(bench: str, out: Path, profile: str) -> None:
+    from medscout_data.integrations.lmms_export import GROUP, export_lmms_eval
+
+    result = export_lmms_eval(bench, out, profile)
+    data = result.bench
+    where = data.repo_id or f"{len(data.files)} shard(s), {len(data.cells)} cell(s)"
+    click.echo(f"lmms-eval task folder: {out} ({where})")
+    click.echo(f"run: lmms-eval --include_path {out} --tasks {GROUP} --model ... --log_samples")
+
+
+def _vlmeval(layout, out: Path, modalities, tasks, profile: str, quiet: bool) -> None:
+    from medscout_data.integrations.export import MIMIC_NOTE
+    from medscout_data.integrations.vlmeval_export import export_vlmeval
+
+    result = export_vlmeval(layout, out, modalities or MODALITIES, tasks or TASKS, profile, not quiet)
+    click.echo(f"export: {result.items} items -> {result.tsv}")
+    for cell, count in result.cells.items():
+        click.echo(f"  {cell:<14} {count:>7}")
+    click.echo(f"run: python {result.wrapper} --model NAME [--mode cot]")
+    _skipped(result.report, out)
+    if result.has_mimic:
+        click.echo(f"note: {MIMIC_NOTE}", err=True)
+
+
+def _skipped(report, out: Path) -> None:
     if report.skips:
         click.echo(f"skipped {len(report.skips)} item(s): {report.skipped_by_reason()} (see {out}/_reports/)")
-    if result.has_mimic:
-        from medscout_data.integrations.export import MIMIC_NOTE
-
-        click.echo(f"note: {MIMIC_NOTE}", err=True)
 
 
 @click.command(short_help="HTML page and contact sheets of items, truth drawn on.")

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import shlex
 from pathlib import Path
 
 import click
 
-from medscout_data.cli.options import out_option, recipe_option, root_option, workers_option
+from medscout_data.cli.options import out_option, recipe_option, root_option
 
 
 @click.command(short_help="X-ray: image embeddings + FAISS nearest neighbours (anomaly references).")
@@ -43,8 +44,34 @@ from medscout_data.cli.options import out_option, recipe_option, root_option, wo
     help="FAISS index: exact inner product, or approximate ivf / hnsw for CPU runs at MIMIC-CXR scale "
     "(recipe default).",
 )
+@click.option(
+    "--rank",
+    type=click.IntRange(min=0),
+    default=None,
+    help="This rank of a job array (0-based; default $SLURM_ARRAY_TASK_ID - $SLURM_ARRAY_TASK_MIN): embed "
+    "only its share of the catalogue's blocks and leave a completion marker. Needs --world-size.",
+)
+@click.option(
+    "--world-size",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Ranks in the job array (default $SLURM_ARRAY_TASK_COUNT). With --merge: which ranks to merge "
+    "(default: the ones found).",
+)
+@click.option(
+    "--merge",
+    is_flag=True,
+    help="After every rank finished: check their markers (naming missing ranks), merge their embeddings "
+    "and search once. A plain `index` or `build` does this too when it finds rank outputs.",
+)
 @out_option
-@workers_option
+@click.option(
+    "--workers",
+    type=click.IntRange(min=1),
+    default=1,
+    show_default=True,
+    help="Threads preparing images for the model (and ingest's worker processes when it runs first).",
+)
 def index(
     modality: str,
     root: str | None,
@@ -54,6 +81,9 @@ def index(
     batch_size: int | None,
     k: int | None,
     search: str | None,
+    rank: int | None,
+    world_size: int | None,
+    merge: bool,
     out: str,
     workers: int,
 ) -> None:
@@ -63,26 +93,56 @@ def index(
     image on the other side of the bench/train subject plan. Embeddings are
     cached per model, so a rerun embeds only new images. Runs ingest first if
     the catalogue is missing. Writes OUT/index/xray/<model>/neighbours.parquet.
+
+    \b
+    On a cluster, one rank per GPU (examples/slurm/index.sbatch):
+      medscout-data index --rank R --world-size N ...   (each rank; never runs ingest)
+      medscout-data index --merge ...                   (once all are done: FAISS search)
+    Ranks and the merge must use the same --recipe, --model and --batch-size;
+    the neighbours equal a single process's, byte for byte on the CPU.
     """
     from medscout_data.errors import StageError
     from medscout_data.layout import Layout
+    from medscout_data.ranks import Rank
     from medscout_data.recipe import RecipeError, load_recipe
-    from medscout_data.stages.index import ensure_neighbours, neighbours_metadata
+    from medscout_data.stages.index import (
+        IndexOptions,
+        embed_rank,
+        ensure_neighbours,
+        index_catalogue,
+        neighbours_metadata,
+    )
     from medscout_data.stages.plan import PlanError
 
+    layout = Layout.at(out)
     try:
-        path = ensure_neighbours(
-            Layout.at(out),
-            load_recipe(recipe),
-            modality,
-            model=model,
-            device=device,
-            batch_size=batch_size,
-            k=k,
-            root=Path(root) if root else None,
-            workers=workers,
-            search=search,
-        )
+        loaded = load_recipe(recipe)
+        if merge and rank is not None:
+            raise click.UsageError("--merge takes no --rank: it merges the ranks that ran")
+        options = IndexOptions.from_recipe(loaded, model, device, batch_size, k, search, workers)
+        if merge:
+            path = index_catalogue(layout, loaded, modality, options, merge=True, world_size=world_size)
+        else:
+            place = Rank.resolve(rank, world_size)
+            if not place.single:
+                marker = embed_rank(layout, modality, options, place)
+                click.echo(f"{place}: done; marker {marker}")
+                words = ["medscout-data", "index", "--merge", "--out", out, "--recipe", recipe]
+                words += ["--model", options.model, "--batch-size", str(options.batch_size)]
+                click.echo(f"when every rank is done: {shlex.join(words)}")
+                return
+            path = ensure_neighbours(
+                layout,
+                loaded,
+                modality,
+                model=model,
+                device=device,
+                batch_size=batch_size,
+                k=k,
+                root=Path(root) if root else None,
+                workers=workers,
+                search=search,
+            )
     except (StageError, RecipeError, PlanError) as exc:
         raise click.ClickException(str(exc)) from exc
     meta = neighbours_metadata(path)

@@ -36,40 +36,85 @@ MIMIC_NOTE = (
 @recipe_option
 @out_option
 @workers_option
+@click.option(
+    "--rank",
+    type=click.IntRange(min=0),
+    default=None,
+    help="This process's rank in a job array (default: from SLURM_ARRAY_TASK_ID). Needs --world-size.",
+)
+@click.option(
+    "--world-size",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Ranks in the job array (default: SLURM_ARRAY_TASK_COUNT). Each does every N-th unit.",
+)
+@click.option(
+    "--merge",
+    is_flag=True,
+    help="Check that every rank finished (naming any that did not) and write the catalogue.",
+)
 @quiet_option
 def ingest(
-    modality: str, root: str | None, source: str | None, recipe: str, out: str, workers: int, quiet: bool
+    modality: str,
+    root: str | None,
+    source: str | None,
+    recipe: str,
+    out: str,
+    workers: int,
+    rank: int | None,
+    world_size: int | None,
+    merge: bool,
+    quiet: bool,
 ) -> None:
-    """Decode every usable 2-D image of a source once: CT/MRI axial slices in
-    radiological convention (square pixels, CT windows or MRI percentiles,
-    mostly-anatomy slices only), or frontal chest X-rays (MIMIC-CXR JPG or
-    DICOM). Writes OUT/catalogue/<modality>/catalogue.parquet, the image cache
-    OUT/cache/<modality>/, and errors.parquet + report.json listing every
-    skipped input with its reason.
+    """Decode every usable 2-D image of a source once: CT/MRI slices in
+    radiological display (axial, or the acquisition plane when axial slices
+    would be stretched; square pixels; cropped to the body; CT windows or MRI
+    percentiles; mostly-anatomy slices only), or frontal chest X-rays
+    (MIMIC-CXR JPG or DICOM). Writes OUT/catalogue/<modality>/catalogue.parquet,
+    the compressed image cache OUT/cache/<modality>/, and errors.parquet +
+    report.json listing every skipped input with its reason.
 
     A rerun reuses every finished volume or chunk whose inputs are unchanged,
-    so a killed run resumes. Exit code 0 when anything usable came out, 1 when
-    nothing did.
+    so a killed run resumes; the result is byte-identical for any --workers.
+    On a cluster, run ranks 0..N-1 with --rank R --world-size N (or as a Slurm
+    array), then once with --merge (examples/slurm/ingest.sbatch). Exit code 0
+    when anything usable came out, 1 when nothing did.
     """
     from medscout_data.errors import StageError
     from medscout_data.layout import Layout
+    from medscout_data.ranks import Rank
     from medscout_data.recipe import RecipeError, load_recipe
-    from medscout_data.sources import run_ingest
+    from medscout_data.sources import merge_ranks, run_ingest
 
     try:
         config = load_recipe(recipe)
     except RecipeError as exc:
         raise click.ClickException(str(exc)) from exc
     layout = Layout.at(out)
+    command = f"medscout-data ingest --modality {modality} --out {out}" + (f" --root {root}" if root else "")
+    source_root = Path(root) if root else None
     try:
-        report = run_ingest(
-            layout, config, modality, Path(root) if root else None, source, workers, progress=not quiet
-        )
+        if merge:
+            report = merge_ranks(
+                layout, config, modality, source_root, source, world_size, not quiet, command=command
+            )
+        else:
+            ranks = Rank.resolve(rank, world_size)
+            report = run_ingest(
+                layout, config, modality, source_root, source, workers, not quiet, ranks, command
+            )
     except StageError as exc:
         raise click.ClickException(f"ingest {modality}: {exc}") from exc
     click.echo(report.summary())
     folder = layout.catalogue_dir(modality)
+    if "marker" in report.info:
+        click.echo(
+            f"{report.stage} done (marker {report.info['marker']}); run `ingest --merge` after all ranks"
+        )
+        return
     click.echo(f"catalogue: {layout.catalogue(modality)}")
+    if "slices_kept_summary" in report.info:
+        click.echo(report.info["slices_kept_summary"])
     if report.skips:
         click.echo(f"skipped inputs and reasons: {folder / 'errors.parquet'}")
     if root and report.info.get("source_kind", "").startswith("mimic"):

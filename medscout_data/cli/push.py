@@ -46,6 +46,11 @@ def _repo_id(ctx: click.Context, param: click.Parameter, value: str) -> str:
     help="Where to stage the repo folder. Default: SHARDS/stage/ORG--NAME.",
 )
 @click.option("--revision", default=None, help="Branch to push to (created if missing). Default: main.")
+@click.option(
+    "--force",
+    is_flag=True,
+    help="Replace a stage folder that holds files push-bench did not stage, deleting them (default: refuse).",
+)
 @quiet_option
 def push_bench(
     repo_id: str,
@@ -57,6 +62,7 @@ def push_bench(
     dry_run: bool,
     stage_dir: str | None,
     revision: str | None,
+    force: bool,
     quiet: bool,
 ) -> None:
     """Stage the validated bench under SHARDS as a Hugging Face dataset repo
@@ -69,10 +75,17 @@ def push_bench(
     would carry any is refused, --dry-run included. `--public --modality ct
     --modality mri` (or --exclude-mimic) publishes the CC BY 4.0 part.
 
+    The split must pass `validate` (the bench side in full, train too with
+    --with-train), including its pool being whole. The stage folder is built
+    beside the old one and swapped in; files a user put there are never
+    deleted without --force. One push per stage folder at a time.
+
     The token is the one huggingface_hub finds (HF_TOKEN, or `hf auth login`).
     Unchanged files are not uploaded again; after a network error the stage
     is kept and the same command retries.
     """
+    import shlex
+    import sys
     from pathlib import Path
 
     from medscout_data.errors import StageError
@@ -89,6 +102,8 @@ def push_bench(
         stage_dir=Path(stage_dir) if stage_dir else None,
         revision=revision,
         progress=not quiet,
+        force=force,
+        command=shlex.join(["medscout-data", *sys.argv[1:]]),
     )
     try:
         result = push.push_bench(Layout.at(shards), options)
@@ -98,6 +113,8 @@ def push_bench(
 
 
 def _report(result: PushResult, dry_run: bool) -> None:
+    from medscout_data.stages.outputs import human_size
+
     stage = result.stage
     visibility = "private" if stage.private else "public"
     branch = stage.revision or "main"
@@ -107,15 +124,17 @@ def _report(result: PushResult, dry_run: bool) -> None:
         click.echo(f"  holds {stage.restricted_rows} MIMIC-CXR-derived item(s): keep the repo private")
     if stage.excluded:
         click.echo(f"  left out {len(stage.excluded)} MIMIC-derived shard(s) (--exclude-mimic)")
+    for name in stage.removed:
+        click.echo(f"  deleted from the stage folder (--force): {name}")
     click.echo(f"commit message: {stage.commit_message}")
     sizes = {f.path_in_repo: f.size for f in stage.local_files()}
     if dry_run:
-        click.echo(f"dry run: would upload {len(sizes)} file(s), {_size(sum(sizes.values()))}:")
+        click.echo(f"dry run: would upload {len(sizes)} file(s), {human_size(sum(sizes.values()))}:")
         for path, size in sizes.items():
-            click.echo(f"  {path}  {_size(size)}")
+            click.echo(f"  {path}  {human_size(size)}")
         return
     for path in result.uploaded:
-        click.echo(f"  uploaded {path}  {_size(sizes[path])}")
+        click.echo(f"  uploaded {path}  {human_size(sizes[path])}")
     for path in result.deleted:
         click.echo(f"  deleted  {path}")
     if result.uploaded or result.deleted:
@@ -126,12 +145,3 @@ def _report(result: PushResult, dry_run: bool) -> None:
         )
     else:
         click.echo(f"up to date: all {len(result.unchanged)} file(s) unchanged, no commit made")
-
-
-def _size(n: float) -> str:
-    unit = "B"
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if n < 1024 or unit == "GiB":
-            break
-        n /= 1024
-    return f"{n:.0f} B" if unit == "B" else f"{n:.1f} {unit}"

@@ -36,16 +36,23 @@ SOURCE_NAMES = ("totalseg-ct", "totalseg-mri", "mimic-cxr-jpg", "mimic-cxr")
     multiple=True,
     help="Write only these trees (repeatable). Default: all four.",
 )
-def sample(out: str, subjects: int, size: int, slices: int, seed: int, sources: tuple[str, ...]) -> None:
+@click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True, help="Worker processes.")
+def sample(
+    out: str, subjects: int, size: int, slices: int, seed: int, sources: tuple[str, ...], workers: int
+) -> None:
     """Write SYNTHETIC sample sources in the on-disk layouts of TotalSegmentator
     (CT and MRI NIfTI + meta.csv), MIMIC-CXR-JPG and MIMIC-CXR DICOM.
 
     The anatomy is a labelled phantom, not patient data; it is structured so
     that crops, jigsaws and cut-paste are meaningful, and scales to realistic
-    sizes (--size 512 --slices 300) for benchmarks.
+    sizes (--size 512 --slices 300) for benchmarks. Each X-ray subject has 1-3
+    studies with a frontal view each (half with a lateral too): about two
+    frontal images per subject, so `--source mimic-cxr-jpg --subjects 6000
+    --size 512` feeds the paper's 12,000 X-ray items per cell. Same seed,
+    identical files, for any --workers.
     """
     from medscout_data.sample import write_samples
 
-    written = write_samples(Path(out), subjects, size, slices, seed, sources or SOURCE_NAMES)
+    written = write_samples(Path(out), subjects, size, slices, seed, sources or SOURCE_NAMES, workers)
     for name, folder in written.items():
         click.echo(f"{name}: {folder}")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shlex
 import sys
 
 import click
@@ -21,25 +22,48 @@ from medscout_data.cli.options import quiet_option, shards_option
     help="Bench items per modality x task (default: the recipe's; 1,200 in the paper's).",
 )
 @click.option("--recipe", default=None, help="Recipe (default: the one the pool was built with).")
+@click.option(
+    "--force",
+    is_flag=True,
+    help="Delete files under SHARDS/bench and SHARDS/train that split did not write (default: refuse).",
+)
 @quiet_option
-def split(shards: str, seed: int | None, bench_per_cell: int | None, recipe: str | None, quiet: bool) -> None:
+def split(
+    shards: str, seed: int | None, bench_per_cell: int | None, recipe: str | None, force: bool, quiet: bool
+) -> None:
     """Turn SHARDS/pool into SHARDS/train and SHARDS/bench.
 
-    The split unit is the subject: the seeded subject partition made before
+    Only a whole pool is split: every modality's pool.json must say its build
+    finished, with every planned shard present; otherwise nothing is written
+    and the message names what is missing and the build command that completes
+    it. The split unit is the subject: the seeded subject partition made before
     building decides each item's side. The bench gets exactly --bench-per-cell
     items per modality x task, balanced inside each cell; train gets every
     train-side item. Same seed, same split, byte for byte.
+
+    The new split is written beside the old one and swapped in; on a full disk
+    the previous split stays as it was. Files under bench/ and train/ that split
+    did not write are never deleted without --force. One split per SHARDS at a
+    time (a second run is refused).
     """
     from medscout_data.errors import StageError
     from medscout_data.layout import Layout
-    from medscout_data.stages.split import SplitOptions, split_pool
+    from medscout_data.stages.split import SplitOptions, run_split
 
     layout = Layout.at(shards)
-    options = SplitOptions(seed=seed, bench_per_cell=bench_per_cell, recipe=recipe, progress=not quiet)
+    options = SplitOptions(
+        seed=seed,
+        bench_per_cell=bench_per_cell,
+        recipe=recipe,
+        progress=not quiet,
+        force=force,
+        command=shlex.join(["medscout-data", *sys.argv[1:]]),
+    )
     try:
-        manifest = split_pool(layout, options)
+        outcome = run_split(layout, options)
     except StageError as exc:
         raise click.ClickException(str(exc)) from exc
+    manifest = outcome.manifest
     totals = manifest["totals"]
     click.echo(
         f"split (seed {manifest['seed']}, recipe {manifest['recipe']['name']}): pool {totals['pool']}, "
@@ -49,25 +73,53 @@ def split(shards: str, seed: int | None, bench_per_cell: int | None, recipe: str
     for cell, counts in manifest["cells"].items():
         train, bench, dropped = counts["train"], counts["bench"], counts["dropped"]
         click.echo(f"  {cell:<14} train {train:>6}  bench {bench:>5}  dropped {dropped}")
+    for note in manifest.get("warnings", []):
+        click.echo(f"  note: {note}")
+    if outcome.replaced:
+        click.echo(f"replaced the previous split ({outcome.replaced} file(s) split had written)")
+    for name in outcome.removed_foreign:
+        click.echo(f"  removed (--force): {name}")
     click.echo(f"manifest: {layout.manifest()}")
 
 
-@click.command(short_help="Check a split: disjointness, counts, balance, hashes.")
+@click.command(short_help="Check a split: pool, plans, counts, balance, hashes, answers, duplicates.")
 @shards_option
-@click.option("--deep", is_flag=True, help="Decode every image, not only a sample of each shard.")
+@click.option(
+    "--deep",
+    is_flag=True,
+    help="Also decode every image (not a sample of each shard) and check scale crops share one size.",
+)
 @quiet_option
 def validate(shards: str, deep: bool, quiet: bool) -> None:
-    """Check the split under SHARDS against its manifest: every shard present
-    with its sha256 and decodable, no subject on both sides (anomaly references
-    included), exact and balanced bench cells. Exits 1 naming every problem.
+    """Check the split under SHARDS against its manifest, its subject plans and
+    its pool record, from the files alone; nothing is written, so a read-only
+    split validates. Exits 1 naming every problem.
+
+    \b
+    Always checked: every shard present with its size, sha256 and row count,
+    no unlisted shard; the pool it came from complete (and, if still in pool/,
+    whole and the same); seed and subject-list hashes equal the plans'; no
+    subject on both sides (anomaly references included); exact, balanced bench
+    cells; every answer recomputed from its target; every image a PNG.
+    Duplicates: every item's image bytes are hashed and items with identical
+    images reported (an error on the bench or across sides, a warning inside
+    train). This costs little, since the PNG check reads every image anyway
+    (README: Performance), so it always runs.
     """
     from medscout_data.layout import Layout
-    from medscout_data.stages.validate import validate_split
+    from medscout_data.stages.validate import validate_report
 
-    problems = validate_split(Layout.at(shards), deep=deep, progress=not quiet)
-    for problem in problems:
+    result = validate_report(Layout.at(shards), deep=deep, progress=not quiet)
+    for problem in result.problems:
         click.echo(f"INVALID {problem}", err=True)
-    if problems:
-        click.echo(f"{len(problems)} problem(s) found", err=True)
+    for warning in result.warnings:
+        click.echo(f"WARNING {warning}", err=True)
+    if result.problems:
+        click.echo(f"{len(result.problems)} problem(s) found", err=True)
         sys.exit(1)
-    click.echo("split is valid")
+    counts = result.counts
+    click.echo(
+        f"split is valid: {counts['shards']} shards, {counts['items']} items, {counts['images']} images "
+        f"checked{' (every image decoded)' if deep else ''}; "
+        f"{len(result.warnings)} warning(s)"
+    )

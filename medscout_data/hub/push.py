@@ -6,7 +6,11 @@ modalities only; or none derived from MIMIC-CXR), reads every picked row's
 modality and `source` to find MIMIC-CXR-derived items, refuses a public push
 that would carry any, then hard-links (or copies) the shards to
 `<stage>/data/<modality>/<task>/` and writes the dataset card (card.py). The
-folder is built beside its target and swapped in, so a stage is always whole.
+folder is built in a fresh work folder beside its target and swapped in, so a
+stage is always whole; a lock (`.lock-push-<name>` beside it) keeps a second
+push from staging into it at once. The stage marker lists what was staged: a
+file a user put into the stage folder (or a folder that is not a stage) is
+refused unless `--force`, and what `--force` deletes is said.
 
 Upload is the only code that needs the network. It creates the dataset repo
 if missing (private unless asked otherwise), refuses when an existing public
@@ -27,7 +31,7 @@ import logging
 import os
 import shutil
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -37,8 +41,20 @@ from medscout_data import MODALITIES
 from medscout_data.errors import StageError
 from medscout_data.hub.card import CardFacts, StagedFile, features_of_metadata, license_fields, render_card
 from medscout_data.layout import Layout
+from medscout_data.locking import stage_lock
 from medscout_data.recipe import Recipe
 from medscout_data.shards import sha256_file, write_bytes_atomic, write_json_atomic
+from medscout_data.stages.manifest import read_manifest
+from medscout_data.stages.outputs import (
+    clean_leftovers,
+    describe_files,
+    foreign_files,
+    make_work_dir,
+    os_error_path,
+    os_error_reason,
+    remove_work_dir,
+    unmark,
+)
 from medscout_data.stages.plan import BENCH, TRAIN, load_plan
 
 log = logging.getLogger(__name__)
@@ -73,6 +89,8 @@ class PushOptions:
     stage_dir: Path | None = None
     revision: str | None = None
     progress: bool = True
+    force: bool = False  # replace a stage folder holding files push-bench did not stage
+    command: str = "medscout-data push-bench"  # what a concurrent run is told holds the lock
 
 
 @dataclass(frozen=True)
@@ -98,6 +116,7 @@ class Stage:
     manifest_sha256: str
     license: str
     excluded: tuple[str, ...] = ()  # split shards left out by --exclude-mimic
+    removed: tuple[str, ...] = ()  # files push-bench had not staged, deleted under --force
 
     @property
     def includes_mimic(self) -> bool:
@@ -182,13 +201,21 @@ def default_stage_dir(layout: Layout, repo_id: str) -> Path:
 
 
 def stage_bench(layout: Layout, options: PushOptions) -> Stage:
-    """Validate the split, pick and check the shards, and write the stage folder."""
+    """Validate the split, pick and check the shards, and write the stage folder (under its lock)."""
     stage_dir = Path(options.stage_dir) if options.stage_dir else default_stage_dir(layout, options.repo_id)
-    _check_stage_dir(stage_dir)
-    _check_valid(layout, options)
-    manifest_path = layout.manifest()
-    manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
-    manifest_sha256 = sha256_file(manifest_path)
+    if stage_dir.exists() and not stage_dir.is_dir():
+        raise PushError(f"{stage_dir}: not a folder; choose another --stage-dir")
+    with stage_lock(stage_dir.parent, f"push-{stage_dir.name}", options.command):
+        foreign = _check_stage_dir(stage_dir, options.force)
+        manifest = _check_valid(layout, options)
+        stage = _stage(layout, manifest, stage_dir, options)
+    if foreign:
+        log.warning("--force: deleted %s from %s", describe_files(foreign, stage_dir), stage_dir)
+    return replace(stage, removed=tuple(p.relative_to(stage_dir).as_posix() for p in foreign))
+
+
+def _stage(layout: Layout, manifest: dict[str, Any], stage_dir: Path, options: PushOptions) -> Stage:
+    manifest_sha256 = sha256_file(layout.manifest())
     files = [_scan_shard(layout, name, info) for name, info in _picked_shards(manifest, options)]
     files, excluded = _exclude_mimic(files) if options.exclude_mimic else (files, [])
     if not any(f.split == "test" for f in files):
@@ -205,9 +232,14 @@ def stage_bench(layout: Layout, options: PushOptions) -> Stage:
         audit=_audit_of(files, layout, options),
     )
     card_text = render_card(facts).encode("utf-8")
-    _write_stage(
-        stage_dir, files, card_text, {"repo_id": options.repo_id, "manifest_sha256": manifest_sha256}
-    )
+    record = {"repo_id": options.repo_id, "manifest_sha256": manifest_sha256}
+    try:
+        _write_stage(stage_dir, files, card_text, record)
+    except OSError as exc:
+        raise PushError(
+            f"{os_error_path(exc, stage_dir)}: cannot stage the repo ({os_error_reason(exc)}); the previous "
+            f"stage in {stage_dir}, if any, is left as it was; free space or choose another --stage-dir"
+        ) from None
     card = LocalFile(CARD_NAME, stage_dir / CARD_NAME, len(card_text), hashlib.sha256(card_text).hexdigest())
     log.info("staged %d data file(s) and the card in %s", len(files), stage_dir)
     return Stage(
@@ -231,10 +263,13 @@ def _audit_of(files: list[StagedFile], layout: Layout, options: PushOptions) -> 
     return audit_files(bench, str(layout.root / "bench"), progress=options.progress).as_dict()
 
 
-def _check_valid(layout: Layout, options: PushOptions) -> None:
-    from medscout_data.stages.validate import validate_split
+def _check_valid(layout: Layout, options: PushOptions) -> dict[str, Any]:
+    """The split's manifest, once the split (the sides to push in full) has passed `validate`."""
+    from medscout_data.stages.validate import validate_report
 
-    problems = validate_split(layout, progress=options.progress)
+    sides = (BENCH, TRAIN) if options.with_train else (BENCH,)
+    result = validate_report(layout, progress=options.progress, sides=sides)
+    problems = result.problems
     if problems:
         shown = "\n  ".join(problems[:10]) + (
             f"\n  ... ({len(problems) - 10} more)" if len(problems) > 10 else ""
@@ -243,6 +278,9 @@ def _check_valid(layout: Layout, options: PushOptions) -> None:
             f"{layout.root}: the split is not valid, refusing to push it:\n  {shown}\n"
             "Fix it (rerun `medscout-data split`) and check with `medscout-data validate`."
         )
+    for warning in result.warnings:
+        log.warning("%s", warning)
+    return read_manifest(layout)
 
 
 def _picked_shards(manifest: dict, options: PushOptions) -> list[tuple[str, dict]]:
@@ -284,7 +322,7 @@ def _scan_shard(layout: Layout, name: str, info: dict) -> StagedFile:
         rows=metadata.num_rows,
         size=path.stat().st_size,
         arrow_bytes=sum(metadata.row_group(i).total_byte_size for i in range(metadata.num_row_groups)),
-        sha256=info["sha256"],  # validate_split has just checked it
+        sha256=info["sha256"],  # validate has just checked it
         restricted_rows=sum(is_restricted(modality, s) for s in sources),
         datasets=tuple(sorted({d for d in map(source_dataset, sources) if d})),
     )
@@ -341,31 +379,61 @@ def _recipe_of(layout: Layout, modalities: list[str]) -> Recipe | None:
     return None
 
 
-def _check_stage_dir(stage_dir: Path) -> None:
-    """Refuse to replace a folder that is not one of our stages."""
-    if stage_dir.exists() and not stage_dir.is_dir():
-        raise PushError(f"{stage_dir}: not a folder; choose another --stage-dir")
-    if stage_dir.is_dir() and any(stage_dir.iterdir()) and not (stage_dir / STAGE_MARKER).exists():
+def _check_stage_dir(stage_dir: Path, force: bool) -> list[Path]:
+    """Files in `stage_dir` that push-bench did not stage; refused unless `force`."""
+    ours = _staged_files(stage_dir)
+    foreign = foreign_files(stage_dir, ours)
+    if not foreign or force:
+        return foreign
+    listing = describe_files(foreign, stage_dir)
+    if (stage_dir / STAGE_MARKER) not in ours:
         raise PushError(
-            f"{stage_dir}: not empty and not a push-bench stage folder; choose another --stage-dir "
-            "or remove it"
+            f"{stage_dir}: not empty and not a push-bench stage folder ({listing}); "
+            "choose another --stage-dir, or pass --force to replace it (deleting those files)"
         )
+    raise PushError(
+        f"{stage_dir}: holds {listing} that push-bench did not stage; move them "
+        "elsewhere, or pass --force to delete them when the stage is replaced"
+    )
+
+
+def _staged_files(stage_dir: Path) -> set[Path]:
+    """What an earlier push-bench staged in `stage_dir`, from its marker (empty without one)."""
+    marker = stage_dir / STAGE_MARKER
+    try:
+        files = json.loads(marker.read_text(encoding="utf-8"))["files"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return set()
+    if not isinstance(files, dict):
+        return set()
+    return {marker, stage_dir / CARD_NAME, *(stage_dir / name for name in files if isinstance(name, str))}
 
 
 def _write_stage(stage_dir: Path, files: list[StagedFile], card: bytes, record: dict[str, Any]) -> None:
-    """Build the stage beside `stage_dir`, then swap it in."""
-    partial = stage_dir.with_name(stage_dir.name + ".partial")
-    shutil.rmtree(partial, ignore_errors=True)
-    for f in files:
-        _link_or_copy(f.source, partial / f.path)
-    write_bytes_atomic(card, partial / CARD_NAME)
-    write_json_atomic({**record, "files": {f.path: f.sha256 for f in files}}, partial / STAGE_MARKER)
-    old = stage_dir.with_name(stage_dir.name + ".old")
-    shutil.rmtree(old, ignore_errors=True)
-    if stage_dir.exists():
-        stage_dir.rename(old)
-    partial.rename(stage_dir)
-    shutil.rmtree(old, ignore_errors=True)
+    """Build the stage in a fresh folder beside `stage_dir`, then swap it in (the old one back on failure)."""
+    parent, name = stage_dir.parent, stage_dir.name
+    for kind in ("partial", "old"):
+        clean_leftovers(parent, f".{name}.{kind}-")
+    partial = make_work_dir(parent, f".{name}.partial-")
+    old: Path | None = None
+    try:
+        for f in files:
+            _link_or_copy(f.source, partial / f.path)
+        write_bytes_atomic(card, partial / CARD_NAME)
+        write_json_atomic({**record, "files": {f.path: f.sha256 for f in files}}, partial / STAGE_MARKER)
+        unmark(partial)
+        if stage_dir.exists():
+            old = make_work_dir(parent, f".{name}.old-")
+            os.rename(stage_dir, old / "stage")
+        os.rename(partial, stage_dir)
+    except BaseException:
+        if old is not None and (old / "stage").exists() and not stage_dir.exists():
+            os.rename(old / "stage", stage_dir)
+        shutil.rmtree(partial, ignore_errors=True)  # made by this run
+        raise
+    finally:
+        if old is not None:
+            remove_work_dir(old)
 
 
 def _link_or_copy(source: Path, target: Path) -> None:

@@ -8,7 +8,10 @@ Two formats:
   (`<answer>...</answer>`, for accuracy rewards), and extra columns `id`,
   `modality`, `task`, `variant` and `target` (JSON text), which ms-swift hands
   to reward functions as keyword lists (what `score.DenseGeometricReward`
-  reads). The system prompt goes to `system-<mode>.txt`, for `--system`.
+  reads). The system prompt goes to `system-<mode>.txt`, for `--system`, and
+  `plugin.py` registers the Dense Geometric Reward components in ms-swift's
+  `orms` (`integrations.swift`) for `--external_plugins`; it carries its own
+  copy of the scorer (`_medscout/`), so the training box needs no medscout-data.
 - `jsonl`: a generic row for other trainers: `id`, `modality`, `task`,
   `variant`, `question`, `answer`, `images`, `target`.
 
@@ -32,7 +35,8 @@ import json
 import logging
 import os
 import re
-from collections.abc import Iterator, Sequence
+import shlex
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -43,16 +47,22 @@ from tqdm import tqdm
 
 from medscout_data import MODALITIES, TASKS
 from medscout_data.errors import StageError
+from medscout_data.evaluation.score import PROFILES
+from medscout_data.integrations.swift import reward_names
+from medscout_data.integrations.vendor import BOOTSTRAP, write_vendored
 from medscout_data.layout import Layout
 from medscout_data.report import RunReport
 from medscout_data.shards import atomic_writer, write_bytes_atomic
-from medscout_data.stages.split import SPLIT_FILE_PREFIX, pool_files
+from medscout_data.stages.manifest import ManifestError, read_manifest, verified_shards
+from medscout_data.stages.pool import listed_shards
 
 log = logging.getLogger(__name__)
 
 EXPORT_SPLITS = ("train", "bench")
 PREVIEW_SPLITS = ("bench", "train", "pool")
-FORMATS = ("swift", "jsonl")
+JSONL_FORMATS = ("swift", "jsonl")
+TOOL_FORMATS = ("lmms-eval", "vlmeval")  # bench only; see lmms_export.py and vlmeval_export.py
+FORMATS = JSONL_FORMATS + TOOL_FORMATS
 MODES = ("direct", "cot")
 FILE_TAGS = {"swift": "swift", "jsonl": "generic"}
 IMAGE_TAG = "<image>"
@@ -103,16 +113,6 @@ class BadItem(ValueError):
 # ---------------------------------------------------------------- reading the split
 
 
-def split_files(layout: Layout, split: str, modality: str, task: str) -> list[Path]:
-    """Shards of one modality x task cell of `bench`, `train` or the build `pool`."""
-    if split == "pool":
-        return pool_files(layout, modality, task)
-    if split not in EXPORT_SPLITS:
-        raise ValueError(f"unknown split {split!r}; use one of {', '.join(PREVIEW_SPLITS)}")
-    prefix = SPLIT_FILE_PREFIX[split]
-    return sorted((layout.split_dir(split) / modality / task).glob(f"{prefix}-*.parquet"))
-
-
 @dataclass(frozen=True)
 class Cell:
     """The shards of one modality x task cell."""
@@ -126,12 +126,43 @@ class Cell:
         return f"{self.modality}/{self.task}"
 
 
+def side_files(
+    layout: Layout, split: str, report: RunReport | None = None
+) -> dict[tuple[str, str], list[Path]]:
+    """(modality, task) -> shards of `bench` or `train`, checked against the manifest (size and
+    sha256: damaged input is refused with `ManifestError`), or of the build `pool`: exactly the
+    shards its `pool.json` lists that are on disk (planned ones not yet made are recorded in
+    `report`; other files in pool/ are the user's and never read)."""
+    if split == "pool":
+        found: dict[tuple[str, str], list[Path]] = {}
+        for modality in MODALITIES:
+            for task in TASKS:
+                listed = listed_shards(layout, modality, task)
+                for path in listed:
+                    if not path.is_file() and report is not None:
+                        report.skip(str(path), "pool-shard-missing", f"{path}: in pool.json, not made yet")
+                found[(modality, task)] = [path for path in listed if path.is_file()]
+        return found
+    if split not in EXPORT_SPLITS:
+        raise ValueError(f"unknown split {split!r}; use one of {', '.join(PREVIEW_SPLITS)}")
+    found = {}
+    for path in verified_shards(layout, split):
+        _side, modality, task, *_ = path.relative_to(layout.root).parts
+        found.setdefault((modality, task), []).append(path)
+    return found
+
+
 def split_cells(
-    layout: Layout, split: str, modalities: Sequence[str] = MODALITIES, tasks: Sequence[str] = TASKS
+    layout: Layout,
+    split: str,
+    modalities: Sequence[str] = MODALITIES,
+    tasks: Sequence[str] = TASKS,
+    report: RunReport | None = None,
 ) -> list[Cell]:
     """Non-empty cells of a split, in pipeline order; an error naming the folder when there are none."""
+    files = side_files(layout, split, report)
     cells = [
-        Cell(modality, task, tuple(split_files(layout, split, modality, task)))
+        Cell(modality, task, tuple(files.get((modality, task), ())))
         for modality in MODALITIES
         if modality in modalities
         for task in TASKS
@@ -180,11 +211,12 @@ def iter_rows(path: Path, columns: Sequence[str], report: RunReport) -> Iterator
         yield from rows
 
 
-def read_manifest(layout: Layout) -> dict[str, Any]:
-    """Seed and recipe of the split (empty when there is no readable manifest)."""
+def manifest_summary(layout: Layout) -> dict[str, Any]:
+    """Seed and recipe of the split, for reports and pages (empty without a usable manifest:
+    the pool has none before `split`)."""
     try:
-        manifest = json.loads(layout.manifest().read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+        manifest = read_manifest(layout)
+    except ManifestError:
         return {}
     return {"seed": manifest.get("seed"), "recipe": manifest.get("recipe")}
 
@@ -273,6 +305,7 @@ class ExportOptions:
     split: str = "train"
     format: str = "swift"
     mode: str = "direct"
+    profile: str = "official"  # written into the swift plugin's settings
     absolute_paths: bool = False
     modalities: tuple[str, ...] = MODALITIES
     tasks: tuple[str, ...] = TASKS
@@ -281,8 +314,9 @@ class ExportOptions:
     def __post_init__(self) -> None:
         for name, value, allowed in (
             ("split", self.split, EXPORT_SPLITS),
-            ("format", self.format, FORMATS),
+            ("format", self.format, JSONL_FORMATS),
             ("mode", self.mode, MODES),
+            ("profile", self.profile, PROFILES),
         ):
             if value not in allowed:
                 raise ValueError(f"unknown {name} {value!r}; use one of {', '.join(allowed)}")
@@ -298,6 +332,8 @@ class ExportResult:
     images: int
     cells: dict[str, int] = field(default_factory=dict)
     report: RunReport = field(default_factory=lambda: RunReport("export"))
+    plugin: Path | None = None
+    command: str = ""  # how to train on it (swift)
 
     @property
     def has_mimic(self) -> bool:
@@ -313,11 +349,11 @@ def output_names(out: Path, options: ExportOptions) -> tuple[Path, Path, Path]:
 def export_split(layout: Layout, out: Path, options: ExportOptions) -> ExportResult:
     """Write one split's items as JSONL + PNG files under `out` (see the module docstring)."""
     out = Path(out)
-    cells = split_cells(layout, options.split, options.modalities, options.tasks)
-    jsonl, system, report_dir = output_names(out, options)
     report = RunReport(
         "export", info={"split": options.split, "format": options.format, "mode": options.mode}
     )
+    cells = split_cells(layout, options.split, options.modalities, options.tasks, report)
+    jsonl, system, report_dir = output_names(out, options)
     sizes = {path: count_rows(path, report) for cell in cells for path in cell.files}
     cells = [Cell(c.modality, c.task, tuple(p for p in c.files if sizes[p])) for c in cells]
     total = sum(sizes.values())
@@ -325,6 +361,8 @@ def export_split(layout: Layout, out: Path, options: ExportOptions) -> ExportRes
     result = ExportResult(jsonl, system if options.format == "swift" else None, 0, 0, report=report)
     if result.system is not None:  # before the JSONL: a JSONL in place means everything is there
         write_bytes_atomic((SYSTEM_PROMPTS[options.mode] + "\n").encode("utf-8"), result.system)
+        result.plugin = write_swift_plugin(out, options.mode, options.profile)
+        result.command = swift_command(result, options)
     bar = tqdm(total=total, desc=f"export {options.split}", unit="item", disable=not options.progress)
     try:
         with atomic_writer(jsonl) as handle:
@@ -337,26 +375,97 @@ def export_split(layout: Layout, out: Path, options: ExportOptions) -> ExportRes
     return result
 
 
+# ---------------------------------------------------------------- ms-swift plugin
+
+PLUGIN = '''"""ms-swift reward plugin for Med-Scout-Bench, written by `medscout-data export --format swift`.
+
+Registers the Dense Geometric Reward components in ms-swift's `orms`, each its own
+class so the training log keeps them apart:
+
+    medscout_accuracy  MedScoutAccuracy   accuracy in [0, 1]
+    medscout_format    MedScoutFormat     format in [0, 0.5]
+    medscout_cot       MedScoutCot        0.5 for <think>...</think><answer>...</answer> (cot mode)
+    medscout_total     MedScoutTotal      their sum (one reward instead of three)
+
+Use: swift rlhf --rlhf_type grpo --external_plugins THIS_FILE --reward_funcs medscout_accuracy
+medscout_format [medscout_cot] ... (ms-swift 3.x and 4.x). The rewards read the dataset columns
+`task`, `variant` and `target` of the exported JSONL. Settings: PROFILE and MODE below.
+"""
+
+PROFILE = "{profile}"  # official: the authors' released reward code; paper: the paper's formulas
+MODE = "{mode}"  # direct, or cot (adds the 0.5 CoT template reward); written from `export --mode`
+{bootstrap}
+import importlib as _importlib
+import importlib.util as _util
+
+from medscout_data.integrations.swift import register
+
+# ms-swift 4.x keeps `orms` in swift.rewards, 3.x in swift.plugin.
+_REGISTRY = "swift.rewards" if _util.find_spec("swift.rewards") is not None else "swift.plugin"
+REWARDS = register(_importlib.import_module(_REGISTRY).orms, profile=PROFILE, mode=MODE)
+'''
+
+SWIFT_RUNTIME = ["medscout_data.integrations.swift"]
+
+
+def write_swift_plugin(out: Path, mode: str, profile: str = "official") -> Path:
+    """`out/plugin.py` and the scorer copy it imports (`out/_medscout/`)."""
+    write_vendored(out, SWIFT_RUNTIME)
+    path = Path(out) / "plugin.py"
+    text = PLUGIN.format(profile=profile, mode=mode, bootstrap=BOOTSTRAP)
+    write_bytes_atomic(text.encode("utf-8"), path)
+    return path
+
+
+def swift_command(result: ExportResult, options: ExportOptions) -> str:
+    """A `swift rlhf` GRPO command for the export (MODEL is the user's). Relative image paths are
+    opened under ROOT_IMAGE_DIR, so it is set to the export folder and the command runs from anywhere."""
+    root = result.jsonl.parent.resolve()
+    env = "" if options.absolute_paths else f"ROOT_IMAGE_DIR={shlex.quote(str(root))} "
+    parts = [
+        f"{env}swift rlhf --rlhf_type grpo --model MODEL",
+        f"--dataset {shlex.quote(str(result.jsonl.resolve()))}",
+        f"--external_plugins {shlex.quote(str(Path(result.plugin or root / 'plugin.py').resolve()))}",
+        f"--reward_funcs {' '.join(reward_names(options.mode))}",
+        f"--system {shlex.quote(str(Path(result.system or root).resolve()))}",
+        "--num_generations 8",
+    ]
+    return " \\\n    ".join(parts)
+
+
 def _export_cell(
     cell: Cell, images: ImageWriter, options: ExportOptions, handle: Any, result: ExportResult, bar: tqdm
 ) -> int:
     """Write one cell's rows; returns how many were exported."""
     make_record = RECORDS[options.format]
-    exported = 0
-    for path in cell.files:
-        for row in iter_rows(path, EXPORT_COLUMNS, result.report):
-            bar.update(1)
-            where = f"{path}:{row.get('id')}"
-            try:
-                paths = images.write(row)
-            except BadItem as exc:
-                result.report.skip(where, exc.reason, f"{where}: {exc}")
-                continue
-            handle.write(json.dumps(make_record(row, paths, options.mode), ensure_ascii=False) + "\n")
-            result.images += len(paths)
-            exported += 1
+
+    def write(row: dict[str, Any]) -> None:
+        paths = images.write(row)
+        handle.write(json.dumps(make_record(row, paths, options.mode), ensure_ascii=False) + "\n")
+        result.images += len(paths)
+
+    exported = write_cell_rows(cell, EXPORT_COLUMNS, result.report, bar, write)
     result.items += exported
     return exported
+
+
+def write_cell_rows(
+    cell: Cell, columns: Sequence[str], report: RunReport, bar: tqdm, write: Callable[[dict[str, Any]], None]
+) -> int:
+    """`write(row)` for every row of a cell; a row it refuses with `BadItem` is recorded in `report`
+    and skipped. Returns how many rows were written."""
+    written = 0
+    for path in cell.files:
+        for row in iter_rows(path, columns, report):
+            bar.update(1)
+            try:
+                write(row)
+            except BadItem as exc:
+                where = f"{path}:{row.get('id')}"
+                report.skip(where, exc.reason, f"{where}: {exc}")
+                continue
+            written += 1
+    return written
 
 
 @dataclass
@@ -408,7 +517,7 @@ def _finish_report(
             "system": str(result.system) if result.system else "",
             "absolute_paths": options.absolute_paths,
             "cells": result.cells,
-            "split_manifest": read_manifest(layout),
+            "split_manifest": manifest_summary(layout),
         }
     )
     if result.has_mimic:

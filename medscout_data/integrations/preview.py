@@ -50,7 +50,7 @@ from medscout_data.integrations.export import (
     BadItem,
     Cell,
     count_rows,
-    read_manifest,
+    manifest_summary,
     split_cells,
 )
 from medscout_data.layout import Layout
@@ -410,7 +410,7 @@ def write_preview(layout: Layout, out: Path, options: PreviewOptions) -> Preview
     """Draw `per_cell` items of every cell of a split into `out/index.html` and `out/sheets/`."""
     out = Path(out)
     report = RunReport("preview", info={"split": options.split, "seed": options.seed})
-    cells = split_cells(layout, options.split, options.modalities, options.tasks)
+    cells = split_cells(layout, options.split, options.modalities, options.tasks, report)
     views = []
     bar = tqdm(total=len(cells), desc=f"preview {options.split}", unit="cell", disable=not options.progress)
     for cell in cells:
@@ -477,7 +477,7 @@ cell's index and the replaced cell outlined in red.</li>
 def render_page(views: Sequence[CellView], layout: Layout, options: PreviewOptions, report: RunReport) -> str:
     """The whole page: header, legend, one section per cell, one `article.item` per shown item."""
     e = html.escape
-    manifest = read_manifest(layout)
+    manifest = manifest_summary(layout)
     shown = sum(len(v.items) for v in views)
     recipe = (manifest.get("recipe") or {}).get("name", "unknown")
     facts = (

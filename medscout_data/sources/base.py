@@ -31,7 +31,7 @@ from medscout_data.shards import write_table_atomic
 log = logging.getLogger(__name__)
 
 # Bump when the rendering changes, so parts and catalogues of older code count as stale.
-INGEST_VERSION = "1"
+INGEST_VERSION = "2"
 SOURCE_KINDS = ("totalseg", "mimic-cxr-jpg", "mimic-cxr")
 # Reasons that are a recipe's filter at work, not a problem with the file: logged at debug level only.
 FILTER_REASONS = frozenset({"view-filtered"})
@@ -127,7 +127,35 @@ def write_part(path: Path, result: UnitResult, unit_hash_: str) -> None:
         "skips": json.dumps(skips),
         "counts": json.dumps(dict(sorted(result.counts.items()))),
     }
-    write_table_atomic(table, path, metadata=metadata)
+    try:
+        write_table_atomic(table, path, metadata=metadata)
+    except OSError as exc:  # pyarrow's errors carry neither the file name nor always an errno
+        raise OSError(exc.errno, exc.strerror or str(exc), str(path)) from exc
+
+
+def part_files(path: Path) -> set[str]:
+    """Cache files the part's rows point at: what its unit wrote (empty for no or a foreign part)."""
+    if read_part_info(path) is None:
+        return set()
+    try:
+        table = pq.read_table(path, columns=["cache_file", "mask_file"])
+    except (OSError, KeyError, pa.ArrowException):
+        return set()
+    names = {name for column in table.columns for name in column.to_pylist() if name}
+    return {name for name in names if "/" not in name and "\\" not in name and name not in (".", "..")}
+
+
+def write_unit_part(job: Job, result: UnitResult) -> None:
+    """Write the unit's part, then delete the cache files its previous part listed and this one does not.
+
+    Only files an earlier run of this same unit wrote (and recorded) are ever
+    deleted; anything else in the cache folder is left alone.
+    """
+    before = part_files(job.part)
+    write_part(job.part, result, job.unit_hash)
+    now = {row[key] for row in result.rows for key in ("cache_file", "mask_file")}
+    for name in sorted(before - now):
+        (job.cache_dir / name).unlink(missing_ok=True)
 
 
 @dataclass(frozen=True)

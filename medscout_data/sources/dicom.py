@@ -5,11 +5,22 @@ The grayscale pipeline of the standard (PS3.3 C.11): stored values (only the
 VOI LUT or the first window centre/width (LINEAR, LINEAR_EXACT or SIGMOID),
 then MONOCHROME1 inverted so that bone is bright. Compressed transfer
 syntaxes need a decoder plugin; without one the error names the package.
+
+pydicom reports a failing decoder plugin by logging the exception with its
+traceback and warns about odd values through `warnings`; both are captured
+here while a file is read, so the run's output holds one line per bad file
+(its reason, with the plugin's own message) instead of tracebacks.
 """
 
 from __future__ import annotations
 
+import logging
 import math
+import os
+import re
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -17,10 +28,42 @@ import numpy as np
 
 from medscout_data.sources.base import InputError
 
+CUT_SHORT = frozenset({"error", "EOFError", "BytesLengthException"})  # struct.error is named "error"
 CODECS_HINT = (
     "install the DICOM decoders: pip install 'medscout-data[dicom-codecs]' "
     "(pylibjpeg, pylibjpeg-libjpeg, pylibjpeg-openjpeg, pylibjpeg-rle)"
 )
+
+
+class _Collect(logging.Handler):
+    """Keeps the messages of the records it is given."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.messages.append(record.getMessage())
+
+
+@contextmanager
+def quiet_pydicom() -> Iterator[_Collect]:
+    """pydicom's log records (tracebacks included) and warnings captured instead of printed."""
+    logger = logging.getLogger("pydicom")
+    collect = _Collect()
+    saved = logger.handlers[:], logger.propagate
+    logger.handlers, logger.propagate = [collect], False
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield collect
+    finally:
+        logger.handlers, logger.propagate = saved
+
+
+def one_line(text: str) -> str:
+    """A message on one line, without object addresses (they differ from run to run)."""
+    return " ".join(re.sub(r" at 0x[0-9a-fA-F]+", "", text).split())
 
 
 def open_dicom(path: Path) -> Any:
@@ -29,16 +72,50 @@ def open_dicom(path: Path) -> Any:
     from pydicom.errors import InvalidDicomError
 
     try:
-        ds = pydicom.dcmread(path, defer_size="256 KB")  # pixel bytes read only if the view is kept
-    except (InvalidDicomError, OSError, EOFError, ValueError, TypeError, KeyError) as exc:
-        raise InputError("unreadable", f"not a readable DICOM file ({type(exc).__name__}: {exc})") from exc
+        with quiet_pydicom():
+            ds = pydicom.dcmread(path, defer_size="256 KB")  # pixel bytes read only if the view is kept
+    except InvalidDicomError as exc:
+        raise InputError("unreadable", f"not a readable DICOM file ({one_line(str(exc))})") from exc
+    except OSError as exc:
+        raise InputError("unreadable", f"cannot be read ({exc.strerror or exc})") from exc
+    except (
+        Exception
+    ) as exc:  # pydicom raises many types; struct.error, EOFError, BytesLengthException on cut files
+        reason = "truncated" if type(exc).__name__ in CUT_SHORT else "unreadable"
+        raise InputError(
+            reason, f"cannot parse the DICOM data ({type(exc).__name__}: {one_line(str(exc))})"
+        ) from exc
     if "PixelData" not in ds:
+        end, size = parsed_end(ds), os.path.getsize(path)
+        if end is not None and size > end:
+            raise InputError(
+                "truncated",
+                f"the file ends inside a data element at byte {size:,} (cut short?); no PixelData",
+            )
         raise InputError("no-pixel-data", "the DICOM file has no PixelData element")
     if int(ds.get("NumberOfFrames", 1) or 1) != 1:
         raise InputError("multi-frame", f"{ds.NumberOfFrames} frames; a single radiograph is expected")
     if int(ds.get("SamplesPerPixel", 1) or 1) != 1:
         raise InputError("not-grayscale", f"{ds.SamplesPerPixel} samples per pixel; grayscale is expected")
     return ds
+
+
+def parsed_end(ds: Any) -> int | None:
+    """The byte offset where the last element pydicom could parse ends (None if unknown).
+
+    pydicom stops quietly at a data element it cannot read whole, so a file cut
+    inside its header looks like one without pixel data; bytes beyond this end
+    give the cut away.
+    """
+    ends = []
+    group_length = ds.file_meta.get("FileMetaInformationGroupLength") if hasattr(ds, "file_meta") else None
+    if group_length is not None:
+        ends.append(128 + 4 + 12 + int(group_length))  # preamble, "DICM", the group length element
+    for element in ds.elements():
+        tell, length = getattr(element, "value_tell", None), getattr(element, "length", None)
+        if tell is not None and length is not None and length != 0xFFFFFFFF:
+            ends.append(int(tell) + int(length))
+    return max(ends) if ends else None
 
 
 def view_position(ds: Any) -> str:
@@ -73,9 +150,12 @@ def stored_values(ds: Any) -> np.ndarray:
     """The decoded pixel values with only `BitsStored` bits kept (overlay bits dropped, sign extended)."""
     _check_decoder(ds)
     try:
-        array = ds.pixel_array
+        with quiet_pydicom():
+            array = ds.pixel_array
     except Exception as exc:  # every decoder raises its own types
-        raise InputError("corrupt-pixel-data", f"the pixel data cannot be decoded ({exc})") from exc
+        raise InputError(
+            "corrupt-pixel-data", f"the pixel data cannot be decoded ({one_line(str(exc))})"
+        ) from exc
     if array.ndim != 2:
         raise InputError("not-grayscale", f"pixel array of shape {array.shape}; a 2-D image is expected")
     bits = int(ds.get("BitsStored", array.dtype.itemsize * 8))

@@ -1,32 +1,38 @@
-"""CT and MRI volumes (TotalSegmentator layout) -> axial 8-bit slices in radiological convention.
+"""CT and MRI volumes (TotalSegmentator layout) -> 8-bit slices in radiological display.
 
-Each volume is read once with SimpleITK and viewed in one canonical
-orientation, LPS: array (z, y, x) with x toward the patient's left, y toward
-posterior, z toward superior. An axial slice of that array is radiological
-display as it stands: anterior at the top, the patient's right on the image's
-left, whatever the file's direction matrix. The canonical array is a numpy
-*view* (axes transposed and flipped, as `sitk.DICOMOrient(image, "LPS")` would
-do, see the tests), so no second copy of the volume is made.
+Each volume is read once (nifti.py: the header checked by hand first) and
+viewed canonically (planes.py). It is sliced axially, or in its acquisition
+plane when axial slices would be stretched (`ingest.plane`), each slice in
+that plane's display convention and resampled to square pixels (the finer
+in-plane spacing, the longest side capped at `max_size`).
 
-Slices are resampled to square pixels (the finer in-plane spacing, the longest
-side capped at `max_size`), rendered to 8 bits (CT: one stack per recipe
-window; MRI: robust percentiles inside the body) and kept when the body covers
-at least `min_body_fraction` of the image. The body is the largest 3-D
-connected component above a threshold (CT: HU from the recipe; MRI: Otsu),
-found on a coarse grid so memory stays small, then refined per slice with
-holes filled (lungs count as body) and the couch left out.
+The body is the largest 3-D connected component above a threshold (CT: HU
+from the recipe; MRI: Otsu on robust percentiles, so one extreme voxel cannot
+move it), found on a coarse grid, then refined per slice with holes filled
+(lungs count as body); the couch and other objects are other components. A
+background stored as a constant above the threshold (a skull-stripped CT with
+0 HU outside the head) is recognised on the volume's border and left out, and
+a slice whose "body" is its whole frame is dropped: it has no background.
+
+Slices are cropped to the body's bounding box over the whole volume plus a
+margin (`ingest.crop_to_body`): one box per volume keeps its slices
+pixel-aligned, so an anomaly reference a few mm away pastes without shift or
+scale. The body fraction is measured inside that box; slices below
+`min_body_fraction` are dropped. With `ingest.max_images`, each volume keeps
+an equal share of its usable slices, in slabs of three slices `slab_step_mm`
+apart spread along the normal. Kept slices are rendered (CT: one stack per
+recipe window; MRI: robust percentiles inside the body) into `.stack` files.
 """
 
 from __future__ import annotations
 
 import csv
-import gzip
 import io
-import itertools
 import json
 import math
 import os
 import re
+from bisect import bisect_left
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -37,16 +43,23 @@ import cv2
 import numpy as np
 from scipy import ndimage
 
-from medscout_data.cache import save_stack
+from medscout_data.cache import STACK_SUFFIX, StackWriter
 from medscout_data.imaging import resize
 from medscout_data.recipe import IngestConfig, Window
 from medscout_data.report import Skip
-from medscout_data.sources.base import InputError, Job, Listing, Unit, UnitResult, write_part
+from medscout_data.sources.base import InputError, Job, Listing, Unit, UnitResult, write_unit_part
 from medscout_data.sources.detect import TOTALSEG_META, VOLUME_NAMES, volume_file
 from medscout_data.sources.masks import fill_holes
+from medscout_data.sources.nifti import read_canonical
+from medscout_data.sources.planes import Canonical, PlaneView, choose_plane, plane_view, to_canonical
 
 KIND = "totalseg"
 COARSE_SIDE = 128  # in-plane size of the grid the 3-D body component is found on
+SLAB = 3  # slices per slab when a volume's slices are budgeted
+BACKGROUND_SHARE = 0.5  # a border value this common is a stored background
+WHOLE_FRAME = 0.98  # a slice "body" covering this much of the frame has no background to tell it by
+
+__all__ = ["Canonical", "list_volumes", "process_volume", "read_canonical", "slice_grid", "to_canonical"]
 
 
 # ----------------------------------------------------------------- listing
@@ -54,10 +67,14 @@ COARSE_SIDE = 128  # in-plane size of the grid the 3-D body component is found o
 
 def read_meta_csv(path: Path) -> dict[str, dict[str, str]]:
     """TotalSegmentator's meta.csv (';'-separated, UTF-8 with BOM) as image_id -> row."""
+    if path.exists() and not path.is_file():
+        raise InputError("bad-meta", "is a directory, not a file; subject ids come from folder names")
     try:
         text = Path(path).read_text(encoding="utf-8-sig")
     except UnicodeDecodeError as exc:
         raise InputError("bad-meta", f"not UTF-8 text ({exc})") from exc
+    except PermissionError as exc:
+        raise InputError("bad-meta", f"cannot be read ({exc.strerror})") from exc
     for delimiter in (";", ","):
         reader = csv.DictReader(io.StringIO(text), delimiter=delimiter)
         if reader.fieldnames and "image_id" in [f.strip() for f in reader.fieldnames]:
@@ -66,7 +83,7 @@ def read_meta_csv(path: Path) -> dict[str, dict[str, str]]:
     raise InputError("bad-meta", "no image_id column (expected a ';'-separated TotalSegmentator meta.csv)")
 
 
-def list_volumes(root: Path, modality: str) -> Listing:
+def list_volumes(root: Path, modality: str, config: IngestConfig) -> Listing:
     """One unit per subject folder holding a volume, sorted by folder name."""
     skips: list[Skip] = []
     counts: Counter[str] = Counter()
@@ -79,8 +96,9 @@ def list_volumes(root: Path, modality: str) -> Listing:
     except InputError as exc:
         skips.append(Skip(TOTALSEG_META, exc.reason, f"{TOTALSEG_META}: {exc.message}"))
     with os.scandir(root) as entries:
-        folders = sorted(e.name for e in entries if e.is_dir() and not e.name.startswith("."))
-    units = []
+        names = (e.name for e in entries if e.is_dir() and not e.name.startswith("."))
+        folders = sorted(name for name in names if name != TOTALSEG_META)  # a meta.csv folder is no subject
+    records = []
     for name in folders:
         counts["found"] += 1
         path = volume_file(root / name, modality)
@@ -90,64 +108,21 @@ def list_volumes(root: Path, modality: str) -> Listing:
             continue
         row = meta.get(name, {})
         counts["not_in_meta"] += bool(meta) and not row
-        record = {
-            "path": f"{name}/{path.name}",
-            "volume_id": name,
-            "subject_id": name,
-            "official_split": row.get("split", ""),
-            "meta": row,
-        }
-        units.append(Unit(name, (record,)))
+        records.append(
+            {
+                "path": f"{name}/{path.name}",
+                "volume_id": name,
+                "subject_id": name,
+                "official_split": row.get("split", ""),
+                "meta": row,
+            }
+        )
     for image_id in sorted(set(meta) - set(folders)):
         message = f"{image_id}: listed in meta.csv but there is no folder {image_id}/ under the root"
         skips.append(Skip(image_id, "missing-volume", message))
+    budget = max(1, config.max_images // len(records)) if config.max_images and records else 0
+    units = [Unit(r["volume_id"], ({**r, "max_slices": budget},)) for r in records]
     return Listing([u.key for u in units], units.__getitem__, skips, counts)
-
-
-# ------------------------------------------------------- canonical orientation
-
-
-@dataclass(frozen=True)
-class Canonical:
-    """A volume in canonical LPS order: `array[z, y, x]`, a view of the file's voxels."""
-
-    array: np.ndarray
-    spacing: tuple[float, float, float]  # (x, y, z) mm
-    z0_mm: float  # superior coordinate of slice 0
-    z_step_mm: float  # superior distance between consecutive slices
-
-    def z_mm(self, index: int) -> float:
-        return self.z0_mm + index * self.z_step_mm
-
-
-def canonical_axes(direction: tuple[float, ...]) -> tuple[tuple[int, int, int], tuple[bool, bool, bool]]:
-    """For each patient axis (L, P, S), the image index axis closest to it and whether it runs backwards.
-
-    `direction` is SimpleITK's row-major 3x3 matrix whose columns are the index
-    axes in LPS space. For an oblique volume the closest axes win (as
-    `DICOMOrient` does); the residual tilt is not resampled.
-    """
-    d = np.asarray(direction, float).reshape(3, 3)
-    axes = max(itertools.permutations(range(3)), key=lambda p: sum(abs(d[w, p[w]]) for w in range(3)))
-    flips = tuple(bool(d[w, axes[w]] < 0) for w in range(3))
-    return axes, flips  # type: ignore[return-value]
-
-
-def to_canonical(
-    array_zyx: np.ndarray,
-    spacing: tuple[float, ...],
-    origin: tuple[float, ...],
-    direction: tuple[float, ...],
-) -> Canonical:
-    """View a SimpleITK-ordered array (k, j, i) as canonical LPS (z, y, x) without copying."""
-    axes, flips = canonical_axes(direction)
-    view = array_zyx.transpose(2 - axes[2], 2 - axes[1], 2 - axes[0])
-    view = view[tuple(slice(None, None, -1) if f else slice(None) for f in (flips[2], flips[1], flips[0]))]
-    d = np.asarray(direction, float).reshape(3, 3)
-    step = float(d[2, axes[2]] * spacing[axes[2]])  # superior mm per stored index along that axis
-    z0 = origin[2] + (array_zyx.shape[2 - axes[2]] - 1) * step if step < 0 else origin[2]
-    canon_spacing = (float(spacing[axes[0]]), float(spacing[axes[1]]), float(spacing[axes[2]]))
-    return Canonical(view, canon_spacing, float(z0), abs(step))
 
 
 # ------------------------------------------------------------- rendering
@@ -186,13 +161,48 @@ def coarse_step(ny: int, nx: int, side: int = COARSE_SIDE) -> int:
     return max(1, math.ceil(max(ny, nx) / side))
 
 
-def coarse_body(volume: np.ndarray, threshold: float, step: int) -> np.ndarray:
-    """The body on a coarse in-plane grid: largest 3-D component above `threshold`, holes filled per slice.
+@dataclass(frozen=True)
+class Intensity:
+    """How a volume's voxels become body masks and 8-bit images."""
+
+    threshold: float
+    background: float | None  # a constant stored outside the body, when it is above the threshold
+    channels: tuple[tuple[str, Callable[[np.ndarray], np.ndarray]], ...]  # (window name, renderer)
+
+    def body(self, values: np.ndarray) -> np.ndarray:
+        """Voxels that may be body: above the threshold and not the stored background."""
+        above = values > self.threshold
+        if self.background is not None:
+            above &= np.abs(values - np.float32(self.background)) > 0.5
+        return above
+
+
+def stored_background(volume: np.ndarray, threshold: float, step: int) -> float | None:
+    """A constant value filling most of the slices' borders that the threshold would count as body.
+
+    A skull-stripped CT stores 0 HU outside the head: above -500 HU, so without
+    this the whole frame would be "body".
+    """
+    border = np.concatenate(
+        [
+            np.asarray(volume[:, 0, ::step]).ravel(),
+            np.asarray(volume[:, -1, ::step]).ravel(),
+            np.asarray(volume[:, ::step, 0]).ravel(),
+            np.asarray(volume[:, ::step, -1]).ravel(),
+        ]
+    )
+    values, counts = np.unique(border, return_counts=True)
+    common = float(values[counts.argmax()])
+    return common if counts.max() >= BACKGROUND_SHARE * border.size and common > threshold else None
+
+
+def coarse_body(volume: np.ndarray, intensity: Intensity, step: int) -> np.ndarray:
+    """The body on a coarse in-plane grid: largest 3-D component, holes filled per slice.
 
     An opening first cuts thin bridges (a couch touching the back, tubes), so
     the couch and other objects stay separate components.
     """
-    above = np.asarray(volume[:, ::step, ::step] > threshold)
+    above = intensity.body(np.asarray(volume[:, ::step, ::step], np.float32))
     above = ndimage.binary_opening(above, structure=ndimage.generate_binary_structure(3, 1))
     labels, count = ndimage.label(above)
     if count == 0:
@@ -203,35 +213,25 @@ def coarse_body(volume: np.ndarray, threshold: float, step: int) -> np.ndarray:
     return np.stack([fill_holes(plane) for plane in body])
 
 
-def slice_body_mask(values: np.ndarray, threshold: float, region: np.ndarray) -> np.ndarray:
-    """One slice's body: above `threshold` inside the (dilated) coarse body, holes filled."""
-    return fill_holes((values > threshold) & region)
-
-
-@dataclass(frozen=True)
-class Intensity:
-    """How a volume's voxels become body masks and 8-bit images."""
-
-    threshold: float
-    channels: tuple[tuple[str, Callable[[np.ndarray], np.ndarray]], ...]  # (window name, renderer)
-
-
 def intensity_for(volume: np.ndarray, modality: str, config: IngestConfig, step: int) -> Intensity:
-    """CT: the recipe's body threshold and windows. MRI: Otsu threshold and percentiles inside the body."""
+    """CT: the recipe's body threshold and windows. MRI: robust Otsu threshold, body percentiles."""
     if modality == "ct":
         channels = tuple((w.name, _windowed(w)) for w in config.ct_windows)
-        return Intensity(config.ct_body_threshold_hu, channels)
+        threshold = config.ct_body_threshold_hu
+        return Intensity(threshold, stored_background(volume, threshold, step), channels)
     from skimage.filters import threshold_otsu
 
     sample = np.asarray(volume[:, ::step, ::step], np.float32)
-    threshold = float(threshold_otsu(sample))
-    body = coarse_body(volume, threshold, step)
+    low, high = np.percentile(sample, (0.5, 99.5))
+    threshold = float(threshold_otsu(np.clip(sample, low, high))) if high > low else float(low)
+    probe = Intensity(threshold, stored_background(volume, threshold, step), ())
+    body = coarse_body(volume, probe, step)
     if not body.any():
         raise InputError("no-usable-slices", "no body found above the Otsu threshold")
     low, high = (float(v) for v in np.percentile(sample[body], config.mri_percentiles))
     if high <= low:
         raise InputError("constant-volume", f"no contrast inside the body ({low} .. {high})")
-    return Intensity(threshold, (("", _scaled(low, high)),))
+    return Intensity(threshold, probe.background, (("", _scaled(low, high)),))
 
 
 def _windowed(window: Window) -> Callable[[np.ndarray], np.ndarray]:
@@ -242,228 +242,224 @@ def _scaled(low: float, high: float) -> Callable[[np.ndarray], np.ndarray]:
     return lambda values: scale_to_uint8(values, low, high)
 
 
+Box = tuple[int, int, int, int]  # y0, y1, x0, x1 (exclusive ends) in the slice grid
+
+
 @dataclass
-class Rendered:
-    """A volume's kept slices: one (n, H, W) uint8 stack per channel, the masks, and per-slice facts."""
+class Slices:
+    """A volume's slicing: plane, grid, crop box, intensity, per-slice masks, and which slices are kept."""
 
+    view: PlaneView
     grid: SliceGrid
-    names: tuple[str, ...]
-    stacks: list[np.ndarray]
-    masks: np.ndarray
-    slices: list[int]
-    fractions: list[float]
-    dropped: int
+    intensity: Intensity
+    coarse: np.ndarray
+    masks: list[np.ndarray | None]  # packed bits per slice (None: no body)
+    box: Box
+    kept: list[int]
+    fractions: dict[int, float]
+    counts: Counter[str]
+
+    def values(self, k: int) -> np.ndarray:
+        """Slice k resampled to the grid, float32."""
+        return resize(np.asarray(self.view.array[k], np.float32), self.grid.width, self.grid.height)
+
+    def mask(self, k: int) -> np.ndarray:
+        packed = self.masks[k]
+        assert packed is not None
+        size = self.grid.height * self.grid.width
+        return np.unpackbits(packed, count=size).reshape(self.grid.height, self.grid.width).view(bool)
 
 
-def render_volume(canon: Canonical, modality: str, config: IngestConfig) -> Rendered:
-    """Every axial slice of a canonical volume, rendered; slices that are mostly background dropped."""
-    nz, ny, nx = canon.array.shape
-    sx, sy, _ = canon.spacing
-    grid = slice_grid(ny, nx, sy, sx, config.max_size)
-    step = coarse_step(ny, nx)
-    intensity = intensity_for(canon.array, modality, config, step)
-    coarse = ndimage.binary_dilation(coarse_body(canon.array, intensity.threshold, step), iterations=1)
-    shape = (nz, grid.height, grid.width)
-    stacks = [np.empty(shape, np.uint8) for _ in intensity.channels]  # pages touched only when written
-    masks = np.empty(shape, bool)
-    slices, fractions = [], []
-    for k in range(nz):
-        values = resize(np.asarray(canon.array[k], np.float32), grid.width, grid.height)
-        region = cv2.resize(coarse[k].astype(np.uint8), (grid.width, grid.height), cv2.INTER_NEAREST)
-        mask = slice_body_mask(values, intensity.threshold, region.astype(bool))
-        fraction = float(mask.mean())
-        if fraction < config.min_body_fraction:
-            continue
-        n = len(slices)
-        for stack, (_, render) in zip(stacks, intensity.channels, strict=True):
-            stack[n] = render(values)
-        masks[n] = mask
-        slices.append(k)
-        fractions.append(fraction)
-    n = len(slices)
-    names = tuple(name for name, _ in intensity.channels)
-    return Rendered(grid, names, [s[:n] for s in stacks], masks[:n], slices, fractions, nz - n)
-
-
-# ------------------------------------------------------------------- reading
-
-
-def read_canonical(path: Path) -> Canonical:
-    """Read a NIfTI volume and view it canonically; an `InputError` says why a file cannot be used."""
-    import SimpleITK as sitk
-
-    reader = sitk.ImageFileReader()
-    reader.SetFileName(str(path))
-    try:
-        reader.ReadImageInformation()
-    except RuntimeError as exc:
-        raise InputError("unreadable", f"not a readable NIfTI file ({_first_line(exc, path)})") from exc
-    size = tuple(reader.GetSize())
-    if len(size) == 4 and size[3] == 1:
-        size = size[:3]
-    if len(size) != 3:
-        raise InputError("not-3d", f"{reader.GetDimension()}-D image of size {size}; a 3-D volume is needed")
-    if reader.GetNumberOfComponents() != 1:
-        raise InputError("not-scalar", f"{reader.GetNumberOfComponents()} components per voxel; need 1")
-    _check_complete(path, reader)
-    _check_finite(path, reader)
-    try:
-        image = reader.Execute()
-    except RuntimeError as exc:
-        raise InputError("unreadable", f"cannot read the voxels ({_first_line(exc, path)})") from exc
-    if image.GetDimension() == 4:
-        image = image[:, :, :, 0]
-    array = _owned_view(image)
-    _check_values(array)
-    return to_canonical(array, image.GetSpacing(), image.GetOrigin(), image.GetDirection())
-
-
-class _Owner:
-    """Exposes a SimpleITK image's voxel buffer to numpy while holding the image alive."""
-
-    def __init__(self, image: Any) -> None:
-        import SimpleITK as sitk
-
-        self.image = image
-        self.__array_interface__ = sitk.GetArrayViewFromImage(image).__array_interface__
-
-
-def _owned_view(image: Any) -> np.ndarray:
-    """The image's voxels as a numpy view (no copy) whose base keeps the image alive.
-
-    `sitk.GetArrayViewFromImage` alone does not: once the image is collected,
-    the view reads freed memory. A copy (`GetArrayFromImage`) would double the
-    peak memory of every worker.
-    """
-    return np.asarray(_Owner(image))
-
-
-def _check_complete(path: Path, reader: Any) -> None:
-    """Refuse a truncated NIfTI: ITK reads one silently, padding the missing voxels with zeros.
-
-    The NIfTI header gives the data's byte size; a gzip member stores the
-    uncompressed size (mod 2**32) in its last 4 bytes.
-    """
-    keys = set(reader.GetMetaDataKeys())
-    if not {"vox_offset", "bitpix", "dim[0]"} <= keys:
-        return
-    ndim = int(reader.GetMetaData("dim[0]"))
-    voxels = math.prod(int(reader.GetMetaData(f"dim[{i}]")) for i in range(1, ndim + 1))
-    expected = int(float(reader.GetMetaData("vox_offset"))) + voxels * int(reader.GetMetaData("bitpix")) // 8
-    if path.name.endswith(".gz"):
-        with open(path, "rb") as handle:
-            handle.seek(-4, os.SEEK_END)
-            complete = int.from_bytes(handle.read(4), "little") == expected % 2**32
-    else:
-        complete = path.stat().st_size >= expected
-    if not complete:
+def slice_volume(canon: Canonical, modality: str, config: IngestConfig, max_slices: int = 0) -> Slices:
+    """Decide a volume's slicing: plane, body masks, crop box, kept slices (nothing rendered yet)."""
+    view = plane_view(canon, choose_plane(canon.spacing, config))
+    n, rows, columns = view.array.shape
+    grid = slice_grid(rows, columns, view.row_mm, view.column_mm, config.max_size)
+    if min(grid.height, grid.width) < config.min_image_size:
         raise InputError(
-            "truncated", f"the file ends before its {expected:,} bytes of NIfTI data (truncated?)"
+            "too-small",
+            f"{view.plane} slices of {grid.height}x{grid.width} px are below "
+            f"ingest.min_image_size {config.min_image_size}",
         )
+    step = coarse_step(rows, columns)
+    intensity = intensity_for(view.array, modality, config, step)
+    coarse = ndimage.binary_dilation(coarse_body(view.array, intensity, step), iterations=1)
+    slices = Slices(view, grid, intensity, coarse, [], (0, grid.height, 0, grid.width), [], {}, Counter())
+    boxes = [_slice_mask(slices, k) for k in range(n)]
+    body = [b for b in boxes if b is not None]
+    if config.crop_to_body and body:
+        slices.box = crop_box(body, grid, config)
+    usable = _usable(slices, config)
+    chosen = select_slabs([view.position_mm(k) for k in usable], max_slices, config.slab_step_mm)
+    slices.kept = [usable[i] for i in chosen]
+    slices.counts.update(slices_usable=len(usable), slices_left_out_by_budget=len(usable) - len(chosen))
+    return slices
 
 
-def _check_finite(path: Path, reader: Any) -> None:
-    """Refuse float NIfTI data holding NaN or infinity.
+def _slice_mask(slices: Slices, k: int) -> Box | None:
+    """Compute slice k's body mask (stored packed); returns its bounding box, None when it has no body."""
+    grid = slices.grid
+    region = cv2.resize(slices.coarse[k].astype(np.uint8), (grid.width, grid.height), cv2.INTER_NEAREST)
+    mask = fill_holes(slices.intensity.body(slices.values(k)) & region.astype(bool))
+    share = float(mask.mean())
+    if share == 0 or share >= WHOLE_FRAME:  # no body, or no background to tell it from
+        slices.counts["slices_dropped_no_background" if share else "slices_dropped_low_body"] += 1
+        slices.masks.append(None)
+        return None
+    slices.masks.append(np.packbits(mask))
+    ys, xs = np.nonzero(mask.any(axis=1))[0], np.nonzero(mask.any(axis=0))[0]
+    return int(ys[0]), int(ys[-1]) + 1, int(xs[0]), int(xs[-1]) + 1
 
-    The NIfTI library under ITK silently replaces them with 0 (water, for CT),
-    so they are looked for in the file itself: one extra streamed pass, only
-    for float32/float64 volumes (CT is almost always int16).
+
+def crop_box(boxes: list[Box], grid: SliceGrid, config: IngestConfig) -> Box:
+    """The union of the slices' body boxes, plus the margin, at least `min_image_size`, inside the frame."""
+    y0, y1 = min(b[0] for b in boxes), max(b[1] for b in boxes)
+    x0, x1 = min(b[2] for b in boxes), max(b[3] for b in boxes)
+    margin = round(config.body_crop_margin * max(y1 - y0, x1 - x0))
+    y0, y1 = _span(y0 - margin, y1 + margin, grid.height, config.min_image_size)
+    x0, x1 = _span(x0 - margin, x1 + margin, grid.width, config.min_image_size)
+    return y0, y1, x0, x1
+
+
+def _span(low: int, high: int, size: int, minimum: int) -> tuple[int, int]:
+    """[low, high) widened to `minimum` around its centre if needed, then clamped into [0, size)."""
+    if high - low < minimum:
+        centre = (low + high) // 2
+        low, high = centre - minimum // 2, centre - minimum // 2 + minimum
+    if low < 0:
+        low, high = 0, high - low
+    if high > size:
+        low, high = max(0, low - (high - size)), size
+    return low, high
+
+
+def _usable(slices: Slices, config: IngestConfig) -> list[int]:
+    """Slices whose body covers at least `min_body_fraction` of the crop box."""
+    y0, y1, x0, x1 = slices.box
+    usable = []
+    for k, packed in enumerate(slices.masks):
+        if packed is None:
+            continue
+        fraction = float(slices.mask(k)[y0:y1, x0:x1].mean())
+        if fraction >= config.min_body_fraction:
+            usable.append(k)
+            slices.fractions[k] = fraction
+        else:
+            slices.counts["slices_dropped_low_body"] += 1
+    return usable
+
+
+def select_slabs(positions: list[float], budget: int, step_mm: float) -> list[int]:
+    """Indices into `positions` (sorted, mm): all of them, or at most `budget` in slabs spread along them.
+
+    Each slab is a centre slice and the slices nearest to `step_mm` before and
+    after it, so every kept slice has another kept slice about `step_mm` (or
+    twice that) away: the anomaly task's reference distance.
     """
-    keys = set(reader.GetMetaDataKeys())
-    if not {"datatype", "bitpix", "vox_offset"} <= keys or reader.GetMetaData("datatype") not in ("16", "64"):
-        return
-    offset = int(float(reader.GetMetaData("vox_offset")))
-    opener = gzip.open if path.name.endswith(".gz") else open
-    with opener(path, "rb") as handle:
-        header = handle.read(offset)
-        order = "<" if int.from_bytes(header[:4], "little") in (348, 540) else ">"
-        dtype = np.dtype(f"{order}f{int(reader.GetMetaData('bitpix')) // 8}")
-        block = (1 << 24) // dtype.itemsize * dtype.itemsize
-        while data := handle.read(block):
-            values = np.frombuffer(data, dtype, count=len(data) // dtype.itemsize)
-            if not np.isfinite(values).all():
-                raise InputError("nan-voxels", "NaN or infinite voxel values; the volume is skipped whole")
+    n = len(positions)
+    if budget <= 0 or n <= budget:
+        return list(range(n))
+    chosen: list[int] = []
+    n_slabs = math.ceil(budget / SLAB)
+    for slab in range(n_slabs):
+        centre = min(n - 1, int((slab + 0.5) * n / n_slabs))
+        members = [centre] + [_nearest(positions, positions[centre] + d) for d in (-step_mm, step_mm)]
+        for index in members:
+            if index not in chosen and len(chosen) < budget:
+                chosen.append(index)
+    return sorted(chosen)
 
 
-def _check_values(array: np.ndarray) -> None:
-    low, high = float(np.min(array)), float(np.max(array))
-    if math.isnan(low) or math.isnan(high) or math.isinf(low) or math.isinf(high):
-        raise InputError("nan-voxels", "NaN or infinite voxel values; the volume is skipped whole")
-    if low == high:
-        raise InputError("constant-volume", f"every voxel is {low:g}")
-
-
-def _first_line(exc: Exception, path: Path) -> str:
-    """ITK's own message, last line, without the absolute path (tables hold relative ones)."""
-    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
-    return (lines[-1] if lines else type(exc).__name__).replace(str(path), path.name)
+def _nearest(positions: list[float], target: float) -> int:
+    i = bisect_left(positions, target)
+    near = [j for j in (i - 1, i) if 0 <= j < len(positions)]
+    return min(near, key=lambda j: (abs(positions[j] - target), j))
 
 
 # -------------------------------------------------------------------- a unit
 
 
 def process_volume(job: Job) -> None:
-    """Render one volume, save its cache stacks, then its catalogue part (the completion marker)."""
+    """Slice and render one volume, save its cache stacks, then its catalogue part (the completion marker).
+
+    A problem with the input is recorded as a skip; a problem writing the
+    outputs (a full disk) propagates, and the runner stops the run naming it.
+    """
     result = UnitResult()
     (record,) = job.unit.records
     name = record["path"]
     try:
         canon = read_canonical(job.root / name)
-        rendered = render_volume(canon, job.modality, job.config)
+        slices = slice_volume(canon, job.modality, job.config, record.get("max_slices", 0))
     except InputError as exc:
         result.skip(name, exc.reason, f"{name}: {exc.message}")
     except Exception as exc:  # one odd file must not stop a long run; recorded with its cause
         result.skip(name, "decode-error", f"{name}: {type(exc).__name__}: {exc}")
     else:
-        if rendered.slices:
-            _store(job, record, canon, rendered, result)
+        result.counts.update(slices.counts)
+        if slices.kept:
+            _store(job, record, slices, result)
         else:
             message = f"{name}: no slice has a body fraction >= {job.config.min_body_fraction}"
+            if slices.counts["slices_dropped_no_background"]:
+                message += " (the body covers the whole frame: is the background stored as tissue?)"
             result.skip(name, "no-usable-slices", message)
-        result.counts["slices_dropped_low_body"] += rendered.dropped
-    write_part(job.part, result, job.unit_hash)
+    write_unit_part(job, result)
 
 
-def _store(
-    job: Job, record: dict[str, Any], canon: Canonical, rendered: Rendered, result: UnitResult
-) -> None:
-    volume_id = record["volume_id"]
-    files = [f"{volume_id}.{_slug(name)}.npy" if name else f"{volume_id}.npy" for name in rendered.names]
-    mask_file = f"{volume_id}.mask.npy"
-    for file, stack in zip(files, rendered.stacks, strict=True):
-        save_stack(job.cache_dir / file, stack)
-    save_stack(job.cache_dir / mask_file, rendered.masks)
+def _store(job: Job, record: dict[str, Any], slices: Slices, result: UnitResult) -> None:
+    volume_id, plane = record["volume_id"], slices.view.plane
+    names = [name for name, _ in slices.intensity.channels]
+    files = [f"{volume_id}.{_slug(n)}{STACK_SUFFIX}" if n else f"{volume_id}{STACK_SUFFIX}" for n in names]
+    mask_file = f"{volume_id}.mask{STACK_SUFFIX}"
+    y0, y1, x0, x1 = slices.box
+    writers = [StackWriter(job.cache_dir / file, "image") for file in files]
+    masks = StackWriter(job.cache_dir / mask_file, "mask")
+    try:
+        for k in slices.kept:
+            values = slices.values(k)[y0:y1, x0:x1]
+            for writer, (_, render) in zip(writers, slices.intensity.channels, strict=True):
+                writer.add(render(values))
+            masks.add(slices.mask(k)[y0:y1, x0:x1])
+        for writer in [*writers, masks]:
+            writer.close()
+    except BaseException:
+        for writer in [*writers, masks]:
+            writer.abort()
+        raise
     meta = json.dumps(record["meta"], sort_keys=True, ensure_ascii=False)
-    grid = rendered.grid
-    for index, (k, fraction) in enumerate(zip(rendered.slices, rendered.fractions, strict=True)):
-        for name, file in zip(rendered.names, files, strict=True):
+    prefix = f"{volume_id}:" if plane == "axial" else f"{volume_id}:{plane}:"
+    for index, k in enumerate(slices.kept):
+        for name, file in zip(names, files, strict=True):
             result.rows.append(
                 {
-                    "image_id": f"{volume_id}:{name}:{k:04d}" if name else f"{volume_id}:{k:04d}",
+                    "image_id": f"{prefix}{name}:{k:04d}" if name else f"{prefix}{k:04d}",
                     "modality": job.modality,
                     "source_kind": KIND,
                     "subject_id": record["subject_id"],
                     "source_id": volume_id,
                     "study_id": "",
                     "path": record["path"],
-                    "plane": "axial",
+                    "plane": plane,
                     "slice_index": k,
-                    "z_mm": canon.z_mm(k),
-                    "pixel_spacing_mm": grid.pixel_mm,
-                    "slice_spacing_mm": canon.spacing[2],
+                    "z_mm": slices.view.position_mm(k),
+                    "pixel_spacing_mm": slices.grid.pixel_mm,
+                    "slice_spacing_mm": slices.view.normal_mm,
                     "window": name,
                     "view": "",
                     "official_split": record["official_split"],
-                    "body_fraction": fraction,
-                    "height": grid.height,
-                    "width": grid.width,
+                    "body_fraction": slices.fractions[k],
+                    "height": y1 - y0,
+                    "width": x1 - x0,
                     "cache_file": file,
                     "mask_file": mask_file,
                     "cache_index": index,
+                    "crop_x": x0,
+                    "crop_y": y0,
                     "meta": meta,
                 }
             )
-    result.counts.update(used=1, images=len(result.rows), slices_kept=len(rendered.slices))
+    result.counts.update(used=1, images=len(result.rows), slices_kept=len(slices.kept))
 
 
 def _slug(name: str) -> str:

@@ -8,10 +8,20 @@ ViewPosition tag). `mimic-cxr-2.0.0-split.csv.gz`, when present, gives the
 official split, kept as provenance only. Frontal views (`recipe.ingest.xray_views`)
 are kept; every other image is recorded with its reason.
 
+Metadata rows whose file is missing are listed by id; a dicom_id whose rows
+disagree (on ViewPosition, subject or study) is a `metadata-conflict` and not
+used. With `ingest.max_images`, at most that many frontal images are kept: one
+per subject in an order fixed by a hash of the subject id, then a second per
+subject, and so on (views are known from the JPG metadata; for DICOM, whose
+view is only in the file, every image counts); the rest are recorded as
+`left-out-by-budget`.
+
 A unit is a chunk of `xray_chunk_images` consecutive inputs. Its usable images,
-shrunk to a longest side of `max_size`, go into one (n, max_size, max_size)
-uint8 stack, zero-padded, with `height` x `width` in the catalogue, plus a
-mask stack of the anatomy region.
+shrunk to a longest side of `max_size` (and at least `min_image_size` on the
+shorter side), go into one image stack with `height` x `width` in the
+catalogue, plus a mask stack of the anatomy region. A file that is really a
+16-bit PNG (or TIFF) under a `.jpg` name is decoded at its real bit depth and
+windowed to its robust range instead of being clipped to white.
 """
 
 from __future__ import annotations
@@ -28,12 +38,13 @@ import cv2
 import numpy as np
 import polars as pl
 
-from medscout_data.cache import save_stack
+from medscout_data.cache import STACK_SUFFIX, StackWriter
 from medscout_data.imaging import fit_longest_side, resize
 from medscout_data.recipe import IngestConfig
 from medscout_data.report import Skip
+from medscout_data.seeding import stable_rank
 from medscout_data.sources import dicom
-from medscout_data.sources.base import InputError, Job, Listing, Unit, UnitResult, write_part
+from medscout_data.sources.base import InputError, Job, Listing, Unit, UnitResult, write_unit_part
 from medscout_data.sources.detect import JPG_METADATA, RECORD_LIST, SPLIT_CSV, SUFFIXES, image_folder
 from medscout_data.sources.masks import fill_holes, largest_component
 
@@ -74,12 +85,14 @@ def list_xray(root: Path, kind: str, config: IngestConfig) -> Listing:
     index_name, _ = INDEX_COLUMNS[kind]
     meta = _read_index(root / index_name, kind, skips)
     if meta is not None:
-        frame = frame.join(meta, on="dicom_id", how="left")
-        counts["metadata_rows_without_file"] = meta.height - frame.get_column("m_meta").is_not_null().sum()
+        frame = _join_index(frame, meta, index_name, skips, counts)
     split = _read_split(root / SPLIT_CSV, kind, skips)
     if split is not None:
         frame = frame.join(split, on="dicom_id", how="left")
-    frame = frame.sort("path")
+    missing_columns = [c for c in ("m_subject", "m_study", "m_view", "m_meta") if c not in frame.columns]
+    frame = frame.with_columns([pl.lit(None, pl.String).alias(c) for c in missing_columns]).sort("path")
+    if config.max_images:
+        frame = _within_budget(frame, kind, config, skips, counts)
     chunk = config.xray_chunk_images
     n_units = math.ceil(frame.height / chunk)
 
@@ -90,44 +103,113 @@ def list_xray(root: Path, kind: str, config: IngestConfig) -> Listing:
     return Listing([f"chunk-{i:05d}" for i in range(n_units)], unit, skips, counts)
 
 
+def _join_index(
+    frame: pl.DataFrame, meta: pl.DataFrame, name: str, skips: list[Skip], counts: Counter[str]
+) -> pl.DataFrame:
+    """Files joined with their metadata rows; rows without a file listed, conflicting ids left out."""
+    missing = meta.join(frame, on="dicom_id", how="anti")
+    counts["metadata_rows_without_file"] = missing.height
+    for dicom_id, subject, study in missing.select("dicom_id", "m_subject", "m_study").iter_rows():
+        message = f"{dicom_id}: listed in {name} (subject {subject}, study {study}) but no file {dicom_id}.*"
+        skips.append(Skip(dicom_id, "missing-file", message + " is under the root"))
+    frame = frame.join(meta, on="dicom_id", how="left")
+    conflicts = frame.filter(pl.col("m_conflict").is_not_null())
+    for path, conflict in conflicts.select("path", "m_conflict").iter_rows():
+        skips.append(Skip(path, "metadata-conflict", f"{path}: {name} {conflict}; the image is not used"))
+    return frame.filter(pl.col("m_conflict").is_null()).drop("m_conflict")
+
+
+def _within_budget(
+    frame: pl.DataFrame, kind: str, config: IngestConfig, skips: list[Skip], counts: Counter[str]
+) -> pl.DataFrame:
+    """At most `max_images` eligible images: one per subject in hash order, then a second, and so on."""
+    folder_subject = pl.col("path").str.extract(r"p(\d+)/s[^/]+/[^/]+$", 1)
+    subject = pl.coalesce(pl.col("m_subject"), folder_subject, pl.lit(""))
+    view = pl.col("m_view").str.strip_chars().str.to_uppercase()
+    eligible = view.is_in(list(config.xray_views)) if kind == "mimic-cxr-jpg" else pl.lit(True)
+    frame = frame.with_columns(_subject=subject, _eligible=eligible.fill_null(False))
+    ranks = {s: stable_rank(0, "ingest-budget", s) for s in frame.get_column("_subject").unique().to_list()}
+    ordered = frame.filter("_eligible").with_columns(
+        _turn=pl.int_range(pl.len()).over("_subject", order_by="path"),
+        _hash=pl.col("_subject").replace_strict(ranks, return_dtype=pl.String),
+    )
+    ordered = ordered.sort(["_turn", "_hash", "path"])
+    left_out = ordered.slice(config.max_images)
+    counts["images_left_out_by_budget"] = left_out.height
+    for path in left_out.get_column("path").to_list():
+        skips.append(
+            Skip(path, "left-out-by-budget", f"{path}: beyond ingest.max_images = {config.max_images}")
+        )
+    keep = frame.join(left_out.select("path"), on="path", how="anti")
+    return keep.drop("_subject", "_eligible").sort("path")
+
+
 def _read_index(path: Path, kind: str, skips: list[Skip]) -> pl.DataFrame | None:
-    """The metadata CSV as dicom_id -> m_subject, m_study, m_view, m_meta (the whole row as JSON)."""
+    """The metadata CSV as dicom_id -> m_subject, m_study, m_view, m_meta (row as JSON), m_conflict."""
     name, required = INDEX_COLUMNS[kind]
     if not path.is_file():
         fallback = "subject and study ids come from the folder names" + (
             "; without it no JPG has a view, so none can be used" if kind == "mimic-cxr-jpg" else ""
         )
-        skips.append(Skip(name, "missing-metadata", f"{name}: not found under the root; {fallback}"))
+        problem = "is not a file" if path.exists() else "not found under the root"
+        skips.append(Skip(name, "missing-metadata", f"{name}: {problem}; {fallback}"))
         return None
     try:
         table = pl.read_csv(path, infer_schema=False)
     except (pl.exceptions.PolarsError, OSError, ValueError) as exc:
-        skips.append(Skip(name, "bad-metadata", f"{name}: cannot be read as CSV ({exc})"))
+        skips.append(Skip(name, "bad-metadata", f"{name}: cannot be read as CSV ({_one_line(exc)})"))
         return None
     missing = [c for c in required if c not in table.columns]
     if missing:
         skips.append(Skip(name, "bad-metadata", f"{name}: missing column(s) {', '.join(missing)}"))
         return None
     view = pl.col("ViewPosition") if "ViewPosition" in table.columns else pl.lit(None, pl.String)
-    return table.unique("dicom_id", keep="first", maintain_order=True).select(
-        "dicom_id",
-        m_subject=pl.col("subject_id"),
-        m_study=pl.col("study_id"),
-        m_view=view,
-        m_meta=pl.struct(table.columns).struct.json_encode(),
+    table = table.with_columns(m_view=view)
+    return (
+        table.unique("dicom_id", keep="first", maintain_order=True)
+        .select(
+            "dicom_id",
+            m_subject=pl.col("subject_id"),
+            m_study=pl.col("study_id"),
+            m_view=pl.col("m_view"),
+            m_meta=pl.struct(table.drop("m_view").columns).struct.json_encode(),
+        )
+        .join(_conflicts(table), on="dicom_id", how="left")
     )
+
+
+def _conflicts(table: pl.DataFrame) -> pl.DataFrame:
+    """dicom_id -> m_conflict: a description of how its duplicate rows disagree (only for those that do)."""
+    columns = {"ViewPosition": "m_view", "subject_id": "subject_id", "study_id": "study_id"}
+    grouped = table.group_by("dicom_id").agg(
+        [pl.col(c).unique(maintain_order=True).alias(label) for label, c in columns.items()],
+        rows=pl.len(),
+    )
+    described = []
+    for row in grouped.filter(pl.col("rows") > 1).iter_rows(named=True):
+        parts = [
+            f"{label} ({', '.join(str(v) for v in row[label])})" for label in columns if len(row[label]) > 1
+        ]
+        if parts:
+            described.append((row["dicom_id"], f"has {row['rows']} rows that disagree on {'; '.join(parts)}"))
+    return pl.DataFrame(described, schema={"dicom_id": pl.String, "m_conflict": pl.String}, orient="row")
+
+
+def _one_line(exc: Exception) -> str:
+    return " ".join(str(exc).split())
 
 
 def _read_split(path: Path, kind: str, skips: list[Skip]) -> pl.DataFrame | None:
     if not path.is_file():
         if kind == "mimic-cxr-jpg":
-            message = f"{SPLIT_CSV}: not found; official_split stays empty (provenance only)"
+            problem = "is not a file" if path.exists() else "not found"
+            message = f"{SPLIT_CSV}: {problem}; official_split stays empty (provenance only)"
             skips.append(Skip(SPLIT_CSV, "missing-split", message))
         return None
     try:
         table = pl.read_csv(path, infer_schema=False, columns=["dicom_id", "split"])
     except (pl.exceptions.PolarsError, OSError, ValueError) as exc:
-        skips.append(Skip(SPLIT_CSV, "bad-metadata", f"{SPLIT_CSV}: cannot be read ({exc})"))
+        skips.append(Skip(SPLIT_CSV, "bad-metadata", f"{SPLIT_CSV}: cannot be read ({_one_line(exc)})"))
         return None
     return table.unique("dicom_id", keep="first", maintain_order=True).rename({"split": "m_split"})
 
@@ -159,16 +241,37 @@ def _folder_id(parts: tuple[str, ...], position: int, prefix: str) -> str:
 # ------------------------------------------------------------------ images
 
 
-def load_jpg(path: Path, max_size: int) -> np.ndarray:
-    """A JPEG as uint8 grayscale; decoded at a reduced DCT scale when it is much larger than `max_size`."""
+def load_jpg(path: Path, max_size: int) -> tuple[np.ndarray, str]:
+    """A JPEG (or whatever image the file really holds) as uint8 grayscale, and the format found.
+
+    A JPEG much larger than `max_size` is decoded at a reduced DCT scale. A
+    16-bit or float image (a PNG or TIFF under a .jpg name) is windowed to its
+    robust range (0.5-99.5th percentile) rather than clipped to white by an
+    8-bit conversion.
+    """
     from PIL import Image
 
     try:
         with Image.open(path) as image:
+            found = image.format or "unknown"
+            if image.mode in ("I;16", "I;16L", "I;16B", "I;16N", "I", "F"):
+                return window_to_range(np.asarray(image, np.float32)), found
             image.draft("L", (max_size, max_size))
-            return np.asarray(image.convert("L"))
+            return np.asarray(image.convert("L")), found
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
         raise InputError("unreadable", f"not a readable JPEG ({exc})") from exc
+
+
+def window_to_range(values: np.ndarray) -> np.ndarray:
+    """High-bit-depth grey values to uint8 over their robust range (percentiles 0.5 .. 99.5)."""
+    step = max(1, max(values.shape) // 512)
+    low, high = (float(v) for v in np.percentile(values[::step, ::step], (0.5, 99.5)))
+    if high <= low:
+        low, high = float(values.min()), float(values.max())
+    if high <= low:
+        raise InputError("constant-image", f"every pixel is {low:g}")
+    scaled = (values - np.float32(low)) * np.float32(255.0 / (high - low))
+    return np.clip(np.rint(scaled), 0, 255).astype(np.uint8)
 
 
 def fit(image: np.ndarray, max_size: int) -> np.ndarray:
@@ -200,11 +303,13 @@ def _load(job: Job, record: dict[str, Any]) -> tuple[np.ndarray, dict[str, Any]]
     path, views = job.root / record["path"], job.config.xray_views
     facts = {k: record[k] for k in ("subject_id", "study_id", "view")}
     facts["pixel_spacing_mm"] = math.nan
+    facts["format"] = "DICOM"
     if job.kind == "mimic-cxr-jpg":
         if not record["has_metadata"]:
             raise InputError("no-view", f"not in {JPG_METADATA}, so its view is unknown")
         _check_view(facts["view"], views)
-        return load_jpg(path, job.config.max_size), facts
+        image, facts["format"] = load_jpg(path, job.config.max_size)
+        return image, facts
     ds = dicom.open_dicom(path)
     facts["view"] = dicom.view_position(ds)
     _check_view(facts["view"], views)
@@ -224,38 +329,66 @@ def _check_view(view: str, views: tuple[str, ...]) -> None:
         raise InputError("view-filtered", f"view {view} is not one of {', '.join(views)} (recipe.ingest)")
 
 
+def _usable_image(full: np.ndarray, config: IngestConfig) -> np.ndarray:
+    """The image shrunk to `max_size`; `InputError` when it is too small or constant."""
+    image = fit(full, config.max_size)
+    if min(image.shape) < config.min_image_size:
+        raise InputError(
+            "too-small",
+            f"{image.shape[0]}x{image.shape[1]} px is below ingest.min_image_size {config.min_image_size}",
+        )
+    if image.min() == image.max():
+        raise InputError("constant-image", f"every pixel is {image.min()}")
+    return image
+
+
 def process_chunk(job: Job) -> None:
-    """Decode a chunk's images into one padded stack and its masks, then write the chunk's part."""
+    """Decode a chunk's images into one image stack and one mask stack, then write the chunk's part."""
     result = UnitResult()
-    size = job.config.max_size
-    records = job.unit.records
-    images = np.zeros((len(records), size, size), np.uint8)  # zero pages cost nothing until written
-    masks = np.zeros((len(records), size, size), bool)
-    cache_file, mask_file = f"{job.unit.key}.npy", f"{job.unit.key}.mask.npy"
-    for record in records:
-        name = record["path"]
-        try:
-            full, facts = _load(job, record)
-            image = fit(full, size)
-            if image.min() == image.max():
-                raise InputError("constant-image", f"every pixel is {image.min()}")
-        except InputError as exc:
-            result.skip(name, exc.reason, f"{name}: {exc.message}")
-            continue
-        except Exception as exc:  # one odd file must not stop a long run; recorded with its cause
-            result.skip(name, "decode-error", f"{name}: {type(exc).__name__}: {exc}")
-            continue
-        index, (height, width) = len(result.rows), image.shape
-        images[index, :height, :width] = image
-        mask = xray_body_mask(image)
-        masks[index, :height, :width] = mask
-        spacing = facts["pixel_spacing_mm"] * full.shape[1] / width
-        result.rows.append(_row(job, record, facts, image, float(mask.mean()), spacing, index))
-    if result.rows:
-        save_stack(job.cache_dir / cache_file, images[: len(result.rows)])
-        save_stack(job.cache_dir / mask_file, masks[: len(result.rows)])
+    cache_file, mask_file = f"{job.unit.key}{STACK_SUFFIX}", f"{job.unit.key}.mask{STACK_SUFFIX}"
+    images = StackWriter(job.cache_dir / cache_file, "image")
+    masks = StackWriter(job.cache_dir / mask_file, "mask")
+    try:
+        for record in job.unit.records:
+            _add(job, record, images, masks, result)
+        if result.rows:
+            images.close()
+            masks.close()
+        else:
+            images.abort()
+            masks.abort()
+    except BaseException:
+        images.abort()
+        masks.abort()
+        raise
     result.counts.update(used=len(result.rows), images=len(result.rows))
-    write_part(job.part, result, job.unit_hash)
+    write_unit_part(job, result)
+
+
+def _add(
+    job: Job, record: dict[str, Any], images: StackWriter, masks: StackWriter, result: UnitResult
+) -> None:
+    """Decode one input into the chunk's stacks, or record why it is not used."""
+    name = record["path"]
+    try:
+        full, facts = _load(job, record)
+        image = _usable_image(full, job.config)
+    except InputError as exc:
+        result.skip(name, exc.reason, f"{name}: {exc.message}")
+        return
+    except OSError as exc:
+        result.skip(name, "unreadable", f"{name}: cannot be read ({exc.strerror or exc})")
+        return
+    except Exception as exc:  # one odd file must not stop a long run; recorded with its cause
+        result.skip(name, "decode-error", f"{name}: {type(exc).__name__}: {exc}")
+        return
+    if facts["format"] not in ("JPEG", "DICOM"):
+        result.counts[f"not_jpeg_content_{facts['format'].lower()}"] += 1
+    mask = xray_body_mask(image)
+    index = images.add(image)
+    masks.add(mask)
+    spacing = facts["pixel_spacing_mm"] * full.shape[1] / image.shape[1]
+    result.rows.append(_row(job, record, facts, image, float(mask.mean()), spacing, index))
 
 
 def _row(
@@ -287,8 +420,10 @@ def _row(
         "body_fraction": fraction,
         "height": image.shape[0],
         "width": image.shape[1],
-        "cache_file": f"{job.unit.key}.npy",
-        "mask_file": f"{job.unit.key}.mask.npy",
+        "cache_file": f"{job.unit.key}{STACK_SUFFIX}",
+        "mask_file": f"{job.unit.key}.mask{STACK_SUFFIX}",
         "cache_index": index,
+        "crop_x": 0,
+        "crop_y": 0,
         "meta": json.dumps(meta, sort_keys=True, ensure_ascii=False),
     }

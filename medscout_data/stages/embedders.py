@@ -302,9 +302,17 @@ class PixelEmbedder:
 
 
 class VisionTowerEmbedder:
-    """An open_clip image tower with the model's own preprocessing; fp16 autocast on CUDA."""
+    """An open_clip image tower with the model's own preprocessing; fp16 autocast on CUDA.
+
+    `prepare` runs the transform's geometric steps (resize, crop or pad) on the
+    8-bit gray image in a worker thread and returns uint8; `model_input` then does
+    the transform's RGB replication, ToTensor and Normalize on the batch, on the
+    device, with the same float32 operations, so the tower sees exactly what
+    open_clip's transform makes while the CPU does a tenth of the work.
+    """
 
     def __init__(self, model: ResolvedModel, tower: Any, device: str) -> None:
+        import torch
         from open_clip.transform import PreprocessCfg, image_transform_v2
 
         self.model = model
@@ -314,20 +322,55 @@ class VisionTowerEmbedder:
         cfg["size"] = tuple(cfg["size"]) if isinstance(cfg["size"], list) else cfg["size"]
         cfg["mean"], cfg["std"] = tuple(cfg["mean"]), tuple(cfg["std"])
         self.transform = image_transform_v2(PreprocessCfg(**cfg), is_train=False)
+        self.geometry, mean, std = split_transform(self.transform)
+        self.mean = torch.tensor(mean, dtype=torch.float32, device=device).view(1, -1, 1, 1)
+        self.std = torch.tensor(std, dtype=torch.float32, device=device).view(1, -1, 1, 1)
 
     def prepare(self, image: np.ndarray) -> np.ndarray:
         from PIL import Image
 
-        # Grayscale is replicated to 3 channels by the transform's RGB conversion.
-        return self.transform(Image.fromarray(np.ascontiguousarray(image), mode="L")).numpy()
+        picture = Image.fromarray(np.ascontiguousarray(image, dtype=np.uint8))
+        for step in self.geometry:
+            picture = step(picture)
+        return np.array(picture, dtype=np.uint8)
+
+    def model_input(self, batch: np.ndarray) -> Any:
+        """(n, H, W) uint8 -> (n, 3, H, W) float32 on the device: gray to RGB, /255, normalised."""
+        import torch
+
+        pixels = torch.from_numpy(np.ascontiguousarray(batch)).to(self.device).unsqueeze(1)
+        scaled = pixels.to(torch.float32).div(255)
+        return scaled.expand(-1, self.mean.shape[1], -1, -1).sub(self.mean).div(self.std)
 
     def embed(self, batch: np.ndarray) -> np.ndarray:
         import torch
 
-        inputs = torch.from_numpy(np.ascontiguousarray(batch)).to(self.device)
         with torch.inference_mode(), torch.autocast("cuda", torch.float16, enabled=self.device == "cuda"):
-            features = self.tower(inputs)
+            features = self.tower(self.model_input(batch))
         return l2_normalise(features.float().cpu().numpy())
+
+
+_TO_RGB = {"MaybeConvertMode", "_convert_to_rgb"}
+_TO_TENSOR = {"MaybeToTensor", "ToTensor"}
+
+
+def split_transform(transform: Any) -> tuple[list[Any], tuple[float, ...], tuple[float, ...]]:
+    """open_clip's inference transform as (geometric steps, mean, std).
+
+    Its steps are geometric PIL operations, then RGB conversion, ToTensor and
+    Normalize; any other shape is refused rather than guessed at.
+    """
+    steps = list(getattr(transform, "transforms", [transform]))
+    names = [getattr(step, "__name__", type(step).__name__) for step in steps]
+    cut = next((i for i, name in enumerate(names) if name in _TO_RGB | _TO_TENSOR), len(steps))
+    tail = names[cut:]
+    if not tail or tail[-1] != "Normalize" or not set(tail[:-1]) <= _TO_RGB | _TO_TENSOR:
+        raise ModelUnavailable(
+            f"open_clip's preprocessing {names} is not geometry + RGB + ToTensor + Normalize; "
+            "this version of open_clip is not supported (pip install 'open_clip_torch>=2.24,<4')"
+        )
+    normalize = steps[-1]
+    return steps[:cut], tuple(map(float, normalize.mean)), tuple(map(float, normalize.std))
 
 
 def build_vision_tower(model_cfg: dict[str, Any]) -> Any:

@@ -8,35 +8,45 @@ image of the same subject, and never an image on the other side of the subject
 plan: each side (bench, train) gets its own FAISS index. `build` takes the
 top-1 neighbour as the anomaly reference.
 
+Ranks of a job array (`index --rank R --world-size N`, one per GPU): the
+catalogue is cut into blocks of `batch_size` images, rank R embeds blocks R,
+R+N, R+2N, ... into `_ranks/rank-R-of-N/` and leaves the marker
+`_ranks/rank-R-of-N.json`. The merge (`index --merge`, or any later `index` or
+`build` that finds rank outputs for the current catalogue and model) checks
+that every rank finished, naming those that did not, moves their parts into
+`embeddings/` and searches once. A block is one batch whoever embeds it, so the
+neighbours are byte-identical to a single process's on the CPU.
+
 Outputs, under `index/xray/<model-slug>/`:
 
     embeddings/model.json, embeddings/part-NNNNN.parquet   (image_id, row_key, vector)
     neighbours.parquet   image_id, subject_id, rank (1-based), neighbour_id, neighbour_subject_id, score
     index.json, errors.parquet, report.json
+    _ranks/rank-RRRRR-of-NNNNN/, _ranks/rank-RRRRR-of-NNNNN.json   (a rank's parts and marker, until merged)
 
 Embeddings are cached by image id (and a key of the catalogue row that made
 the pixels), so a rerun, or a grown catalogue, embeds only what is new. The
 neighbours table records the model, its weights, the embedding dim, the search
 kind, k, the plan digest and the catalogue fingerprint in its Parquet metadata;
 it is remade when any of them changes, and indices of two models never mix
-(each model has its own folder, and `load_neighbours` checks the model).
+(each model has its own folder, and `load_neighbours` checks the model). Every
+writer holds a lock on the model's folder (ranks one each), and only files the
+stage wrote are ever removed.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
-import io
 import itertools
 import json
 import logging
-import math
-import shutil
-import threading
-import time
+import re
+import shlex
 from collections import defaultdict
-from collections.abc import Callable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -44,28 +54,30 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
-from tqdm import tqdm
 
-from medscout_data.cache import ImageCache
 from medscout_data.errors import StageError
 from medscout_data.layout import Layout
+from medscout_data.locking import stage_lock
+from medscout_data.ranks import MARKER_DIR, Rank, RankError, marker_path, require_all_ranks, write_marker
 from medscout_data.recipe import Recipe
-from medscout_data.report import RunReport
+from medscout_data.report import RunReport, Skip
 from medscout_data.shards import read_file_metadata, write_json_atomic, write_table_atomic
 from medscout_data.stages.embedders import (
-    Embedder,
+    ModelSpec,
     ModelUnavailable,
     ResolvedModel,
     load_embedder,
     parse_model_spec,
     resolve_model,
 )
+from medscout_data.stages.embeddings import EmbeddingStore, catalogue_blocks, embed_missing
 from medscout_data.stages.plan import BENCH, TRAIN, SubjectPlan, ensure_plan
+from medscout_data.stages.search import SEARCH_KINDS, SearchConfig, faiss_gpus, search_side
 
 log = logging.getLogger(__name__)
 
-SEARCH_KINDS = ("exact", "ivf", "hnsw")
 NEIGHBOURS = "neighbours.parquet"
+WORK_FILE = "work.json"  # in a rank's folder: the work it was started on
 NEIGHBOUR_SCHEMA = pa.schema(
     [
         ("image_id", pa.string()),
@@ -91,12 +103,11 @@ CATALOGUE_COLUMNS = [
 ]
 # Catalogue columns that change when an image's rendered pixels change: part of the embedding key.
 ROW_KEY_COLUMNS = ("path", "view", "window", "height", "width", "body_fraction", "pixel_spacing_mm")
-FLUSH_ROWS = 4096
-FAISS_HINT = "index needs FAISS: pip install faiss-cpu (or faiss-gpu-cu12 on a CUDA 12 machine)"
+_RANK_NAME = re.compile(r"rank-(\d+)-of-(\d+)(\.json)?")
 
 
 class IndexStageError(StageError):
-    """The index stage cannot run: no catalogue, bad options, no FAISS."""
+    """The index stage cannot run: no catalogue, bad options, an output that cannot be written."""
 
 
 class IndexMismatch(StageError):
@@ -173,372 +184,7 @@ def catalogue_fingerprint(rows: list[dict[str, Any]]) -> str:
     return digest.hexdigest()
 
 
-# ----------------------------------------------------------------------------- embeddings on disk
-
-
-class EmbeddingStore:
-    """Embeddings of one model, keyed by image id, in append-only Parquet parts.
-
-    `model.json` holds the model identity (spec, weights digest, dim,
-    preprocessing); a store made by another identity is removed, never mixed.
-    A later part overrides an earlier one for the same image id.
-    """
-
-    def __init__(self, folder: Path, identity: dict[str, Any]) -> None:
-        self.folder = Path(folder)
-        self.identity = json.loads(json.dumps(identity))
-        self.dim = int(identity["dim"])
-        self.schema = pa.schema(
-            [
-                ("image_id", pa.string()),
-                ("row_key", pa.string()),
-                ("vector", pa.list_(pa.float32(), self.dim)),
-            ]
-        )
-        self._where: dict[str, tuple[int, int, str]] = {}
-        self._rows = 0
-        self._open()
-
-    def _open(self) -> None:
-        marker = self.folder / "model.json"
-        if marker.exists() and json.loads(marker.read_text(encoding="utf-8")) != self.identity:
-            log.warning("%s holds embeddings of another model or weights; removing them", self.folder)
-            shutil.rmtree(self.folder)
-        if not marker.exists():
-            write_json_atomic(self.identity, marker)
-        for number in self._parts():
-            table = pq.read_table(self._part(number), columns=["image_id", "row_key"])
-            for index, (image_id, key) in enumerate(
-                zip(table["image_id"].to_pylist(), table["row_key"].to_pylist(), strict=True)
-            ):
-                self._where[image_id] = (number, index, key)
-            self._rows += table.num_rows
-
-    def _parts(self) -> list[int]:
-        return sorted(int(p.stem.split("-")[1]) for p in self.folder.glob("part-*.parquet"))
-
-    def _part(self, number: int) -> Path:
-        return self.folder / f"part-{number:05d}.parquet"
-
-    def key(self, image_id: str) -> str | None:
-        """The row key the image was embedded under, or None."""
-        where = self._where.get(image_id)
-        return where[2] if where else None
-
-    def __len__(self) -> int:
-        return len(self._where)
-
-    def append(self, image_ids: list[str], keys: list[str], vectors: np.ndarray) -> None:
-        """Write one more part atomically."""
-        if not image_ids:
-            return
-        number = max(self._parts(), default=-1) + 1
-        flat = pa.array(np.ascontiguousarray(vectors, dtype=np.float32).ravel())
-        table = pa.table(
-            [pa.array(image_ids), pa.array(keys), pa.FixedSizeListArray.from_arrays(flat, self.dim)],
-            schema=self.schema,
-        )
-        write_table_atomic(table, self._part(number))
-        for index, (image_id, key) in enumerate(zip(image_ids, keys, strict=True)):
-            self._where[image_id] = (number, index, key)
-        self._rows += len(image_ids)
-
-    def vectors(self, image_ids: list[str]) -> np.ndarray:
-        """An (n, dim) float32 array, rows in the order of `image_ids`."""
-        out = np.empty((len(image_ids), self.dim), np.float32)
-        by_part: dict[int, list[tuple[int, int]]] = defaultdict(list)
-        for index, image_id in enumerate(image_ids):
-            number, row, _ = self._where[image_id]
-            by_part[number].append((index, row))
-        for number, pairs in by_part.items():
-            column = pq.read_table(self._part(number), columns=["vector"])["vector"].combine_chunks()
-            matrix = column.flatten().to_numpy().reshape(-1, self.dim)
-            target, source = np.array(pairs).T
-            out[target] = matrix[source]
-        return out
-
-    def compact(self) -> None:
-        """Rewrite the live rows when superseded ones outnumber them (after catalogue changes)."""
-        if self._rows <= 2 * len(self._where):
-            return
-        old = self._parts()
-        image_ids = sorted(self._where)
-        keys = [self._where[i][2] for i in image_ids]
-        for start in range(0, len(image_ids), FLUSH_ROWS):
-            chunk = image_ids[start : start + FLUSH_ROWS]
-            self.append(chunk, keys[start : start + FLUSH_ROWS], self.vectors(chunk))
-        for number in old:
-            self._part(number).unlink()
-        self._rows = len(self._where)
-
-
-# ----------------------------------------------------------------------------- embedding
-
-
-def embed_missing(
-    rows: list[dict[str, Any]],
-    store: EmbeddingStore,
-    embedder: Callable[[], Embedder],
-    cache_dir: Path,
-    options: IndexOptions,
-    report: RunReport,
-) -> None:
-    """Embed the rows the store lacks (or holds under another row key); unreadable images are skipped."""
-    todo = [row for row in rows if store.key(row["image_id"]) != row["row_key"]]
-    report.count("embeddings_reused", len(rows) - len(todo))
-    if not todo:
-        return
-    model = embedder()
-    reader = _ThreadImages(cache_dir)
-    pending = _PendingPart(store)
-    with tqdm(total=len(todo), desc=f"embed {model.model.spec.text}", unit="image") as bar:
-        for batch in _prepared_batches(todo, lambda r: model.prepare(reader.image(r)), options):
-            for row, _, error in batch:
-                if error is not None:
-                    report.skip(row["path"], "unreadable_image", error)
-            good = [(row, array) for row, array, _ in batch if array is not None]
-            if good:
-                pending.add([row for row, _ in good], model.embed(np.stack([a for _, a in good])))
-                report.count("embedded", len(good))
-            bar.update(len(batch))
-    pending.flush()
-    store.compact()
-
-
-class _PendingPart:
-    """Embeddings not yet on disk; written as a store part every FLUSH_ROWS rows."""
-
-    def __init__(self, store: EmbeddingStore) -> None:
-        self.store = store
-        self.rows: list[dict[str, Any]] = []
-        self.vectors: list[np.ndarray] = []
-
-    def add(self, rows: list[dict[str, Any]], vectors: np.ndarray) -> None:
-        self.rows += rows
-        self.vectors.append(vectors)
-        if len(self.rows) >= FLUSH_ROWS:
-            self.flush()
-
-    def flush(self) -> None:
-        if self.rows:
-            ids = [row["image_id"] for row in self.rows]
-            self.store.append(ids, [row["row_key"] for row in self.rows], np.concatenate(self.vectors))
-        self.rows, self.vectors = [], []
-
-
-class _ThreadImages:
-    """One ImageCache per thread (its open-file table is not thread-safe)."""
-
-    def __init__(self, folder: Path) -> None:
-        self.folder = folder
-        self.local = threading.local()
-
-    def image(self, row: dict[str, Any]) -> np.ndarray:
-        if not hasattr(self.local, "cache"):
-            self.local.cache = ImageCache(self.folder)
-        image = self.local.cache.image(row)
-        if image.size == 0:
-            raise ValueError(f"empty image ({image.shape})")
-        return image
-
-
-Prepared = tuple[dict[str, Any], np.ndarray | None, str | None]
-
-
-def _prepared_batches(
-    rows: list[dict[str, Any]], prepare: Callable[[dict[str, Any]], np.ndarray], options: IndexOptions
-) -> Iterator[list[Prepared]]:
-    """Batches of (row, input or None, error or None), read by a thread pool one batch ahead."""
-
-    def one(row: dict[str, Any]) -> Prepared:
-        try:
-            return row, prepare(row), None
-        except (OSError, ValueError, IndexError, KeyError, EOFError) as exc:
-            where = f"cache {row['cache_file']}[{row['cache_index']}]"
-            return row, None, f"{row['path']} ({where}): {type(exc).__name__}: {exc}"
-
-    with ThreadPoolExecutor(max_workers=options.workers) as pool:
-        pending: list[Future[Prepared]] | None = None
-        for start in range(0, len(rows), options.batch_size):
-            futures = [pool.submit(one, row) for row in rows[start : start + options.batch_size]]
-            if pending is not None:
-                yield [f.result() for f in pending]
-            pending = futures
-        if pending is not None:
-            yield [f.result() for f in pending]
-
-
-# ----------------------------------------------------------------------------- search
-
-
-@dataclass(frozen=True)
-class SearchConfig:
-    """FAISS search settings. Approximate kinds fall back to exact search for queries left short."""
-
-    kind: str = "exact"
-    use_gpu: bool = False
-    query_batch: int = 8192
-    max_depth: int = 1024  # of the configured index (FAISS GPU search takes k <= 2048)
-    result_budget: int = 1 << 25  # queries x depth per FAISS call (~400 MB of results)
-    hnsw_m: int = 32
-    hnsw_ef_construction: int = 40
-    ivf_train_points: int = 64  # k-means training points per IVF cell
-
-
-def ivf_lists(n: int) -> int:
-    """IVF cells: about sqrt(n) (614 at MIMIC-CXR's 377k), at least 39 training points each."""
-    return max(1, min(round(math.sqrt(n)), n // 39))
-
-
-def ivf_probes(nlist: int) -> int:
-    """Cells visited per query: 1/8 of them (about 1/8 of exact search's work), at least 8."""
-    return min(nlist, max(8, nlist // 8))
-
-
-def _faiss() -> Any:
-    try:
-        import faiss
-    except ImportError as exc:
-        raise IndexStageError(FAISS_HINT) from exc
-    return faiss
-
-
-def faiss_gpus() -> int:
-    """GPUs the installed FAISS can use (0 for faiss-cpu)."""
-    faiss = _faiss()
-    return int(faiss.get_num_gpus()) if hasattr(faiss, "get_num_gpus") else 0
-
-
-def build_faiss_index(vectors: np.ndarray, config: SearchConfig) -> tuple[Any, dict[str, Any]]:
-    """An inner-product index over unit `vectors` of the configured kind, and its parameters."""
-    faiss = _faiss()
-    n, dim = vectors.shape
-    params: dict[str, Any] = {"kind": config.kind, "n": n}
-    if config.kind == "exact":
-        index = faiss.IndexFlatIP(dim)
-    elif config.kind == "ivf":
-        nlist = ivf_lists(n)
-        index = faiss.IndexIVFFlat(faiss.IndexFlatIP(dim), dim, nlist, faiss.METRIC_INNER_PRODUCT)
-        index.cp.max_points_per_centroid = config.ivf_train_points  # FAISS subsamples, seeded
-        index.train(vectors)
-        index.nprobe = ivf_probes(nlist)
-        params.update(nlist=nlist, nprobe=index.nprobe)
-    elif config.kind == "hnsw":
-        index = faiss.IndexHNSWFlat(dim, config.hnsw_m, faiss.METRIC_INNER_PRODUCT)
-        index.hnsw.efConstruction = config.hnsw_ef_construction
-        params.update(m=config.hnsw_m, ef_construction=config.hnsw_ef_construction)
-    else:
-        raise ValueError(f"search kind must be one of {', '.join(SEARCH_KINDS)}, got {config.kind!r}")
-    index.add(vectors)
-    if config.use_gpu and config.kind != "hnsw" and faiss_gpus() > 0:
-        index = faiss.index_cpu_to_all_gpus(index)
-        params["gpus"] = faiss_gpus()
-    return index, params
-
-
-def _search(index: Any, queries: np.ndarray, depth: int, kind: str) -> tuple[np.ndarray, np.ndarray]:
-    if kind == "hnsw":
-        index.hnsw.efSearch = max(64, 2 * depth)
-    if kind == "ivf" and isinstance(index, _faiss().IndexIVF):  # a CPU IVF index
-        return _ivf_big_batch_search(index, queries, depth)
-    return index.search(queries, depth)
-
-
-def _ivf_big_batch_search(index: Any, queries: np.ndarray, depth: int) -> tuple[np.ndarray, np.ndarray]:
-    """FAISS's big-batch IVF search: each inverted list is scanned once for all the queries that
-    probe it, as one matrix product. Same results as `index.search`, 5-8x faster on a 2-core CPU
-    (benchmarks/bench_index.py), where per-query list scans are memory-bound at 512 dims."""
-    from faiss.contrib.big_batch_search import big_batch_search
-
-    with contextlib.redirect_stdout(io.StringIO()):  # it prints progress lines even at verbose=0
-        return big_batch_search(index, queries, depth, method="pairwise_distances", threaded=1)
-
-
-def _first_valid(
-    scores: np.ndarray, labels: np.ndarray, query_groups: np.ndarray, groups: np.ndarray, k: int
-) -> tuple[np.ndarray, np.ndarray]:
-    """The first k results of each row that belong to another group (FAISS rows are best first)."""
-    valid = (labels >= 0) & (groups[np.maximum(labels, 0)] != query_groups[:, None])
-    order = np.argsort(~valid, axis=1, kind="stable")[:, :k]
-    picked = np.take_along_axis(labels, order, 1)
-    picked_scores = np.take_along_axis(scores, order, 1).astype(np.float32)
-    keep = np.take_along_axis(valid, order, 1)
-    picked[~keep] = -1
-    picked_scores[~keep] = np.nan
-    if picked.shape[1] < k:
-        pad = k - picked.shape[1]
-        picked = np.pad(picked, ((0, 0), (0, pad)), constant_values=-1)
-        picked_scores = np.pad(picked_scores, ((0, 0), (0, pad)), constant_values=np.nan)
-    return picked, picked_scores
-
-
-def search_side(
-    vectors: np.ndarray, groups: np.ndarray, k: int, config: SearchConfig
-) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
-    """For each row of unit `vectors`, its k most similar rows of another group (subject).
-
-    Returns (labels, scores), both (n, k), best first, -1 / NaN where fewer than
-    k rows of other groups exist, and the index parameters. The first pass
-    searches k + (95th percentile of group sizes) deep; queries left short
-    (their own group crowds the top, or approximate search missed) are searched
-    again deeper, then exactly on the CPU, so every query gets min(k, available).
-    """
-    n = len(vectors)
-    labels = np.full((n, k), -1, np.int64)
-    scores = np.full((n, k), np.nan, np.float32)
-    if n == 0:
-        return labels, scores, {"kind": config.kind, "n": 0}
-    vectors = np.ascontiguousarray(vectors, dtype=np.float32)
-    sizes = np.bincount(groups)
-    wanted = np.minimum(k, n - sizes[groups])
-    started = time.perf_counter()
-    index, params = build_faiss_index(vectors, config)
-    built = time.perf_counter()
-    depth = min(n, config.max_depth, k + int(np.quantile(sizes[groups], 0.95)))
-    found = _Found(vectors, groups, k, labels, scores, wanted, config)
-    short = found.deepen(
-        lambda q, d: _search(index, q, d, config.kind), np.arange(n), depth, config.max_depth
-    )
-    params.update(first_depth=depth, exact_fallback_queries=int(short.size))
-    if short.size:
-        exact, _ = build_faiss_index(vectors, SearchConfig(kind="exact"))
-        found.deepen(exact.search, short, min(n, 4 * config.max_depth), n)
-    params["build_seconds"] = round(built - started, 3)
-    params["search_seconds"] = round(time.perf_counter() - built, 3)
-    return labels, scores, params
-
-
-@dataclass
-class _Found:
-    """The search results being filled in, and what each query can get at most."""
-
-    vectors: np.ndarray
-    groups: np.ndarray
-    k: int
-    labels: np.ndarray
-    scores: np.ndarray
-    wanted: np.ndarray
-    config: SearchConfig
-
-    def deepen(
-        self, search: Callable[[np.ndarray, int], Any], rows: np.ndarray, depth: int, limit: int
-    ) -> np.ndarray:
-        """Search `rows`, 4x deeper each round up to `limit`; the rows still short."""
-        limit = min(len(self.vectors), limit)
-        depth = min(depth, limit)
-        while rows.size:
-            step = max(1, min(self.config.query_batch, self.config.result_budget // depth))
-            for start in range(0, rows.size, step):
-                chunk = rows[start : start + step]
-                result = search(self.vectors[chunk], depth)
-                self.labels[chunk], self.scores[chunk] = _first_valid(
-                    *result, self.groups[chunk], self.groups, self.k
-                )
-            rows = rows[(self.labels[rows] >= 0).sum(axis=1) < self.wanted[rows]]
-            if depth >= limit:
-                break
-            depth = min(limit, 4 * depth)
-        return rows
+# ----------------------------------------------------------------------------- neighbours
 
 
 def neighbour_table(
@@ -580,6 +226,62 @@ def neighbour_table(
     return table, stats
 
 
+# ----------------------------------------------------------------------------- one run's inputs
+
+
+@dataclass(frozen=True)
+class IndexJob:
+    """What one index run works on: the catalogue's rows, the model spec, the output folder."""
+
+    layout: Layout
+    modality: str
+    options: IndexOptions
+    images: list[dict[str, Any]]
+    spec: ModelSpec
+
+    @classmethod
+    def of(cls, layout: Layout, modality: str, options: IndexOptions) -> IndexJob:
+        _check_modality(modality)
+        images = _catalogue_images(layout, modality)
+        return cls(layout, modality, options, images, parse_model_spec(options.model).resolved())
+
+    @property
+    def folder(self) -> Path:
+        return self.layout.index_dir(self.modality, self.spec.text)
+
+    @property
+    def neighbours(self) -> Path:
+        return self.folder / NEIGHBOURS
+
+    @property
+    def store_dir(self) -> Path:
+        return self.folder / "embeddings"
+
+    def rank_dir(self, rank: Rank) -> Path:
+        return self.folder / MARKER_DIR / rank.tag
+
+    def blocks(self) -> list[list[dict[str, Any]]]:
+        return catalogue_blocks(self.images, self.options.batch_size)
+
+    def work_digest(self, model: ResolvedModel) -> str:
+        """What ranks must agree on: the catalogue, the model identity and the block size."""
+        work = {
+            "catalogue": catalogue_fingerprint(self.images),
+            "model": model.identity(),
+            "block": self.options.batch_size,
+        }
+        return hashlib.sha256(json.dumps(work, sort_keys=True).encode()).hexdigest()
+
+    def cli(self, *extra: str) -> str:
+        """The command line that runs this job (for lock holders and rerun hints)."""
+        words = ["medscout-data", "index", "--modality", self.modality, "--out", str(self.layout.root)]
+        words += ["--model", self.spec.text, "--batch-size", str(self.options.batch_size), *extra]
+        return shlex.join(words)
+
+    def rank_cli(self, rank: Rank) -> str:
+        return self.cli("--rank", str(rank.rank), "--world-size", str(rank.world_size))
+
+
 # ----------------------------------------------------------------------------- the stage
 
 
@@ -597,8 +299,9 @@ def ensure_neighbours(
 ) -> Path:
     """The neighbours table for this model, catalogue and plan, made first if missing or stale.
 
-    Runs ingest (which keeps an up-to-date catalogue), then `index_catalogue`.
-    `model`, `batch_size`, `k` and `search` override the recipe's [index].
+    Runs ingest (which keeps an up-to-date catalogue), then `index_catalogue`
+    (which merges the outputs of ranks when there are any, refusing while one is
+    missing). `model`, `batch_size`, `k` and `search` override the recipe's [index].
     """
     _check_modality(modality)
     options = IndexOptions.from_recipe(recipe, model, device, batch_size, k, search, workers)
@@ -610,64 +313,247 @@ def ensure_neighbours(
     return index_catalogue(layout, recipe, modality, options)
 
 
-def index_catalogue(layout: Layout, recipe: Recipe, modality: str, options: IndexOptions) -> Path:
-    """Embed what is new in the catalogue and (re)write the neighbours table if stale; its path."""
-    _check_modality(modality)
-    images = _catalogue_images(layout, modality)
-    plan = ensure_plan(layout.plan(modality), sorted({r["subject_id"] for r in images}), modality, recipe)
-    spec = parse_model_spec(options.model).resolved()
-    folder = layout.index_dir(modality, spec.text)
-    path = folder / NEIGHBOURS
-    wanted = {
-        "modality": modality,
-        "model": spec.text,
-        "k": str(options.k),
-        "search": options.search,
-        "plan_sha256": plan.digest,
-        "catalogue_sha256": catalogue_fingerprint(images),
-    }
+def index_catalogue(
+    layout: Layout,
+    recipe: Recipe,
+    modality: str,
+    options: IndexOptions,
+    merge: bool = False,
+    world_size: int | None = None,
+) -> Path:
+    """The neighbours table of the catalogue as it is; (re)made when missing or stale. Its path.
+
+    What is missing is embedded here, unless ranks have embedded this
+    catalogue with this model: then every rank must have finished and their
+    embeddings are merged (`merge` insists on that; `world_size` picks which
+    ranks when several splits were run).
+    """
+    job = IndexJob.of(layout, modality, options)
+    plan = _plan(layout, recipe, job)
+    wanted = _wanted(job, plan)
     try:
-        resolved = resolve_model(spec)
+        model = resolve_model(job.spec)
     except ModelUnavailable:
-        if _is_current(path, wanted):
-            log.warning(
-                "%s: model weights are not here, but its neighbours are current; using them", spec.text
-            )
-            return path
+        if _is_current(job.neighbours, wanted):
+            log.warning("%s: no model weights here, but its neighbours are current; using them", job.spec)
+            return job.neighbours
         raise
-    wanted.update(weights=resolved.weights, embedding_dim=str(resolved.dim))
-    if _is_current(path, wanted):
-        log.info("%s is current for %s", path, spec.text)
-        return path
-    _make_neighbours(layout, modality, images, plan, resolved, options, wanted, path)
+    wanted.update(weights=model.weights, embedding_dim=str(model.dim))
+    digest = job.work_digest(model)
+    current = _is_current(job.neighbours, wanted)
+    world = world_size or _rank_world(job, digest, required=merge and not current)
+    if current and not (merge and world):
+        if world:
+            log.warning("%s: rank outputs are left from a merge; `index --merge` removes them", job.folder)
+        log.info("%s is current for %s", job.neighbours, job.spec.text)
+        return job.neighbours
+    with _writing(job.folder, "index", job.cli(*(["--merge"] if merge else []))):
+        if not current:
+            report = RunReport("index")
+            report.count("images", len(job.images))
+            if world:
+                store = _merged_store(job, model, digest, world, report)
+            else:
+                store = _embedded_store(job, model, report)
+            _write_neighbours(job, plan, store, wanted, report, world)
+        if world:
+            _remove_rank_outputs(job, model, digest, world)
+    return job.neighbours
+
+
+def embed_rank(layout: Layout, modality: str, options: IndexOptions, rank: Rank) -> Path:
+    """Embed this rank's share of the catalogue's blocks (never running ingest); its marker's path.
+
+    Images the merged store already holds are reused; a rerun of a killed rank
+    embeds only the blocks it had not written.
+    """
+    job = IndexJob.of(layout, modality, options)
+    model = resolve_model(job.spec)
+    digest = job.work_digest(model)
+    with _writing(job.folder, f"index-{rank.tag}", job.rank_cli(rank)):
+        own = _rank_store(job, model, digest, rank)
+        merged = EmbeddingStore(job.store_dir, model.identity(), create=False)
+        report = RunReport(f"index {rank}")
+        blocks = rank.share(job.blocks())
+        report.count("images", sum(len(block) for block in blocks))
+        unreadable = embed_missing(
+            blocks,
+            own,
+            lambda: load_embedder(model, options.device),
+            layout.cache_dir(modality),
+            options.workers,
+            report,
+            reuse=(merged,),
+        )
+        info = {
+            "counts": dict(report.counts),
+            "unreadable": unreadable,
+            "skipped": [asdict(skip) for skip in report.skips],
+            "model": job.spec.text,
+            "weights": model.weights,
+            "batch_size": options.batch_size,
+            "catalogue_sha256": catalogue_fingerprint(job.images),
+            "seconds": round(report.seconds, 3),
+        }
+        path = write_marker(job.folder, rank, digest, info)
+    log.info(report.summary())
     return path
 
 
-def _make_neighbours(
-    layout: Layout,
-    modality: str,
-    images: list[dict[str, Any]],
-    plan: SubjectPlan,
-    model: ResolvedModel,
-    options: IndexOptions,
-    wanted: dict[str, str],
-    path: Path,
-) -> None:
-    report = RunReport("index")
-    report.count("images", len(images))
-    store = EmbeddingStore(path.parent / "embeddings", model.identity())
+def _embedded_store(job: IndexJob, model: ResolvedModel, report: RunReport) -> EmbeddingStore:
+    """Embed here what the store lacks."""
+    store = EmbeddingStore(job.store_dir, model.identity())
     embed_missing(
-        images,
+        job.blocks(),
         store,
-        lambda: load_embedder(model, options.device),
-        layout.cache_dir(modality),
-        options,
+        lambda: load_embedder(model, job.options.device),
+        job.layout.cache_dir(job.modality),
+        job.options.workers,
         report,
     )
-    embedded = [row for row in images if store.key(row["image_id"]) == row["row_key"]]
+    return store
+
+
+def _rank_store(job: IndexJob, model: ResolvedModel, digest: str, rank: Rank) -> EmbeddingStore:
+    """The rank's own store, emptied first if it was started on other work."""
+    folder = job.rank_dir(rank)
+    work = {"digest": digest, "rank": rank.rank, "world_size": rank.world_size}
+    store = EmbeddingStore(folder, model.identity())
+    if _read_json(folder / WORK_FILE) != work:
+        if len(store):
+            log.info("%s: made for another catalogue, model or batch size; starting afresh", folder)
+        store.remove()
+        store = EmbeddingStore(folder, model.identity())
+        write_json_atomic(work, folder / WORK_FILE)
+    return store
+
+
+# ----------------------------------------------------------------------------- merging ranks
+
+
+def _rank_world(job: IndexJob, digest: str, required: bool) -> int | None:
+    """The world size of the ranks that embedded this work, None when no rank did."""
+    found = _rank_worlds(job.folder, digest)
+    if len(found) == 1:
+        return found.pop()
+    if len(found) > 1:
+        sizes = ", ".join(map(str, sorted(found)))
+        raise RankError(
+            f"{job.folder}: ranks of several world sizes ({sizes}) embedded this catalogue; "
+            f"merge one of them: `{job.cli('--merge', '--world-size', 'N')}`"
+        )
+    if required:
+        raise RankError(
+            f"{job.folder}: no rank has embedded this catalogue with {job.spec.text} and batch size "
+            f"{job.options.batch_size}; run `{job.cli('--rank', 'R', '--world-size', 'N')}` for "
+            "R = 0 .. N-1 first (with the same --recipe and --batch-size as this merge)"
+        )
+    return None
+
+
+def _rank_worlds(folder: Path, digest: str) -> set[int]:
+    """World sizes with a marker or a started rank folder for the work `digest`."""
+    ranks = folder / MARKER_DIR
+    worlds = set()
+    for path in ranks.iterdir() if ranks.is_dir() else ():
+        match = _RANK_NAME.fullmatch(path.name)
+        if match is None:
+            continue
+        record = _read_json(path if match.group(3) else path / WORK_FILE)
+        if isinstance(record, dict) and record.get("digest") == digest:
+            worlds.add(int(match.group(2)))
+    return worlds
+
+
+def _merged_store(
+    job: IndexJob, model: ResolvedModel, digest: str, world: int, report: RunReport
+) -> EmbeddingStore:
+    """Every rank finished: their parts moved into the store, their reports into `report`."""
+    rerun = job.cli().replace("{", "{{").replace("}", "}}") + f" --rank {{rank}} --world-size {world}"
+    try:
+        require_all_ranks(job.folder, world, digest, rerun)
+    except RankError as exc:
+        raise RankError(f"{exc}{_stale_note(job, world, digest)}") from exc
+    store = EmbeddingStore(job.store_dir, model.identity())
+    unreadable: set[str] = set()
+    for number in range(world):
+        rank = Rank(number, world)
+        marker = _read_json(marker_path(job.folder, rank))
+        for key, count in marker.get("counts", {}).items():
+            if key != "images":
+                report.count(key, count)
+        report.extend([Skip(**skip) for skip in marker.get("skipped", [])])
+        unreadable.update(marker.get("unreadable", []))
+        with stage_lock(job.folder, f"index-{rank.tag}", job.rank_cli(rank)):
+            own = EmbeddingStore(job.rank_dir(rank), model.identity(), create=False)
+            report.count("embeddings_from_ranks", store.absorb(own))
+    _check_complete(job, store, unreadable, world)
+    store.compact()
+    report.info["ranks"] = world
+    return store
+
+
+def _stale_note(job: IndexJob, world: int, digest: str) -> str:
+    """Why markers of this world size do not count, when some exist for other work."""
+    here = {"batch_size": job.options.batch_size, "model": job.spec.text}
+    here["catalogue_sha256"] = catalogue_fingerprint(job.images)
+    for number in range(world):
+        marker = _read_json(marker_path(job.folder, Rank(number, world)))
+        if isinstance(marker, dict) and marker.get("digest") != digest:
+            differs = [f"{key} {marker.get(key)!r} there, {value!r} here" for key, value in here.items()]
+            differs = [d for d, key in zip(differs, here, strict=True) if marker.get(key) != here[key]]
+            what = "; ".join(differs) or "other model weights"
+            return f". Rank {number}'s marker is for other work ({what}): rerun the ranks with this setting"
+    return ""
+
+
+def _check_complete(job: IndexJob, store: EmbeddingStore, unreadable: set[str], world: int) -> None:
+    """Every image is embedded or was unreadable; else name the ranks whose share has holes."""
+    holes: dict[int, int] = defaultdict(int)
+    for position, row in enumerate(job.images):
+        if store.key(row["image_id"]) != row["row_key"] and row["image_id"] not in unreadable:
+            holes[(position // job.options.batch_size) % world] += 1
+    if holes:
+        ranks = ", ".join(str(r) for r in sorted(holes))
+        first = Rank(min(holes), world)
+        raise RankError(
+            f"{job.folder}: {sum(holes.values())} image(s) of rank {ranks} have no embedding although "
+            f"their markers say finished (were parts removed?); rerun them, e.g. `{job.rank_cli(first)}`"
+        )
+
+
+def _remove_rank_outputs(job: IndexJob, model: ResolvedModel, digest: str, world: int) -> None:
+    """The merged ranks' folders and markers: only what the ranks wrote."""
+    for number in range(world):
+        rank = Rank(number, world)
+        with stage_lock(job.folder, f"index-{rank.tag}", job.rank_cli(rank)):
+            folder = job.rank_dir(rank)
+            if folder.is_dir():
+                (folder / WORK_FILE).unlink(missing_ok=True)
+                EmbeddingStore(folder, model.identity(), create=False).remove()
+            marker = marker_path(job.folder, rank)
+            if (_read_json(marker) or {}).get("digest") == digest:
+                marker.unlink()
+    with contextlib.suppress(OSError):  # other ranks' outputs (or a user's files) are still there
+        (job.folder / MARKER_DIR).rmdir()
+    log.info("%s: the outputs of %d rank(s) are merged into %s", job.folder, world, job.store_dir)
+
+
+# ----------------------------------------------------------------------------- outputs
+
+
+def _write_neighbours(
+    job: IndexJob,
+    plan: SubjectPlan,
+    store: EmbeddingStore,
+    wanted: dict[str, str],
+    report: RunReport,
+    world: int | None,
+) -> None:
+    embedded = [row for row in job.images if store.key(row["image_id"]) == row["row_key"]]
     vectors = store.vectors([row["image_id"] for row in embedded])
-    config = SearchConfig(kind=options.search, use_gpu=options.device != "cpu")
-    table, stats = neighbour_table(embedded, vectors, plan, options.k, config)
+    config = SearchConfig(kind=job.options.search, use_gpu=job.options.device != "cpu")
+    table, stats = neighbour_table(embedded, vectors, plan, job.options.k, config)
     report.count("neighbour_rows", table.num_rows)
     report.count("short_queries", stats["short_queries"])
     if stats["no_neighbour_queries"]:
@@ -675,14 +561,63 @@ def _make_neighbours(
             "%d image(s) have no neighbour: their side of the plan has no other subject",
             stats["no_neighbour_queries"],
         )
-    write_table_atomic(table, path, {f"medscout.{key}": value for key, value in wanted.items()})
+    write_table_atomic(table, job.neighbours, {f"medscout.{key}": value for key, value in wanted.items()})
     info = {**wanted, "recipe_seed": plan.seed, "faiss_gpus": faiss_gpus(), **stats, **report.as_dict()}
     # FAISS builds HNSW graphs with many threads: its neighbours may differ slightly between runs.
-    info["deterministic"] = options.search != "hnsw"
-    info["options"] = asdict(options)
-    write_json_atomic(info, path.parent / "index.json")
-    report.write(path.parent)
+    info["deterministic"] = job.options.search != "hnsw"
+    info["options"] = asdict(job.options)
+    info["ranks"] = world or 1
+    write_json_atomic(info, job.folder / "index.json")
+    report.write(job.folder)
     log.info(report.summary())
+
+
+def _wanted(job: IndexJob, plan: SubjectPlan) -> dict[str, str]:
+    """The metadata a current neighbours table carries (weights and dim are added once resolved)."""
+    return {
+        "modality": job.modality,
+        "model": job.spec.text,
+        "k": str(job.options.k),
+        "search": job.options.search,
+        "plan_sha256": plan.digest,
+        "catalogue_sha256": catalogue_fingerprint(job.images),
+    }
+
+
+def _plan(layout: Layout, recipe: Recipe, job: IndexJob) -> SubjectPlan:
+    path = layout.plan(job.modality)
+    try:
+        return ensure_plan(path, sorted({row["subject_id"] for row in job.images}), job.modality, recipe)
+    except OSError as exc:
+        raise IndexStageError(_os_error_message(exc, path)) from exc
+
+
+@contextmanager
+def _writing(folder: Path, name: str, command: str) -> Iterator[None]:
+    """Hold the folder's lock for `name`; a failed write (read-only, disk full) is one clear error."""
+    try:
+        with stage_lock(folder, name, command):
+            yield
+    except OSError as exc:
+        raise IndexStageError(_os_error_message(exc, folder)) from exc
+
+
+def _os_error_message(exc: OSError, where: Path) -> str:
+    what = exc.filename or where
+    if exc.errno == errno.ENOSPC:
+        advice = "the disk is full: free space (or use another --out) and rerun; finished parts are kept"
+    elif exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        advice = "this folder cannot be written: choose a writable --out"
+    else:
+        advice = "rerun once the cause is fixed; finished parts are kept"
+    return f"{what}: {exc.strerror or exc}; {advice}"
+
+
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
 
 
 def _catalogue_images(layout: Layout, modality: str) -> list[dict[str, Any]]:

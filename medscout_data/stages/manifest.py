@@ -20,6 +20,7 @@ from medscout_data.layout import Layout
 from medscout_data.shards import sha256_file
 
 RERUN = "rerun `medscout-data split` to write it again"
+COUNTS = ("pool", "bench", "train", "dropped")
 
 
 class ManifestError(StageError):
@@ -43,6 +44,8 @@ def read_manifest(layout: Layout) -> dict[str, Any]:
         raise ManifestError(f"{path}: not UTF-8 text; {RERUN}") from None
     except ValueError as exc:
         raise ManifestError(f"{path}: not valid JSON ({exc}); {RERUN}") from None
+    except RecursionError:
+        raise ManifestError(f"{path}: JSON nested too deeply to be a manifest; {RERUN}") from None
     problems = manifest_shape_problems(manifest)
     if problems:
         raise ManifestError(f"{path}: {problems[0]}; {RERUN}")
@@ -50,34 +53,73 @@ def read_manifest(layout: Layout) -> dict[str, Any]:
 
 
 def manifest_shape_problems(manifest: Any) -> list[str]:
-    """What is wrong with the manifest's structure (empty: usable)."""
+    """What is wrong with the manifest's structure (empty: usable by every reader, the card included)."""
     if not isinstance(manifest, dict):
-        return [f"must be a JSON object, got {type(manifest).__name__}"]
+        return [f"must be a JSON object, got {_kind(manifest)}"]
     problems = []
     expected = {"seed": int, "bench_per_cell": int, "shards": dict, "cells": dict, "recipe": dict}
     for key, kind in expected.items():
-        value = manifest.get(key)
-        if not isinstance(value, kind) or isinstance(value, bool):
-            problems.append(f"`{key}` must be a {kind.__name__}, got {_kind(value)}")
+        if not _is(manifest.get(key), kind):
+            problems.append(f"`{key}` must be a {kind.__name__}, got {_kind(manifest.get(key))}")
+    for key, kind in {"subjects": dict, "totals": dict, "balance_options": dict, "pools": dict}.items():
+        if key in manifest and not _is(manifest[key], kind):
+            problems.append(f"`{key}` must be a {kind.__name__}, got {_kind(manifest[key])}")
     if problems:
         return problems
+    problems += _fields("recipe", manifest["recipe"], {"name": str, "digest": str})
     for name, info in manifest["shards"].items():
-        if not isinstance(info, dict):
-            problems.append(f"shard {name!r}: entry must be an object, got {_kind(info)}")
-            continue
-        if not isinstance(info.get("sha256"), str):
-            problems.append(f"shard {name!r}: `sha256` must be a string, got {_kind(info.get('sha256'))}")
-        for key in ("rows", "bytes"):
-            if key in info and (not isinstance(info[key], int) or isinstance(info[key], bool)):
-                problems.append(f"shard {name!r}: `{key}` must be an integer, got {_kind(info[key])}")
-        if Path(name).is_absolute() or ".." in Path(name).parts:
-            problems.append(f"shard {name!r}: must be a path inside the split folder")
+        problems += _shard_entry_problems(name, info)
     for cell, counts in manifest["cells"].items():
-        if not isinstance(counts, dict) or not all(
-            isinstance(counts.get(k), int) and not isinstance(counts.get(k), bool) for k in ("bench", "train")
-        ):
-            problems.append(f"cell {cell!r}: needs integer `bench` and `train` counts")
+        problems += _fields(f"cell {cell!r}", counts, dict.fromkeys(COUNTS, int))
+        balance = counts.get("bench_balance", {}) if isinstance(counts, dict) else {}
+        if not isinstance(balance, dict) or not all(_is(v, int) for v in balance.values()):
+            problems.append(f"cell {cell!r}: `bench_balance` must map options to integer counts")
+    for modality, entry in manifest.get("subjects", {}).items():
+        kinds = {"bench": int, "train": int, "bench_sha256": str, "train_sha256": str, "plan_sha256": str}
+        problems += _fields(f"subjects of {modality!r}", entry, kinds)
+    for key, value in manifest.get("totals", {}).items():
+        if not _is(value, int):
+            problems.append(f"totals {key!r}: must be an integer, got {_kind(value)}")
+    for task, options in manifest.get("balance_options", {}).items():
+        if not isinstance(options, list) or not options or not all(isinstance(o, str) for o in options):
+            problems.append(f"balance_options {task!r}: must be a non-empty list of strings")
+    warnings = manifest.get("warnings", [])
+    if not isinstance(warnings, list) or not all(isinstance(w, str) for w in warnings):
+        problems.append("`warnings` must be a list of strings")
+    for modality, entry in manifest.get("pools", {}).items():
+        problems += _fields(f"pool of {modality!r}", entry, {"complete": bool, "fingerprint": str})
     return problems
+
+
+def _shard_entry_problems(name: Any, info: Any) -> list[str]:
+    if not isinstance(info, dict):
+        return [f"shard {name!r}: entry must be an object, got {_kind(info)}"]
+    problems = []
+    if not isinstance(info.get("sha256"), str):
+        problems.append(f"shard {name!r}: `sha256` must be a string, got {_kind(info.get('sha256'))}")
+    for key in ("rows", "bytes"):
+        if key in info and not _is(info[key], int):
+            problems.append(f"shard {name!r}: `{key}` must be an integer, got {_kind(info[key])}")
+    parts = Path(name).parts
+    if Path(name).is_absolute() or ".." in parts or len(parts) != 4 or parts[0] not in ("bench", "train"):
+        problems.append(f"shard {name!r}: must be a path bench|train/<modality>/<task>/<file> in the split")
+    return problems
+
+
+def _fields(where: str, entry: Any, kinds: dict[str, type]) -> list[str]:
+    """Problems of an object whose `kinds` keys must hold values of those types."""
+    if not isinstance(entry, dict):
+        return [f"{where}: must be an object, got {_kind(entry)}"]
+    return [
+        f"{where}: `{key}` must be a {kind.__name__}, got {_kind(entry.get(key))}"
+        for key, kind in kinds.items()
+        if not _is(entry.get(key), kind)
+    ]
+
+
+def _is(value: Any, kind: type) -> bool:
+    """isinstance, except that a bool is not an int here (JSON true is no count)."""
+    return isinstance(value, kind) and (kind is bool or not isinstance(value, bool))
 
 
 def _kind(value: Any) -> str:

@@ -1,24 +1,35 @@
 """Split: the pool -> subject-disjoint `train` and strictly balanced `bench` shards.
 
 The subject partition was fixed before building (plan.py); split honours it.
+It splits only whole pools: every modality's pool record (pool.json) must say
+the build finished and every shard it lists must be there with its plan
+digest; only those shards are read (other files in pool/ are the user's).
 For each modality x task cell it keeps exactly `bench_per_cell` bench-side
 items, balanced inside the cell (scale tier/box, anomaly cells, jigsaw
 permutations: counts differ by at most one where the pool allows), and every
-train-side item. Bench-side items beyond the quota are dropped and counted.
+train-side item. Bench-side items beyond the quota are dropped and counted; a
+short bench side is refused with the cause the build recorded.
 
 Only metadata columns are read to decide; rows are then copied batch by batch
-without decoding images, so memory stays flat. Outputs are written into a
-temporary folder and swapped in, then `manifest.json` records the seed,
-recipe, counts per cell, the subject lists' hashes and every shard's sha256.
+without decoding images, so memory stays flat. Everything is written into a
+fresh work folder under a lock (`.lock-split`), then swapped in: the old
+manifest goes first and the new one comes last, so a failure (a full disk)
+leaves the previous split as it was, and a kill leaves no manifest rather than
+a mixed split. `manifest.json` records the seed, recipe, counts per cell, the
+subject lists' hashes, the pools it came from and every shard's sha256; each
+side folder's `.medscout-split.json` lists the files split wrote, and any
+other file there is refused unless `--force`.
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import hashlib
 import json
 import logging
 import math
-import shutil
+import os
 from collections import Counter, defaultdict
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
@@ -33,17 +44,32 @@ from tqdm import tqdm
 from medscout_data import MODALITIES, TASKS, __version__
 from medscout_data.errors import StageError
 from medscout_data.layout import Layout
+from medscout_data.locking import stage_lock
 from medscout_data.recipe import Recipe, load_recipe
 from medscout_data.schema import ITEM_SCHEMA
 from medscout_data.seeding import rng_for
 from medscout_data.shards import ShardWriter, sha256_file, write_json_atomic
+from medscout_data.stages.manifest import ManifestError, read_manifest
+from medscout_data.stages.outputs import (
+    clean_leftovers,
+    describe_files,
+    foreign_files,
+    human_size,
+    make_work_dir,
+    os_error_path,
+    os_error_reason,
+    remove_work_dir,
+)
 from medscout_data.stages.plan import BENCH, TRAIN, SubjectPlan, load_plan
+from medscout_data.stages.pool import listed_shards, pool_problems, read_pool_record
 
 log = logging.getLogger(__name__)
 
 SPLIT_FILE_PREFIX = {BENCH: "test", TRAIN: "train"}
 MAX_DROPPED_FRACTION = 0.01
 DECIDE_COLUMNS = ["id", "variant", "target", "subject_id", "reference_subject_id"]
+SIDE_RECORD = ".medscout-split.json"  # in bench/ and train/: the files split wrote there
+WORK_PREFIX = ".split-work-"
 
 
 class SplitError(StageError):
@@ -75,7 +101,8 @@ class CellCounts:
 
 
 def pool_files(layout: Layout, modality: str, task: str) -> list[Path]:
-    return sorted(layout.pool_dir(modality).glob(f"{task}-*.parquet"))
+    """The cell's pool shards: exactly those the pool record lists, never a glob of the folder."""
+    return listed_shards(layout, modality, task)
 
 
 def balance_key(task: str, variant: str, target: str) -> str:
@@ -103,19 +130,37 @@ def read_cell(files: list[Path], task: str) -> PoolRows:
     """Metadata columns of a cell's pool shards (images are never read)."""
     file_index, row_index, ids, subjects, refs, keys = [], [], [], [], [], []
     for number, path in enumerate(files):
-        table = pq.read_table(path, columns=DECIDE_COLUMNS)
+        with _reading(path):
+            table = pq.read_table(path, columns=DECIDE_COLUMNS)
         columns = {name: table.column(name).to_pylist() for name in DECIDE_COLUMNS}
         file_index.extend([number] * table.num_rows)
         row_index.extend(range(table.num_rows))
         ids.extend(columns["id"])
         subjects.extend(columns["subject_id"])
         refs.extend(columns["reference_subject_id"])
-        keys.extend(
-            balance_key(task, v, t) for v, t in zip(columns["variant"], columns["target"], strict=True)
-        )
+        for item, variant, target in zip(columns["id"], columns["variant"], columns["target"], strict=True):
+            try:
+                keys.append(balance_key(task, variant, target))
+            except (ValueError, KeyError, TypeError) as exc:
+                raise SplitError(
+                    f"{path}: item {item} has a target that is not what build writes ({exc!r}); "
+                    "delete the shard and rerun the build that made it"
+                ) from None
     return PoolRows(
         files, np.array(file_index, np.int64), np.array(row_index, np.int64), ids, subjects, refs, keys
     )
+
+
+@contextlib.contextmanager
+def _reading(path: Path) -> Iterator[None]:
+    """Reading a pool shard: a damaged one is a `SplitError` naming it and the fix."""
+    try:
+        yield
+    except (pa.ArrowException, OSError) as exc:
+        raise SplitError(
+            f"{path}: this pool shard cannot be read ({' '.join(str(exc).split())}); delete it and rerun "
+            "the build that made it (it remakes missing shards)"
+        ) from None
 
 
 def sides_of(rows: PoolRows, plan: SubjectPlan, where: str) -> np.ndarray:
@@ -174,36 +219,230 @@ class SplitOptions:
     bench_per_cell: int | None = None
     recipe: str | None = None
     progress: bool = True
+    force: bool = False  # delete files under bench/ and train/ that split did not write
+    command: str = "medscout-data split"  # what a concurrent run is told holds the lock
+
+
+@dataclass(frozen=True)
+class SplitOutcome:
+    """The manifest written, and what the new split replaced."""
+
+    manifest: dict[str, Any]
+    replaced: int = 0  # files of the previous split
+    removed_foreign: tuple[str, ...] = ()  # files split did not write, removed under --force
 
 
 def split_pool(layout: Layout, options: SplitOptions) -> dict[str, Any]:
     """Split every built modality; returns the manifest (also written to `manifest.json`)."""
-    modalities = [m for m in MODALITIES if any(pool_files(layout, m, t) for t in TASKS)]
+    return run_split(layout, options).manifest
+
+
+def run_split(layout: Layout, options: SplitOptions) -> SplitOutcome:
+    """Check the pools are whole, split them into a fresh folder and swap it in under a lock."""
+    modalities = pool_modalities(layout)
     if not modalities:
-        raise SplitError(f"{layout.root}/pool: no pool shards; run `medscout-data build` first")
-    plans = {m: _plan_for(layout, m, options) for m in modalities}
-    recipe = _recipe_for(plans, options)
+        raise SplitError(f"{layout.root / 'pool'}: no pool shards; run `medscout-data build` first")
+    with stage_lock(layout.root, "split", options.command):
+        records = _complete_pools(layout, modalities)
+        plans = {m: _plan_for(layout, m, options) for m in modalities}
+        recipe = _recipe_for(plans, options)
+        ours, foreign = _previous_outputs(layout, options)
+        had_split = layout.manifest().exists()
+        work: Path | None = None
+        try:
+            clean_leftovers(layout.root, WORK_PREFIX)
+            work = make_work_dir(layout.root, WORK_PREFIX)
+            manifest = _write_split(layout, work, modalities, records, plans, recipe, options)
+            _swap_in(layout, work)
+        except OSError as exc:
+            raise SplitError(_io_failure(layout, exc, modalities, had_split)) from None
+        finally:
+            if work is not None:
+                remove_work_dir(work)
+    if foreign:
+        log.warning("--force: removed %s that split had not written", describe_files(foreign, layout.root))
+    removed = tuple(p.relative_to(layout.root).as_posix() for p in foreign)
+    return SplitOutcome(manifest, replaced=len(ours), removed_foreign=removed)
+
+
+def pool_modalities(layout: Layout) -> list[str]:
+    """Modalities with a pool: a pool record, or at least shards a record should list."""
+    return [
+        m for m in MODALITIES if layout.pool_record(m).exists() or any(layout.pool_dir(m).glob("*.parquet"))
+    ]
+
+
+def pool_fingerprint(record: dict[str, Any]) -> str:
+    """Hash of the shards a pool record lists (name, task, plan digest, rows): equal pools, equal hashes.
+
+    Unlike the file's own hash it ignores how the build was invoked (`rerun`), so
+    a resumed or repeated build of the same pool keeps its fingerprint.
+    """
+    shards = {
+        name: [info.get("task"), info.get("digest"), info.get("rows")]
+        for name, info in sorted(record["shards"].items())
+        if isinstance(info, dict)
+    }
+    return hashlib.sha256(json.dumps(shards, sort_keys=True).encode()).hexdigest()
+
+
+def _complete_pools(layout: Layout, modalities: list[str]) -> dict[str, dict[str, Any]]:
+    """Every modality's pool record; `SplitError` naming what is missing when any pool is not whole."""
+    problems = [problem for m in modalities for problem in pool_problems(layout, m)]
+    if problems:
+        raise SplitError(
+            "the pool is not complete, so nothing was split (the previous split, if any, is unchanged):\n  "
+            + _first(problems)
+        )
+    records = {}
+    for modality in modalities:
+        record = read_pool_record(layout, modality)
+        assert record is not None  # pool_problems found one
+        records[modality] = record
+    return records
+
+
+def _unlisted_notes(layout: Layout, records: dict[str, dict[str, Any]]) -> list[str]:
+    """A note per pool folder holding files its record does not list."""
+    notes = []
+    for modality, record in records.items():
+        folder = layout.pool_dir(modality)
+        unlisted = _unlisted_pool_files(layout, modality, record)
+        if unlisted:
+            notes.append(
+                f"{folder}: {describe_files(unlisted, folder)} not in pool.json: not part of the pool, "
+                "neither read nor touched"
+            )
+    return notes
+
+
+def _unlisted_pool_files(layout: Layout, modality: str, record: dict[str, Any]) -> list[Path]:
+    """Files in the pool folder the record does not list (the user's), minus build's own bookkeeping."""
+    folder = layout.pool_dir(modality)
+    ours = [folder / name for name in record["shards"]] + [layout.pool_record(modality)]
+    return [
+        p
+        for p in foreign_files(folder, ours)
+        if p.parent == folder and not p.name.startswith(".lock-") and not p.name.endswith(".tmp")
+    ]
+
+
+def _first(problems: list[str], shown: int = 8) -> str:
+    more = f"\n  ... and {len(problems) - shown} more" if len(problems) > shown else ""
+    return "\n  ".join(problems[:shown]) + more
+
+
+def _previous_outputs(layout: Layout, options: SplitOptions) -> tuple[list[Path], list[Path]]:
+    """(files of the previous split, other files) under bench/ and train/; refuses the latter
+    unless --force."""
+    ours = _written_by_split(layout)
+    present = [p for side in (BENCH, TRAIN) for p in foreign_files(layout.split_dir(side), [])]
+    mine = [p for p in present if p in ours]
+    foreign = [p for p in present if p not in ours]
+    if foreign and not options.force:
+        raise SplitError(
+            f"{layout.root}: bench/ and train/ hold {describe_files(foreign, layout.root)} that split did "
+            "not write; move them elsewhere (split replaces both folders), or rerun with --force to "
+            "delete them"
+        )
+    return mine, foreign
+
+
+def _written_by_split(layout: Layout) -> set[Path]:
+    """What earlier splits wrote: each side's record, and the shards the manifest lists."""
+    ours: set[Path] = set()
+    for side in (BENCH, TRAIN):
+        record = layout.split_dir(side) / SIDE_RECORD
+        try:
+            files = json.loads(record.read_text(encoding="utf-8"))["files"]
+            ours |= {layout.root / name for name in files if isinstance(name, str)}
+            ours.add(record)
+        except (OSError, ValueError, KeyError, TypeError):
+            pass
+    with contextlib.suppress(ManifestError):  # unreadable: its shards count as the user's
+        ours |= {layout.root / name for name in read_manifest(layout)["shards"]}
+    return ours
+
+
+def _write_split(
+    layout: Layout,
+    work: Path,
+    modalities: list[str],
+    records: dict[str, dict[str, Any]],
+    plans: dict[str, SubjectPlan],
+    recipe: Recipe,
+    options: SplitOptions,
+) -> dict[str, Any]:
+    """Every cell's bench and train shards, side records and the manifest, all under `work`."""
     bench_per_cell = options.bench_per_cell or recipe.pool.bench_per_cell
-    staging = layout.root / ".split-tmp"
-    shutil.rmtree(staging, ignore_errors=True)
     cells: dict[str, CellCounts] = {}
     for modality in modalities:
         for task in TASKS:
             files = pool_files(layout, modality, task)
             if files:
-                cells[f"{modality}/{task}"] = _split_cell(
-                    files, modality, task, plans[modality], recipe, bench_per_cell, staging, options
-                )
+                cell = CellInput(modality, task, files, plans[modality], records[modality])
+                cells[f"{modality}/{task}"] = _split_cell(cell, recipe, bench_per_cell, work, options)
     _check_dropped(cells)
+    shards = _describe_shards(work)
     for side in (BENCH, TRAIN):
-        target = layout.split_dir(side)
-        shutil.rmtree(target, ignore_errors=True)
-        if (staging / side).exists():
-            (staging / side).rename(target)
-    shutil.rmtree(staging, ignore_errors=True)
-    manifest = _manifest(layout, recipe, plans, cells, bench_per_cell)
-    write_json_atomic(manifest, layout.manifest())
+        names = sorted(n for n in shards if n.split("/")[0] == side)
+        if names:
+            record = {"written_by": "medscout-data split", "files": names}
+            write_json_atomic(record, work / side / SIDE_RECORD)
+    manifest = _manifest(recipe, plans, records, cells, bench_per_cell, shards)
+    manifest["warnings"] = _unlisted_notes(layout, records) + _shortfall_notes(records, cells)
+    for note in manifest["warnings"]:
+        log.warning("%s", note)
+    write_json_atomic(manifest, work / "manifest.json")
     return manifest
+
+
+def _swap_in(layout: Layout, work: Path) -> None:
+    """Move the old split into `work/old` and the new one into place; on failure put the old one back.
+
+    The manifest goes first and comes back last, so a run killed half-way leaves
+    no manifest, which every reader of the split refuses, never a mixed split.
+    """
+    trash = work / "old"
+    trash.mkdir()
+    moves = [(layout.manifest(), trash / "manifest.json")]
+    moves += [(layout.split_dir(side), trash / side) for side in (BENCH, TRAIN)]
+    moves += [(work / side, layout.split_dir(side)) for side in (BENCH, TRAIN)]
+    done: list[tuple[Path, Path]] = []
+    try:
+        for source, target in moves:
+            if source.exists():
+                os.rename(source, target)
+                done.append((source, target))
+        os.replace(work / "manifest.json", layout.manifest())
+    except OSError:
+        for source, target in reversed(done):
+            with contextlib.suppress(OSError):
+                os.rename(target, source)
+        raise
+
+
+def _io_failure(layout: Layout, exc: OSError, modalities: list[str], had_split: bool) -> str:
+    """One line: what could not be written, why, the state left behind and the fix."""
+    if not had_split:
+        state = "no split was written"
+    elif layout.manifest().exists():
+        state = "the previous split is left as it was"
+    else:
+        state = (
+            f"the previous split could not be put back and {layout.manifest().name} is gone, so no stage "
+            "will read a partial split"
+        )
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        size = sum(p.stat().st_size for m in modalities for p in listed_shards(layout, m) if p.exists())
+        fix = (
+            f"free space on the device of {layout.root} (a split takes about the pool's size, "
+            f"{human_size(size)}) and rerun `medscout-data split`"
+        )
+    else:
+        fix = f"make {layout.root} writable and rerun `medscout-data split`"
+    where = os_error_path(exc, layout.root)
+    return f"{where}: cannot write the split ({os_error_reason(exc)}); {state}; {fix}"
 
 
 def _plan_for(layout: Layout, modality: str, options: SplitOptions) -> SubjectPlan:
@@ -212,7 +451,13 @@ def _plan_for(layout: Layout, modality: str, options: SplitOptions) -> SubjectPl
         raise SplitError(
             f"{path}: no subject plan for the {modality} pool; rebuild it with `medscout-data build`"
         )
-    plan = load_plan(path)
+    try:
+        plan = load_plan(path)
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise SplitError(
+            f"{path}: the {modality} subject plan cannot be read ({exc!r}); it was written by build "
+            f"with the pool: restore it, or remove it and {layout.pool_dir(modality)} and rebuild"
+        ) from None
     if options.seed is not None and options.seed != plan.seed:
         raise SplitError(
             f"--seed {options.seed} contradicts the {modality} pool, built under the subject plan of seed "
@@ -239,33 +484,42 @@ def _recipe_for(plans: dict[str, SubjectPlan], options: SplitOptions) -> Recipe:
     return next(iter(plans.values())).recipe_settings()
 
 
+@dataclass(frozen=True)
+class CellInput:
+    """One modality x task cell of the pool, with the plan and build record it was made under."""
+
+    modality: str
+    task: str
+    files: list[Path]
+    plan: SubjectPlan
+    record: dict[str, Any]
+
+    @property
+    def where(self) -> str:
+        return f"{self.modality}/{self.task}"
+
+
 def _split_cell(
-    files: list[Path],
-    modality: str,
-    task: str,
-    plan: SubjectPlan,
-    recipe: Recipe,
-    bench_per_cell: int,
-    staging: Path,
-    options: SplitOptions,
+    cell: CellInput, recipe: Recipe, bench_per_cell: int, staging: Path, options: SplitOptions
 ) -> CellCounts:
-    where = f"{modality}/{task}"
-    rows = read_cell(files, task)
-    sides = sides_of(rows, plan, where)
+    rows = read_cell(cell.files, cell.task)
+    sides = sides_of(rows, cell.plan, cell.where)
     bench_rows = np.flatnonzero(sides == BENCH)
     if len(bench_rows) < bench_per_cell:
-        raise SplitError(
-            f"{where}: the bench needs {bench_per_cell} items but the pool has {len(bench_rows)} from "
-            f"bench-side subjects; build more items (drop --limit) or pass a smaller --bench-per-cell"
-        )
-    rng = rng_for(plan.seed, "split", modality, task)
+        raise SplitError(short_bench_message(cell, bench_per_cell, len(bench_rows), recipe, options))
+    rng = rng_for(cell.plan.seed, "split", cell.modality, cell.task)
     chosen = choose_balanced(
-        rows.balance_keys, bench_rows, bench_per_cell, balance_options(task, recipe), rng
+        rows.balance_keys, bench_rows, bench_per_cell, balance_options(cell.task, recipe), rng
     )
     train_rows = np.flatnonzero(sides == TRAIN)
     for side, selected in ((BENCH, chosen), (TRAIN, train_rows)):
-        folder = staging / side / modality / task
-        _copy_rows(rows, selected, folder, SPLIT_FILE_PREFIX[side], recipe, options, f"{side} {where}")
+        folder = staging / side / cell.modality / cell.task
+        try:
+            label = f"{side} {cell.where}"
+            _copy_rows(rows, selected, folder, SPLIT_FILE_PREFIX[side], recipe, options, label)
+        except OSError as exc:  # name the folder as the user knows it, not the work folder
+            target = staging.parent / side / cell.modality / cell.task
+            raise OSError(exc.errno, exc.strerror or str(exc), str(target)) from exc
     return CellCounts(
         pool=len(rows.ids),
         train=len(train_rows),
@@ -273,6 +527,69 @@ def _split_cell(
         dropped=len(bench_rows) - len(chosen),
         bench_balance=dict(sorted(Counter(rows.balance_keys[i] for i in chosen.tolist()).items())),
     )
+
+
+def short_bench_message(cell: CellInput, need: int, have: int, recipe: Recipe, options: SplitOptions) -> str:
+    """Why a cell's bench side is short, from the build record, and what would fill it."""
+    head = f"{cell.where}: the bench needs {need} items but the pool has {have} from bench-side subjects"
+    record = cell.record
+    rerun = record.get("rerun") or f"medscout-data build --modality {cell.modality}"
+    shortfall = _shortfall(record, cell.task, BENCH)
+    if shortfall is not None:
+        return (
+            f"{head}: the build made {shortfall['made']} of the {shortfall['planned']} bench-side items it "
+            f"planned ({_reasons_text(shortfall)}); {shortfall.get('advice') or 'see the build report'}"
+        )
+    planned = (record.get("planned") or {}).get(cell.task)
+    full = recipe.pool.items_per_cell
+    if isinstance(planned, int) and planned < full:
+        how = "with --limit" if "--limit" in rerun else "smaller"
+        return (
+            f"{head}: the pool was built {how}: {planned} of the recipe's {full} items in this cell "
+            f"(`{rerun}`); rebuild the cell in full (without --limit) or, for a quick run, split with "
+            f"--bench-per-cell {have}"
+        )
+    if options.bench_per_cell and options.bench_per_cell > recipe.pool.bench_per_cell:
+        return (
+            f"{head}: build sized the bench side for the recipe's bench_per_cell "
+            f"{recipe.pool.bench_per_cell}, and --bench-per-cell asks for {need}; split without "
+            f"--bench-per-cell, or rebuild with a recipe whose bench_per_cell is {need}"
+        )
+    return (
+        f"{head}, and the build record names no cause; see the rejected items in "
+        f"reports/build/{cell.modality}/errors.parquet and rerun `{rerun}`"
+    )
+
+
+def _shortfall(record: dict[str, Any], task: str, side: str) -> dict[str, Any] | None:
+    """The build's shortfall entry of one task and side, when it is well formed."""
+    entry = ((record.get("shortfall") or {}).get(task) or {}).get(side)
+    if not isinstance(entry, dict):
+        return None
+    return entry if all(isinstance(entry.get(k), int) for k in ("made", "planned")) else None
+
+
+def _reasons_text(shortfall: dict[str, Any]) -> str:
+    reasons = shortfall.get("reasons") or {}
+    if not isinstance(reasons, dict) or not reasons:
+        return "no reason recorded"
+    ranked = sorted(reasons.items(), key=lambda kv: (-kv[1], kv[0]) if isinstance(kv[1], int) else (0, kv[0]))
+    return ", ".join(f"{reason}: {count}" for reason, count in ranked)
+
+
+def _shortfall_notes(records: dict[str, dict[str, Any]], cells: dict[str, CellCounts]) -> list[str]:
+    """Cells the build could not fill on a side that still split (the train side, mostly)."""
+    notes = []
+    for modality, record in records.items():
+        for task in TASKS:
+            for side in (BENCH, TRAIN):
+                entry = _shortfall(record, task, side)
+                if entry is not None and f"{modality}/{task}" in cells:
+                    notes.append(
+                        f"{modality}/{task} {side} side: the build made {entry['made']} of the "
+                        f"{entry['planned']} items it planned ({_reasons_text(entry)})"
+                    )
+    return notes
 
 
 def _copy_rows(
@@ -319,10 +636,12 @@ def _selected_batches(rows: PoolRows, selected: np.ndarray) -> Iterator[pa.Table
         if number not in wanted:
             continue
         keep = wanted[number]
-        source = pq.ParquetFile(path)
+        with _reading(path):
+            source = pq.ParquetFile(path)
         offset = 0
         for group in range(source.num_row_groups):
-            table = source.read_row_group(group)
+            with _reading(path):
+                table = source.read_row_group(group)
             local = [i - offset for i in range(offset, offset + table.num_rows) if i in keep]
             offset += table.num_rows
             if local:
@@ -341,21 +660,27 @@ def _check_dropped(cells: dict[str, CellCounts]) -> None:
         )
 
 
-def _manifest(
-    layout: Layout,
-    recipe: Recipe,
-    plans: dict[str, SubjectPlan],
-    cells: dict[str, CellCounts],
-    bench_per_cell: int,
-) -> dict[str, Any]:
+def _describe_shards(work: Path) -> dict[str, dict[str, Any]]:
+    """sha256, rows and bytes of every shard written under `work`, by its name in the split."""
     shards = {}
     for side in (BENCH, TRAIN):
-        for path in sorted(layout.split_dir(side).rglob("*.parquet")):
-            shards[path.relative_to(layout.root).as_posix()] = {
+        for path in sorted((work / side).rglob("*.parquet")):
+            shards[path.relative_to(work).as_posix()] = {
                 "sha256": sha256_file(path),
                 "rows": pq.ParquetFile(path).metadata.num_rows,
                 "bytes": path.stat().st_size,
             }
+    return shards
+
+
+def _manifest(
+    recipe: Recipe,
+    plans: dict[str, SubjectPlan],
+    records: dict[str, dict[str, Any]],
+    cells: dict[str, CellCounts],
+    bench_per_cell: int,
+    shards: dict[str, dict[str, Any]],
+) -> dict[str, Any]:
     totals = Counter()
     for counts in cells.values():
         totals.update(
@@ -373,15 +698,24 @@ def _manifest(
             modality: {
                 "bench": len(plan.bench),
                 "train": len(plan.train),
-                "bench_sha256": _list_hash(plan.subjects(BENCH)),
-                "train_sha256": _list_hash(plan.subjects(TRAIN)),
+                "bench_sha256": subject_list_hash(plan.subjects(BENCH)),
+                "train_sha256": subject_list_hash(plan.subjects(TRAIN)),
                 "plan_sha256": plan.digest,
             }
             for modality, plan in plans.items()
+        },
+        "pools": {
+            modality: {
+                "complete": True,
+                "shards": len(record["shards"]),
+                "fingerprint": pool_fingerprint(record),
+            }
+            for modality, record in records.items()
         },
         "shards": shards,
     }
 
 
-def _list_hash(values: list[str]) -> str:
+def subject_list_hash(values: list[str]) -> str:
+    """The manifest's hash of one side's sorted subject list."""
     return hashlib.sha256("\n".join(values).encode()).hexdigest()

@@ -1,0 +1,216 @@
+"""Making: one shard of planned items, in a worker, written to a temporary name and renamed.
+
+Each item's attempts are tried in order; the first that makes a valid item
+wins. A shard records in its Parquet metadata the digest of its specs (a
+shard with the right digest is done, so a killed build resumes) and each
+item's outcome (the attempt used, or why none worked), from which the main
+process plans the next round of replacements, on a rerun as well.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from medscout_data import __version__
+from medscout_data.cache import ImageCache
+from medscout_data.recipe import Recipe
+from medscout_data.schema import ITEM_SCHEMA
+from medscout_data.seeding import rng_for
+from medscout_data.shards import ShardWriter
+from medscout_data.stages.build.catalog import ImageRef
+from medscout_data.stages.build.planning import Attempt, ItemSpec, Outcome
+from medscout_data.stages.pool import DIGEST_KEY
+from medscout_data.tasks.geometry import TaskRejected
+from medscout_data.tasks.items import (
+    ItemContent,
+    ItemKey,
+    anomaly_difference,
+    anomaly_item,
+    jigsaw_item,
+    scale_item,
+    to_row,
+)
+
+OUTCOMES_KEY = "medscout_outcomes"
+
+
+@dataclass(frozen=True)
+class ShardJob:
+    """One shard to write: its specs and where."""
+
+    path: Path
+    digest: str
+    specs: tuple[ItemSpec, ...]
+
+    @property
+    def task(self) -> str:
+        return self.specs[0].task
+
+
+@dataclass
+class ShardResult:
+    """What a worker made of one shard."""
+
+    path: str
+    items: int = 0
+    outcomes: dict[str, Outcome] = field(default_factory=dict)
+
+
+class PixelReader:
+    """The cache, remembering the last few images (an item's attempts often share one)."""
+
+    def __init__(self, cache: ImageCache) -> None:
+        self.cache = cache
+        self._memo: dict[tuple[str, str], np.ndarray] = {}
+
+    def image(self, ref: ImageRef) -> np.ndarray:
+        return self._get(ref, "image", ref.pixels)
+
+    def mask(self, ref: ImageRef) -> np.ndarray:
+        return self._get(ref, "mask", ref.body)
+
+    def _get(self, ref: ImageRef, kind: str, read) -> np.ndarray:
+        key = (ref.image_id, kind)
+        if key not in self._memo:
+            if len(self._memo) >= 8:
+                self._memo.pop(next(iter(self._memo)))
+            self._memo[key] = read(self.cache)
+        return self._memo[key]
+
+
+def make_item(spec: ItemSpec, pixels: PixelReader, recipe: Recipe) -> tuple[dict[str, Any], int]:
+    """The item's row from its first attempt that works, and that attempt's index; `TaskRejected` if none."""
+    reasons: Counter[str] = Counter()
+    for index, attempt in enumerate(spec.attempts):
+        try:
+            content = _content(spec, attempt, pixels, recipe)
+        except TaskRejected as exc:
+            reasons[str(exc)] += 1
+            continue
+        key = ItemKey(
+            id=spec.id,
+            modality=spec.modality,
+            task=spec.task,
+            variant=spec.variant,
+            subject_id=attempt.image.subject_id,
+            source_id=attempt.image.source_id,
+            reference_subject_id=attempt.reference.image.subject_id if attempt.reference else "",
+            seed=spec.seed,
+        )
+        source = attempt.image.provenance() | {"attempt": index, "round": spec.round}
+        if attempt.reference is not None:
+            source["reference"] = _reference_provenance(attempt)
+        return to_row(content, key, source, recipe.png), index
+    raise NoAttemptWorked(reasons.most_common(1)[0][0] if reasons else NOTHING_LEFT, len(spec.attempts))
+
+
+NOTHING_LEFT = "no image and choice of its side was left to try"
+
+
+class NoAttemptWorked(TaskRejected):
+    """Every attempt of an item failed; `reason` is the most common failure."""
+
+    def __init__(self, reason: str, tried: int) -> None:
+        super().__init__(reason)
+        self.reason, self.tried = reason, tried
+
+
+def _content(spec: ItemSpec, attempt: Attempt, pixels: PixelReader, recipe: Recipe) -> ItemContent:
+    image = pixels.image(attempt.image)
+    if spec.task == "scale":
+        rng = rng_for(spec.seed, "attempt", attempt.image.image_id, attempt.draw)
+        return scale_item(image, pixels.mask(attempt.image), rng, recipe, spec.modality, spec.variant)
+    if spec.task == "jigsaw":
+        return jigsaw_item(image, attempt.choice, recipe, spec.modality)
+    cell, grid = attempt.choice[0], recipe.anomaly.grid
+    reference = pixels.image(attempt.reference.image)
+    if anomaly_difference(image, reference, cell, grid) < recipe.anomaly.min_cell_difference:
+        raise TaskRejected(
+            f"the reference does not differ visibly in the cell (min_cell_difference "
+            f"{recipe.anomaly.min_cell_difference:g})"
+        )
+    return anomaly_item(image, reference, cell, recipe, spec.modality)
+
+
+def _reference_provenance(attempt: Attempt) -> dict[str, Any]:
+    reference, candidate = attempt.reference, attempt.image
+    info = reference.image.provenance() | {"subject_id": reference.image.subject_id}
+    if reference.image.is_slice:
+        info["distance_mm"] = round(abs(reference.image.z_mm - candidate.z_mm), 3)
+    if reference.rank:
+        info.update(rank=reference.rank, score=round(reference.score, 6))
+    return info
+
+
+def write_shard(job: ShardJob, cache_dir: Path, recipe: Recipe) -> ShardResult:
+    """Make and write one shard (runs in a worker); its outcomes go into its metadata too."""
+    pixels = PixelReader(ImageCache(cache_dir))
+    result = ShardResult(str(job.path))
+    metadata = {DIGEST_KEY: job.digest, "medscout_recipe": recipe.name, "medscout_version": __version__}
+    with ShardWriter(job.path, ITEM_SCHEMA, recipe.pool.row_group_items, metadata) as writer:
+        for spec in job.specs:
+            try:
+                row, index = make_item(spec, pixels, recipe)
+            except NoAttemptWorked as exc:
+                result.outcomes[spec.id] = Outcome(-1, exc.reason, exc.tried)
+                continue
+            result.outcomes[spec.id] = Outcome(index)
+            writer.write(row)
+            result.items += 1
+        writer.add_metadata({OUTCOMES_KEY: encode_outcomes(result.outcomes)})
+    return result
+
+
+def encode_outcomes(outcomes: dict[str, Outcome]) -> str:
+    return json.dumps({item: [o.index, o.reason, o.tried] for item, o in outcomes.items()}, sort_keys=True)
+
+
+def read_outcomes(path: Path) -> dict[str, Outcome] | None:
+    """The outcomes a finished shard recorded (None when it has none: not ours, or unreadable)."""
+    import pyarrow.parquet as pq
+
+    try:
+        raw = (pq.read_metadata(path).metadata or {}).get(OUTCOMES_KEY.encode())
+        if not raw:
+            return None
+        return {item: Outcome(int(i), str(r), int(n)) for item, (i, r, n) in json.loads(raw).items()}
+    except Exception:  # an unreadable or foreign file is simply not a finished shard
+        return None
+
+
+def shard_jobs(specs: list[ItemSpec], folder: Path, stem: str, recipe: Recipe) -> list[ShardJob]:
+    """Cut specs into shards named `<stem>-NNNNN.parquet`, each with the digest of what it holds."""
+    size = recipe.pool.shard_max_items
+    jobs = []
+    for number, start in enumerate(range(0, len(specs), size)):
+        chunk = tuple(specs[start : start + size])
+        digest = hashlib.sha256()
+        digest.update(f"{__version__}|{recipe.digest}".encode())
+        for spec in chunk:
+            digest.update(spec.digest_text().encode())
+        jobs.append(ShardJob(folder / f"{stem}-{number:05d}.parquet", digest.hexdigest(), chunk))
+    return jobs
+
+
+def finished_outcomes(job: ShardJob) -> dict[str, Outcome] | None:
+    """The outcomes of a shard already on disk with this job's digest, else None (to be made)."""
+    from medscout_data.shards import read_file_metadata
+
+    if not job.path.is_file():
+        return None
+    try:
+        if read_file_metadata(job.path).get(DIGEST_KEY) != job.digest:
+            return None
+    except Exception:  # unreadable leftovers are remade
+        return None
+    outcomes = read_outcomes(job.path)
+    if outcomes is None or set(outcomes) != {spec.id for spec in job.specs}:
+        return None
+    return outcomes
