@@ -332,3 +332,36 @@ def test_matched_paste_removes_a_pure_intensity_jump() -> None:
     assert abs(float(block.mean()) - float(original.mean())) < 1.0
     assert abs(float(block.std()) - float(original.std())) < 1.0
     assert content.provenance["paste"] == "matched"
+
+
+# ---------------------------------------------------------------- recipe settings
+
+
+@pytest.mark.parametrize(
+    ("table", "line", "message"),
+    [
+        ("scale", 'resampling = "bicubic"', "scale.resampling must be direct or matched"),
+        ("scale", "resample_blur = 0.1", r"scale.resample_blur must be in \[0.3, 4\]"),
+        ("scale", "max_enlargement = 0.5", "scale.max_enlargement must be at least 1"),
+        ("jigsaw", "min_tile_difference = -1.0", "thresholds must be >= 0"),
+        ("anomaly", 'paste = "soft"', "anomaly.paste must be hard or matched"),
+        ("scale", "match_noise = 1", "scale.match_noise must be bool"),
+    ],
+)
+def test_validity_settings_are_checked(tmp_path, table: str, line: str, message: str) -> None:
+    from medscout_data.recipe import RecipeError
+
+    path = tmp_path / "r.toml"
+    path.write_text(
+        f'name = "t"\nseed = 1\n[pool]\nitems_per_cell = 10\nbench_per_cell = 2\n[{table}]\n{line}\n'
+    )
+    with pytest.raises(RecipeError, match=message):
+        load_recipe(path)
+
+
+def test_both_shipped_recipes_turn_the_chain_on() -> None:
+    for name in ("sample", "med-scout-bench"):
+        recipe = load_recipe(name)
+        assert recipe.scale.resampling == "matched" and recipe.scale.match_noise
+        assert recipe.anomaly.paste == "hard"
+    assert ScaleConfig().resampling == "direct"  # a recipe without the key keeps the paper's resize
