@@ -38,7 +38,7 @@ def recipe_file(work: Path, bench_per_cell: int) -> Path:
     text = re.sub(r"bench_per_cell = \d+", f"bench_per_cell = {bench_per_cell}", text)
     text = re.sub(r"shard_max_items = \d+", "shard_max_items = 500", text)
     text = re.sub(r"subjects = \d+", "subjects = 24", text)
-    text = re.sub(r"size = \d+", "size = 256", text)
+    text = re.sub(r"^size = \d+", "size = 256", text, flags=re.M)  # not crop_size
     text = re.sub(r"slices = \d+", "slices = 64", text)
     text = re.sub(r"max_size = \d+", "max_size = 256", text)
     path = work / "baselines.toml"

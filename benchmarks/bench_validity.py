@@ -87,7 +87,7 @@ def setup(work: Path, xray_subjects: int) -> dict[str, list]:
     from medscout_data.layout import Layout
     from medscout_data.sample import write_samples
     from medscout_data.sources import run_ingest
-    from medscout_data.stages.build import read_catalogue
+    from medscout_data.stages.build.catalog import read_catalogue
 
     recipe = load_recipe("med-scout-bench")
     layout = Layout.at(work / "shards")

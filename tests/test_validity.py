@@ -75,7 +75,7 @@ def test_noise_level_reads_the_pixel_noise_not_the_anatomy() -> None:
 
 @settings(max_examples=60, deadline=None)
 @given(
-    size=st.integers(32, 320),
+    size=st.integers(48, 320),
     seed=seeds,
     flat=st.integers(0, 3),
     perm=st.sampled_from(non_identity_permutations(4)),
