@@ -214,13 +214,12 @@ from skimage.transform import resize as sk_resize
 from medscout_data.cache import ImageCache
 from medscout_data.tasks.geometry import TaskRejected, cell_box, fit_to_grid, sample_crop_box, shuffle_tiles
 
-cache = ImageCache(layout.cache_dir("ct"))
 made = [0]
 
 def to_uint8(array):
     return np.clip(np.round(array), 0, 255).astype(np.uint8)
 
-def naive_images(spec):
+def naive_images(spec, cache):
     attempt = spec.attempts[0]
     image = attempt.image.pixels(cache)
     h, w = image.shape
@@ -249,11 +248,12 @@ def naive_images(spec):
     return [out]
 
 def rows():
+    cache = ImageCache(layout.cache_dir("ct"))  # made here: datasets hashes the generator's globals
     for spec in specs:
         if not spec.attempts:
             continue
         try:
-            images = naive_images(spec)
+            images = naive_images(spec, cache)
         except TaskRejected:
             continue
         made[0] += 1

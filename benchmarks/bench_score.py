@@ -10,9 +10,10 @@ reasoning, 10% junk.
 
 Timed (best of --repeats): loading the bench's metadata columns and truths;
 reading the predictions; `score_bench` for each profile x mode; `score_file`
-end to end per profile. Baseline in the same script: the same rewards
-through the GRPO-style `total_rewards(completions, items)` on plain rows,
-which parses each item's JSON target on every call.
+end to end per profile (the bench's decode check included: this bench has no
+manifest). Baseline in the same script: the same rewards through the
+GRPO-style `total_rewards(completions, items)` on plain rows, which parses
+each item's JSON target on every call.
 """
 
 from __future__ import annotations
@@ -145,7 +146,7 @@ def main() -> None:
             f"bench_score: {n} items, {cores} cores available, load average {load:.1f} "
             "(scoring is single-threaded)"
         )
-        source = resolve_bench(root)
+        source = resolve_bench(root / "bench")  # no manifest here: the decode check
         seconds, items = best_of(args.repeats, lambda: bench_items(load_bench(source)))
         print(f"  load bench metadata + truths   {ms(seconds)}")
         seconds, preds = best_of(args.repeats, lambda: read_predictions(predictions, RunReport("score")))
@@ -163,7 +164,7 @@ def main() -> None:
                     f"  ({seconds / n * 1e6:.1f} us/item, Med-Scout-Bench Avg {avg:.1f})"
                 )
         for profile in ("official", "paper"):
-            seconds, _ = best_of(args.repeats, lambda p=profile: score_file(predictions, root, p))
+            seconds, _ = best_of(args.repeats, lambda p=profile: score_file(predictions, root / "bench", p))
             print(f"  score_file end to end {profile:<8} {ms(seconds)}")
         completions = [preds[r["id"]] for r in rows]
         plain = [{"task": r["task"], "variant": r["variant"], "target": r["target"]} for r in rows]

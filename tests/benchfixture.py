@@ -7,16 +7,19 @@ the layouts `score` reads:
 
     <root>/bench/<modality>/<task>/test-00000-of-00001.parquet     (shards root)
     <root>/train/<modality>/<task>/train-00000-of-00001.parquet    (optional)
+    <root>/manifest.json                                           (sizes + sha256, as split writes)
     <dir>/data/<modality>/<task>/test-00000-of-00001.parquet + README.md (staged repo)
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pyarrow.parquet as pq
 
 from medscout_data.recipe import Recipe, load_recipe
 from medscout_data.sample import (
@@ -29,7 +32,7 @@ from medscout_data.sample import (
 )
 from medscout_data.schema import ITEM_SCHEMA
 from medscout_data.seeding import rng_for
-from medscout_data.shards import ShardWriter
+from medscout_data.shards import ShardWriter, sha256_file
 from medscout_data.tasks.geometry import TaskRejected, non_identity_permutations
 from medscout_data.tasks.items import (
     ItemContent,
@@ -187,7 +190,31 @@ def make_shards(
     write_side(root / "bench", "test", bench_rows(modalities, per_cell, seed))
     if train_per_cell:
         write_side(root / "train", "train", bench_rows(modalities, train_per_cell, seed + 1))
+    write_manifest(root, seed, per_cell)
     return root
+
+
+def write_manifest(root: Path, seed: int = 0, per_cell: int = 0) -> Path:
+    """A manifest.json of the shape `split` writes, listing every shard under bench/ and train/."""
+    shards, cells = {}, {}
+    for path in sorted(root.glob("*/*/*/*.parquet")):
+        side, modality, task = path.relative_to(root).parts[:3]
+        if side not in ("bench", "train"):
+            continue
+        rows = pq.ParquetFile(path).metadata.num_rows
+        shards[path.relative_to(root).as_posix()] = {
+            "sha256": sha256_file(path),
+            "rows": rows,
+            "bytes": path.stat().st_size,
+        }
+        counts = cells.setdefault(f"{modality}/{task}", {"pool": 0, "bench": 0, "train": 0, "dropped": 0})
+        counts[side] += rows
+        counts["pool"] += rows
+    recipe = {"name": "benchfixture", "digest": "0" * 64}
+    manifest = {"seed": seed, "bench_per_cell": per_cell, "recipe": recipe, "cells": cells}
+    path = root / "manifest.json"
+    path.write_text(json.dumps({**manifest, "shards": shards}, indent=1), encoding="utf-8")
+    return path
 
 
 def make_staged_repo(

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
-from benchfixture import make_shards, make_staged_repo, volume_slices
+from benchfixture import make_shards, make_staged_repo, volume_slices, write_manifest
 from click.testing import CliRunner
 
 from medscout_data.cli import cli
@@ -187,6 +187,7 @@ def test_undecodable_image_is_recorded_and_the_item_left_missing(shards: Path, t
             images[1] = [{"bytes": b"not a png", "path": None}]
             table = table.set_column(table.schema.get_field_index("images"), "images", [images])
         pq.write_table(table, target)
+    write_manifest(tmp_path)  # a split whose manifest vouches for the bad image: the decoder meets it
     out = tmp_path / "classical.jsonl"
     report = run_baseline(tmp_path, out, BaselineOptions("classical", progress=False))
     assert [s.reason for s in report.skips] == ["ImageDecodeError"]

@@ -15,6 +15,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from medscout_data.cli import cli
+from medscout_data.errors import StageError
 from medscout_data.evaluation.score import (
     SCORE_COLUMNS,
     DenseGeometricReward,
@@ -473,8 +474,10 @@ def test_bench_resolution_errors_name_the_place(tmp_path: Path) -> None:
     broken = tmp_path / "bench" / "ct" / "scale" / "test-00000-of-00001.parquet"
     broken.parent.mkdir(parents=True)
     broken.write_bytes(b"PAR1 not really")
-    with pytest.raises(ScoreError, match=r"test-00000-of-00001\.parquet"):
-        load_bench(resolve_bench(tmp_path))
+    with pytest.raises(StageError, match=r"manifest\.json: no manifest"):
+        resolve_bench(tmp_path)  # a shards root without its manifest cannot be trusted
+    with pytest.raises(ScoreError, match=r"test-00000-of-00001\.parquet: not a readable Parquet"):
+        resolve_bench(tmp_path / "bench")  # a bare bench folder: decode-checked
 
 
 # ---------------------------------------------------------------- CLI

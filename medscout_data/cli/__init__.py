@@ -22,6 +22,7 @@ COMMANDS = {
     "split": "medscout_data.cli.split:split",
     "validate": "medscout_data.cli.split:validate",
     "push-bench": "medscout_data.cli.push:push_bench",
+    "evaluate": "medscout_data.cli.evaluate:evaluate",
     "score": "medscout_data.cli.score:score",
     "baseline": "medscout_data.cli.score:baseline",
     "audit": "medscout_data.cli.audit:audit",
@@ -43,6 +44,7 @@ Stages, in order:
   split       subject-disjoint train / bench shards with a manifest
   validate    check a split: disjointness, counts, balance, hashes
   push-bench  stage the bench as a Hub dataset repo and upload it
+  evaluate    ask a model (OpenAI-compatible server) every bench item, score it
   score       Dense Geometric Reward of model answers on the bench
   baseline    random / prior / classical-vision predictions
   audit       shortcut probes (sharpness, noise, seams, centroid, prior) per cell

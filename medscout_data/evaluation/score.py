@@ -33,16 +33,18 @@ from __future__ import annotations
 import json
 import math
 import re
+import sys
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from medscout_data import MODALITIES, SCALE_VARIANTS, TASKS
-from medscout_data.errors import StageError
+from medscout_data.evaluation.errors import ScoreError
+from medscout_data.evaluation.predictions import message_text, preview, read_predictions
 from medscout_data.report import RunReport
 
 PROFILES = ("official", "paper")
@@ -66,10 +68,6 @@ _DIGITS = re.compile(r"\d+")
 # No <think>/<answer> tag of either kind inside a block.
 _BLOCK = r"(?:(?!</?(?:think|answer)>).)*"
 _COT = re.compile(rf"\s*<think>{_BLOCK}</think>\s*<answer>{_BLOCK}</answer>\s*", re.DOTALL)
-
-
-class ScoreError(StageError):
-    """Predictions or a bench that cannot be scored; the message names the file and the reason."""
 
 
 # ---------------------------------------------------------------- truth
@@ -218,7 +216,18 @@ def jigsaw_accuracy(answer: str, truth: Truth) -> float:
     return sum(p == t for p, t in zip(values, truth.permutation, strict=True)) / len(values)
 
 
+def overlong_int(text: str) -> bool:
+    """Whether the text holds a run of digits longer than Python's int-conversion limit
+    (`sys.get_int_max_str_digits()`, 4300 by default), which `int()` refuses to read."""
+    limit = sys.get_int_max_str_digits()
+    return bool(limit) and len(text) > limit and re.search(rf"\d{{{limit + 1}}}", text) is not None
+
+
 def _accuracy(answer: str, truth: Truth, profile: str) -> float:
+    """Accuracy of an answer text; 0 for an answer holding an integer too long to read (the
+    authors' reward code scores what it cannot parse 0), so a training step never raises."""
+    if overlong_int(answer):
+        return 0.0
     if truth.kind == "box":
         return box_accuracy(answer, truth, BOX_IOU_FLOOR if profile == "official" else 0.0)
     return {"tier": tier_accuracy, "jigsaw": jigsaw_accuracy, "anomaly": anomaly_accuracy}[truth.kind](
@@ -366,8 +375,15 @@ def accuracy_reward(response: str, item: Mapping[str, Any] | Truth, profile: str
 def format_reward(response: str, item: Mapping[str, Any] | Truth, profile: str = "official") -> float:
     """Format reward in [0, 0.5] of a raw response for one item."""
     _check(profile)
+    return _format(extract_answer(response), _truth(item), profile)
+
+
+def _format(answer: str, truth: Truth, profile: str) -> float:
+    """Weighted format reward of an answer text; 0 for an unreadably long integer (as accuracy)."""
+    if overlong_int(answer):
+        return 0.0
     scorer = official_format if profile == "official" else paper_format
-    return FORMAT_WEIGHT * scorer(extract_answer(response), _truth(item))
+    return FORMAT_WEIGHT * scorer(answer, truth)
 
 
 def cot_reward(response: str) -> float:
@@ -389,12 +405,13 @@ def reward(
     return _reward(response, _truth(item), profile, mode)
 
 
-def _reward(response: str, truth: Truth, profile: str, mode: str) -> Reward:
+def _reward(response: str, truth: Truth, profile: str, mode: str, extracted: str | None = None) -> Reward:
+    """Rewards of one response. `extracted` (from `--extract lenient|judge`) replaces the answer
+    text for accuracy only: format and CoT judge what the model itself wrote."""
     answer = extract_answer(response)
-    scorer = official_format if profile == "official" else paper_format
     return Reward(
-        accuracy=_accuracy(answer, truth, profile),
-        format=FORMAT_WEIGHT * scorer(answer, truth),
+        accuracy=_accuracy(answer if extracted is None else extracted, truth, profile),
+        format=_format(answer, truth, profile),
         cot=cot_reward(response) if mode == "cot" else 0.0,
     )
 
@@ -436,15 +453,6 @@ def completion_text(completion: Any) -> str:
         return message_text(completion.get("content"))
     if isinstance(completion, Sequence) and completion:
         return completion_text(completion[-1])
-    return ""
-
-
-def message_text(content: Any) -> str:
-    """A chat message's content as text: a string, or the text parts of a list of parts."""
-    if isinstance(content, str):
-        return content
-    if isinstance(content, Sequence):
-        return "".join(p.get("text") or "" for p in content if isinstance(p, Mapping))
     return ""
 
 
@@ -503,12 +511,16 @@ def _items_from_columns(columns: Mapping[str, Any], n: int) -> list[dict[str, An
 
 @dataclass(frozen=True)
 class BenchSource:
-    """Where a bench lives: local Parquet shards (and the train side, if any), or a Hub repo id."""
+    """Where a bench lives: local Parquet shards (and the train side, if any), or a Hub repo id.
+
+    `integrity` says how the local shards were checked before use.
+    """
 
     location: str
     files: tuple[Path, ...] = ()
     train_files: tuple[Path, ...] = ()
     repo_id: str = ""
+    integrity: str = ""
 
     @property
     def is_hub(self) -> bool:
@@ -516,29 +528,77 @@ class BenchSource:
 
 
 _REPO_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
+HUB_PREFIX = "hf://datasets/"
 
 
-def resolve_bench(location: str | Path) -> BenchSource:
+def resolve_bench(location: str | Path, verify: bool = True) -> BenchSource:
     """A bench from a shards root (`<root>/bench/<modality>/<task>/test-*.parquet`, train side
     from `<root>/train/`), a staged repo folder (`<dir>/data/<modality>/<task>/test-*.parquet`),
-    a bench folder itself, one Parquet file, or a Hub dataset repo id (`owner/name`)."""
-    path = Path(location)
+    a bench folder itself, one Parquet file, or a Hub dataset repo id (`owner/name`, or
+    `hf://datasets/owner/name` to say so explicitly).
+
+    A name that exists nowhere but looks like a local path is an error, never sent to the Hub.
+    With `verify`, local shards are checked before use (`integrity`: the manifest's sha256, the
+    staged record's sha256, or a decode check) and damage is refused.
+    """
+    # Imported here, not at module level: exported ms-swift / lmms-eval / VLMEvalKit files carry a
+    # copy of this module and its module-level imports only, and the checks need stages/ and hub/.
+    from medscout_data.evaluation.integrity import (
+        looks_like_a_path,
+        manifest_verified,
+        stage_record_files,
+        stage_verified,
+    )
+
+    text = str(location)
+    if text.startswith(HUB_PREFIX):
+        return _hub_source(text, text[len(HUB_PREFIX) :])
+    path = Path(text).expanduser()
     if not path.exists():
-        if _REPO_ID.fullmatch(str(location)):
-            return BenchSource(str(location), repo_id=str(location))
-        raise ScoreError(f"{location}: no such bench folder (nor an owner/name Hub repo id)")
+        why = looks_like_a_path(text)
+        if why:
+            raise ScoreError(
+                f"{text}: no such bench folder ({why}, so it is taken for a mistyped local path, not "
+                f"a Hub repo id); check the path, or write {HUB_PREFIX}{text.lstrip('./~')} for the Hub"
+            )
+        return _hub_source(text, text)
     if path.is_file():
-        return BenchSource(str(location), files=(path,))
-    train: tuple[Path, ...] = ()
+        return _checked(text, (path,), (), "decode check" if verify else "")
+    if path.name == "bench" and (path.parent / "manifest.json").is_file():
+        path = path.parent  # the bench side of a shards root: check it against its manifest
     if (path / "bench").is_dir():
         train = tuple(sorted((path / "train").glob("*/*/train-*.parquet")))
-        path = path / "bench"
-    elif (path / "data").is_dir():
+        if verify:
+            return BenchSource(text, manifest_verified(path), train, integrity="sha256 (manifest.json)")
+        return _listed(text, path / "bench", train)
+    if (path / "data").is_dir():
+        record = stage_record_files(path) if verify else None
+        if record is not None:
+            return BenchSource(text, stage_verified(path, record), integrity="sha256 (staged record)")
         path = path / "data"
-    files = tuple(sorted(path.glob("*/*/test-*.parquet")))
+    source = _listed(text, path, ())
+    return _checked(text, source.files, (), "decode check" if verify else "")
+
+
+def _hub_source(text: str, repo_id: str) -> BenchSource:
+    if not _REPO_ID.fullmatch(repo_id):
+        raise ScoreError(f"{text}: no such bench folder (nor an owner/name Hub repo id)")
+    return BenchSource(text, repo_id=repo_id, integrity="downloaded by datasets")
+
+
+def _listed(text: str, folder: Path, train: tuple[Path, ...]) -> BenchSource:
+    files = tuple(sorted(folder.glob("*/*/test-*.parquet")))
     if not files:
-        raise ScoreError(f"{location}: no bench shards ({path}/<modality>/<task>/test-*.parquet)")
-    return BenchSource(str(location), files=files, train_files=train)
+        raise ScoreError(f"{text}: no bench shards ({folder}/<modality>/<task>/test-*.parquet)")
+    return BenchSource(text, files=files, train_files=train)
+
+
+def _checked(text: str, files: tuple[Path, ...], train: tuple[Path, ...], integrity: str) -> BenchSource:
+    from medscout_data.evaluation.integrity import decode_checked  # see resolve_bench
+
+    for path in files if integrity else ():
+        decode_checked(path)
+    return BenchSource(text, files=files, train_files=train, integrity=integrity)
 
 
 def read_metadata(files: Iterable[Path], columns: Sequence[str]) -> pa.Table:
@@ -581,7 +641,7 @@ def load_bench(source: BenchSource, columns: Sequence[str] = SCORE_COLUMNS) -> p
     if len(set(ids)) != len(ids):
         seen: set[str] = set()
         dupes = sorted({i for i in ids if i in seen or seen.add(i)})
-        raise ScoreError(f"{source.location}: duplicate item ids in the bench: {_preview(dupes)}")
+        raise ScoreError(f"{source.location}: duplicate item ids in the bench: {preview(dupes)}")
     return table
 
 
@@ -628,62 +688,6 @@ def _parse_targets(texts: list[Any], ids: list[str], location: str) -> list[Any]
         except (TypeError, json.JSONDecodeError) as exc:
             raise ScoreError(f"{location}: item {item_id}: target is not JSON ({exc})") from exc
     return out
-
-
-# ---------------------------------------------------------------- predictions
-
-
-def read_predictions(path: str | Path, report: RunReport) -> dict[str, str]:
-    """Item id -> raw response from a JSONL file.
-
-    Accepted lines: `{"id": ..., "response": ...}`, and ms-swift `swift infer`
-    results (`response`, `labels`, `messages` with the reply appended, and the
-    dataset's extra columns such as `id` carried through). Without a
-    `response`, the last assistant message of `messages` is used. A line that
-    is not a JSON object or has no `id` is recorded in `report` and skipped
-    (its item then counts as missing). Duplicate ids are an error.
-    """
-    path = Path(path)
-    predictions: dict[str, str] = {}
-    duplicates: list[str] = []
-    try:
-        with open(path, encoding="utf-8") as handle:
-            for number, line in enumerate(handle, 1):
-                parsed = _parse_line(line, f"{path}:{number}", report) if line.strip() else None
-                if parsed is None:
-                    continue
-                if parsed[0] in predictions:
-                    duplicates.append(parsed[0])
-                predictions[parsed[0]] = parsed[1]
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ScoreError(f"{path}: cannot read predictions ({exc})") from exc
-    if duplicates:
-        raise ScoreError(f"{path}: duplicate prediction ids ({len(duplicates)}): {_preview(duplicates)}")
-    report.count("predictions", len(predictions))
-    return predictions
-
-
-def _parse_line(line: str, where: str, report: RunReport) -> tuple[str, str] | None:
-    try:
-        record = json.loads(line)
-    except json.JSONDecodeError as exc:
-        report.skip(where, "bad-json", f"{where}: not a JSON line ({exc.msg})")
-        return None
-    if not isinstance(record, dict) or record.get("id") in (None, ""):
-        report.skip(where, "no-id", f"{where}: no `id` field; carry the bench's id column through inference")
-        return None
-    return str(record["id"]), response_of(record)
-
-
-def response_of(record: Mapping[str, Any]) -> str:
-    """The model's text of one prediction record (`response`, else the last assistant message)."""
-    response = record.get("response")
-    if isinstance(response, str):
-        return response
-    for message in reversed(record.get("messages") or []):
-        if isinstance(message, Mapping) and message.get("role") == "assistant":
-            return message_text(message.get("content"))
-    return ""
 
 
 # ---------------------------------------------------------------- scoring
@@ -774,21 +778,24 @@ def score_bench(
     predictions: Mapping[str, str],
     profile: str = "official",
     mode: str = "direct",
+    answers: Mapping[str, str] | None = None,
 ) -> ScoreResult:
     """Mean rewards per cell and overall. Items without a prediction score 0 and are listed;
-    predictions for ids not in the bench are an error naming them."""
+    predictions for ids not in the bench are an error naming them. `answers` (id -> answer
+    text, from an `Extractor`) replace the strict answer text for accuracy."""
     _check(profile, mode)
     known = {item.id for item in items}
     unknown = sorted(set(predictions) - known)
     if unknown:
-        raise ScoreError(f"{len(unknown)} prediction id(s) not in the bench: {_preview(unknown)}")
+        raise ScoreError(f"{len(unknown)} prediction id(s) not in the bench: {preview(unknown)}")
     leaves: dict[tuple[str, str, str], CellScore] = {}
     missing = []
     for item in items:
         response = predictions.get(item.id)
         if response is None:
             missing.append(item.id)
-        value = None if response is None else _reward(response, item.truth, profile, mode)
+        extracted = answers.get(item.id) if answers is not None else None
+        value = None if response is None else _reward(response, item.truth, profile, mode, extracted)
         leaves.setdefault((item.modality, item.task, item.variant), CellScore()).add(value)
     sums: dict[str, CellScore] = {}
     overall = CellScore()
@@ -813,7 +820,7 @@ def format_table(result: ScoreResult) -> str:
     if result.missing_ids:
         lines.append(
             f"missing predictions: {len(result.missing_ids)} of {result.overall.count} items scored 0 "
-            f"({_preview(result.missing_ids)})"
+            f"({preview(result.missing_ids)})"
         )
     return "\n".join(lines)
 
@@ -826,23 +833,56 @@ def _row(modality: str, task: str, variant: str, cell: CellScore) -> str:
     return f"{modality:<9}{task:<9}{variant:<9}{figures}{m['count']:>7}"
 
 
-def _preview(values: Sequence[str], limit: int = 10) -> str:
-    shown = ", ".join(map(str, values[:limit]))
-    return shown + (f", ... ({len(values) - limit} more)" if len(values) > limit else "")
+class Extractor(Protocol):
+    """Turns free-form responses into the answer texts that accuracy scores (`--extract`)."""
+
+    name: str
+
+    def answers(self, items: Sequence[BenchItem], predictions: Mapping[str, str]) -> dict[str, str]:
+        """Item id -> answer text, for the items that have a prediction."""
+        ...
+
+    def describe(self) -> dict[str, Any]:
+        """What `scores.json` records about the extraction."""
+        ...
 
 
 def score_file(
     predictions: str | Path,
-    bench: str | Path = "shards",
+    bench: str | Path | BenchSource = "shards",
     profile: str = "official",
     mode: str = "direct",
     report: RunReport | None = None,
+    extractor: Extractor | None = None,
 ) -> ScoreResult:
-    """Score a predictions file against a bench (shards root, staged folder or Hub repo id)."""
+    """Score a predictions file against a bench (shards root, staged folder or Hub repo id, or a
+    resolved `BenchSource`); `extractor` None is the strict extraction."""
     report = report or RunReport("score")
-    source = resolve_bench(bench)
+    source = bench if isinstance(bench, BenchSource) else resolve_bench(bench)
     items = bench_items(load_bench(source), source.location)
-    result = score_bench(items, read_predictions(predictions, report), profile, mode)
+    responses = read_predictions(predictions, report)
+    answers = extractor.answers(items, responses) if extractor is not None else None
+    result = score_bench(items, responses, profile, mode, answers)
     report.count("items", len(items))
     report.count("missing", len(result.missing_ids))
     return result
+
+
+def scores_document(
+    result: ScoreResult,
+    report: RunReport,
+    source: BenchSource,
+    predictions: str | Path,
+    extraction: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """What `score --json` and evaluate's `scores.json` hold: the figures as fractions, the bench
+    and how it was checked, the predictions file, the extraction used, and every skipped line."""
+    figures = result.as_dict()
+    figures.update(
+        bench=source.location,
+        bench_integrity=source.integrity,
+        predictions=str(predictions),
+        extraction=dict(extraction or {"method": "strict"}),
+        skipped=[{"where": s.path, "reason": s.reason, "message": s.message} for s in report.skips],
+    )
+    return figures

@@ -55,6 +55,7 @@ from medscout_data.report import RunReport
 from medscout_data.shards import atomic_writer, write_bytes_atomic
 from medscout_data.stages.manifest import ManifestError, read_manifest, verified_shards
 from medscout_data.stages.pool import listed_shards
+from medscout_data.tasks.prompts import SYSTEM_PROMPTS
 
 log = logging.getLogger(__name__)
 
@@ -82,20 +83,6 @@ MIMIC_NOTE = (
     "MIMIC-CXR is PhysioNet credentialed data: its terms forbid public redistribution of these "
     "X-ray images; keep them where only credentialed users can read them."
 )
-
-SYSTEM_PROMPTS = {
-    "direct": (
-        "You are an expert in medical image analysis. Each question shows one or more medical images "
-        "and states its index and coordinate conventions. Answer exactly in the format the question asks "
-        "for, with the answer only."
-    ),
-    "cot": (
-        "You are an expert in medical image analysis. Each question shows one or more medical images "
-        "and states its index and coordinate conventions. First reason step by step inside "
-        "<think>...</think>, then give only the final answer, in the format the question asks for, inside "
-        "<answer>...</answer>."
-    ),
-}
 
 
 class ExportError(StageError):

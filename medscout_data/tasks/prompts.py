@@ -17,6 +17,21 @@ COT_SUFFIX = (
 )
 DIRECT_SUFFIX = " Reply with the answer only."
 
+# The system prompt of each mode: `export` writes it for ms-swift's --system, `evaluate` sends it.
+SYSTEM_PROMPTS = {
+    "direct": (
+        "You are an expert in medical image analysis. Each question shows one or more medical images "
+        "and states its index and coordinate conventions. Answer exactly in the format the question asks "
+        "for, with the answer only."
+    ),
+    "cot": (
+        "You are an expert in medical image analysis. Each question shows one or more medical images "
+        "and states its index and coordinate conventions. First reason step by step inside "
+        "<think>...</think>, then give only the final answer, in the format the question asks for, inside "
+        "<answer>...</answer>."
+    ),
+}
+
 
 def _ordinal_list(n: int) -> str:
     return ", ".join(str(i) for i in range(2, n + 2))

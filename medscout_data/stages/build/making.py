@@ -1,8 +1,11 @@
-"""Making: one shard of planned items, in a worker, written to a temporary name and renamed.
+"""Making: planned items in workers, a few row groups at a time; shards written by the main process.
 
 Each item's attempts are tried in order; the first that makes a valid item
-wins. A shard records in its Parquet metadata the digest of its specs (a
-shard with the right digest is done, so a killed build resumes) and each
+wins. A worker makes a chunk (two row groups of one shard) and sends back
+its rows as an Arrow table; the main process writes each shard's chunks in
+order, to a temporary name, and renames it when the last one is in. A
+shard records in its Parquet metadata the digest of its specs (a shard
+with the right digest is done, so a killed build resumes) and each
 item's outcome (the attempt used, or why none worked), from which the main
 process plans the next round of replacements, on a rerun as well.
 """
@@ -17,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
 
 from medscout_data import __version__
 from medscout_data.cache import ImageCache
@@ -39,6 +43,7 @@ from medscout_data.tasks.items import (
 )
 
 OUTCOMES_KEY = "medscout_outcomes"
+CHUNK_ROW_GROUPS = 2  # a worker's unit of work: this many row groups of one shard
 
 
 @dataclass(frozen=True)
@@ -149,23 +154,78 @@ def _reference_provenance(attempt: Attempt) -> dict[str, Any]:
     return info
 
 
-def write_shard(job: ShardJob, cache_dir: Path, recipe: Recipe) -> ShardResult:
-    """Make and write one shard (runs in a worker); its outcomes go into its metadata too."""
-    pixels = PixelReader(ImageCache(cache_dir))
-    result = ShardResult(str(job.path))
-    metadata = {DIGEST_KEY: job.digest, "medscout_recipe": recipe.name, "medscout_version": __version__}
-    with ShardWriter(job.path, ITEM_SCHEMA, recipe.pool.row_group_items, metadata) as writer:
-        for spec in job.specs:
-            try:
-                row, index = make_item(spec, pixels, recipe)
-            except NoAttemptWorked as exc:
-                result.outcomes[spec.id] = Outcome(-1, exc.reason, exc.tried)
-                continue
-            result.outcomes[spec.id] = Outcome(index)
-            writer.write(row)
-            result.items += 1
-        writer.add_metadata({OUTCOMES_KEY: encode_outcomes(result.outcomes)})
-    return result
+@dataclass
+class Chunk:
+    """What a worker made of a run of one shard's specs: their rows as a table, and each outcome."""
+
+    table: pa.Table
+    outcomes: dict[str, Outcome]
+
+
+_READERS: dict[Path, PixelReader] = {}
+
+
+def make_chunk(specs: tuple[ItemSpec, ...], cache_dir: Path, recipe: Recipe) -> Chunk:
+    """Make a run of specs (in a worker). Chunks smaller than shards keep every worker busy until the
+    end; the main process writes them into their shard in order."""
+    pixels = _READERS.setdefault(Path(cache_dir), PixelReader(ImageCache(cache_dir)))
+    rows, outcomes = [], {}
+    for spec in specs:
+        try:
+            row, index = make_item(spec, pixels, recipe)
+        except NoAttemptWorked as exc:
+            outcomes[spec.id] = Outcome(-1, exc.reason, exc.tried)
+            continue
+        outcomes[spec.id] = Outcome(index)
+        rows.append(row)
+    columns = {name: [row[name] for row in rows] for name in ITEM_SCHEMA.names}
+    return Chunk(pa.Table.from_pydict(columns, schema=ITEM_SCHEMA), outcomes)
+
+
+def chunk_specs(job: ShardJob, recipe: Recipe) -> list[tuple[ItemSpec, ...]]:
+    """The shard's specs in runs of CHUNK_ROW_GROUPS row groups (the same for any worker count)."""
+    size = CHUNK_ROW_GROUPS * recipe.pool.row_group_items
+    return [job.specs[start : start + size] for start in range(0, len(job.specs), size)]
+
+
+class ShardAssembly:
+    """One shard being written by the main process from its chunks, strictly in order."""
+
+    def __init__(self, job: ShardJob, recipe: Recipe, chunks: int) -> None:
+        self.job, self.recipe, self.chunks = job, recipe, chunks
+        self.waiting: dict[int, Chunk] = {}
+        self.written = 0
+        self.result = ShardResult(str(job.path))
+        self.writer: ShardWriter | None = None
+
+    def add(self, number: int, chunk: Chunk) -> bool:
+        """Take chunk `number`; write what is now in order. True when the shard is complete on disk."""
+        self.waiting[number] = chunk
+        while self.written in self.waiting:
+            chunk = self.waiting.pop(self.written)
+            if self.writer is None:
+                metadata = {
+                    DIGEST_KEY: self.job.digest,
+                    "medscout_recipe": self.recipe.name,
+                    "medscout_version": __version__,
+                }
+                self.writer = ShardWriter(
+                    self.job.path, ITEM_SCHEMA, self.recipe.pool.row_group_items, metadata
+                )
+            if chunk.table.num_rows:
+                self.writer.write_table(chunk.table)
+            self.result.items += chunk.table.num_rows
+            self.result.outcomes.update(chunk.outcomes)
+            self.written += 1
+        if self.written < self.chunks:
+            return False
+        self.writer.add_metadata({OUTCOMES_KEY: encode_outcomes(self.result.outcomes)})
+        self.writer.close()
+        return True
+
+    def abort(self) -> None:
+        if self.writer is not None:
+            self.writer.abort()
 
 
 def encode_outcomes(outcomes: dict[str, Outcome]) -> str:

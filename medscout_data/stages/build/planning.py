@@ -191,7 +191,7 @@ class Planner:
         """Look up (once) the anomaly references of `images`: nearby slices, or X-ray neighbours."""
         if self.task != "anomaly":
             return
-        wanted = [image for image in images if image.image_id not in self._references]
+        wanted = list({i.image_id: i for i in images if i.image_id not in self._references}.values())
         if not wanted:
             return
         if self.context.modality == "xray":

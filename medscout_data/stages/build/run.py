@@ -39,11 +39,14 @@ from medscout_data.report import RunReport, Skip
 from medscout_data.stages.build.catalog import CellContext, NeighbourLookup, read_catalogue
 from medscout_data.stages.build.making import (
     NOTHING_LEFT,
+    Chunk,
+    ShardAssembly,
     ShardJob,
     ShardResult,
+    chunk_specs,
     finished_outcomes,
+    make_chunk,
     shard_jobs,
-    write_shard,
 )
 from medscout_data.stages.build.planning import (
     MAX_ROUNDS,
@@ -114,9 +117,17 @@ def _executor(workers: int) -> Iterator[Executor]:
     if workers == 1:
         yield _Inline()
         return
-    with process_pool(workers) as pool:
+    with process_pool(workers, initializer=_init_worker) as pool:
         pool.submit(_warm_up)
         yield pool
+
+
+def _init_worker() -> None:
+    """One OpenCV thread per worker: the pool is the parallelism, and OpenCV's thread pool costs more
+    than it saves on the small resizes items need (a 8x8 area average of a cell)."""
+    import cv2
+
+    cv2.setNumThreads(1)
 
 
 def _warm_up() -> None:
@@ -153,7 +164,7 @@ class _Build:
         self.previous = read_pool_record(layout, options.modality)
         self.record: dict[str, Any] = {}
         self.runs: dict[str, TaskRun] = {}
-        self.futures: dict[Future, tuple[str, ShardJob]] = {}
+        self.futures: dict[Future, tuple[str, ShardAssembly, int, int]] = {}  # task, shard, chunk, items
         self.results: list[ShardResult] = []
         self.reused: list[ShardJob] = []
         self.rows: dict[str, int] = {}  # shard name -> items it holds
@@ -229,24 +240,23 @@ class _Build:
             }
         self._update_ranks_digest()
         write_pool_record(self.layout, self.options.modality, self.record)
-        missing = False
+        missing, todo = False, []
         for position, job in enumerate(jobs, start=first):
             outcomes = finished_outcomes(job)
             if outcomes is not None:
                 self.reused.append(job)
                 self._take(run, job, outcomes)
             elif self._is_mine(run, position):
-                run.pending.add(job.path.name)
-                future = self.executor.submit(write_shard, job, self.cache_dir, self.recipe)
-                self.futures[future] = (run.task, job)
-                self.bar.total += len(job.specs)
-                self.bar.refresh()
+                todo.append(job)
             else:
                 missing = True
                 if run.round == 0:
                     self.missing.append(position)
-        if not run.pending and not missing and (self.options.rank.single or self.options.merge):
-            self._next_round(run)
+        run.pending.update(job.path.name for job in todo)  # all of them before any can come back
+        for job in todo:
+            self._submit(run, job)
+        if not todo and not missing and (self.options.rank.single or self.options.merge):
+            self._next_round(run)  # everything was on disk already; otherwise the last chunk back does it
 
     def _is_mine(self, run: TaskRun, position: int) -> bool:
         """Whether this process makes the shard: its rank's share of round 0 (none in the merge)."""
@@ -256,20 +266,47 @@ class _Build:
             return False
         return position % self.options.rank.world_size == self.options.rank.rank
 
+    def _submit(self, run: TaskRun, job: ShardJob) -> None:
+        """Hand the shard's chunks to the workers; the main process assembles the shard."""
+        chunks = chunk_specs(job, self.recipe)
+        assembly = ShardAssembly(job, self.recipe, len(chunks))
+        self.bar.total += len(job.specs)
+        self.bar.refresh()
+        for number, specs in enumerate(chunks):
+            future = self.executor.submit(make_chunk, specs, self.cache_dir, self.recipe)
+            self.futures[future] = (run.task, assembly, number, len(specs))
+            if isinstance(self.executor, _Inline):  # made already: write it now, hold nothing
+                self._collect(future)
+
     def _drain(self) -> None:
-        """Collect shards as workers finish them; start each task's next round when its round is back."""
-        while self.futures:
-            done, _ = wait(list(self.futures), return_when=FIRST_COMPLETED)
-            for future in done:
-                task, job = self.futures.pop(future)
-                result = _checked(job, future)
-                self.results.append(result)
-                self.bar.update(len(job.specs))
-                run = self.runs[task]
-                run.pending.discard(job.path.name)
-                self._take(run, job, result.outcomes)
-                if not run.pending and (self.options.rank.single or self.options.merge):
-                    self._next_round(run)
+        """Collect chunks as workers finish them; start each task's next round when its round is back."""
+        try:
+            while self.futures:
+                done, _ = wait(list(self.futures), return_when=FIRST_COMPLETED)
+                for future in done:
+                    self._collect(future)
+        except BaseException:
+            for _, assembly, _, _ in self.futures.values():
+                assembly.abort()
+            raise
+
+    def _collect(self, future: Future) -> None:
+        task, assembly, number, size = self.futures.pop(future)
+        chunk = _checked(assembly.job, future)
+        self.bar.update(size)
+        try:
+            complete = assembly.add(number, chunk)
+        except OSError as exc:
+            assembly.abort()
+            raise _write_error(assembly.job, exc) from exc
+        if not complete:
+            return
+        self.results.append(assembly.result)
+        run = self.runs[task]
+        run.pending.discard(assembly.job.path.name)
+        self._take(run, assembly.job, assembly.result.outcomes)
+        if not run.pending and (self.options.rank.single or self.options.merge):
+            self._next_round(run)
 
     def _take(self, run: TaskRun, job: ShardJob, outcomes: dict[str, Outcome]) -> None:
         run.outcomes.update(outcomes)
@@ -387,15 +424,19 @@ class _Build:
             self.report.info["removed_shards"] = removed
 
 
-def _checked(job: ShardJob, future: Future) -> ShardResult:
-    """The shard's result, or a BuildError naming the shard (finished shards stay for a resume)."""
+def _write_error(job: ShardJob, exc: OSError) -> BuildError:
+    return BuildError(
+        f"{job.path}: cannot write ({exc.strerror or exc}); free space or fix permissions, then rerun: "
+        "finished shards are kept"
+    )
+
+
+def _checked(job: ShardJob, future: Future) -> Chunk:
+    """The chunk a worker made, or a BuildError naming its shard (finished shards stay for a resume)."""
     try:
         return future.result()
     except OSError as exc:
-        raise BuildError(
-            f"{job.path}: cannot write ({exc.strerror or exc}); free space or fix permissions, then rerun: "
-            "finished shards are kept"
-        ) from exc
+        raise _write_error(job, exc) from exc
     except Exception as exc:
         raise BuildError(
             f"{job.path.name} failed: {type(exc).__name__}: {exc}; finished shards are kept, rerun to resume"
