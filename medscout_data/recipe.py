@@ -99,6 +99,14 @@ class ScaleConfig:
     crop_size: int = 224
     min_anatomy_fraction: float = 0.6
     max_tries: int = 64
+    # How crops reach crop_size: "direct" (straight resize, the paper's) or "matched" (every crop
+    # through one effective resolution first; tasks/resampling.py), with grain put back on the
+    # crops that lost noise by averaging (match_noise) and a Gaussian of resample_blur pixels.
+    resampling: str = "direct"
+    resample_blur: float = 1.2
+    match_noise: bool = True
+    max_enlargement: float = 3.0  # smallest level's native crop -> crop_size; more is rejected
+    min_structure: float = 3.0  # grey levels (tasks/content.py); flatter crops are redrawn
 
 
 @dataclass(frozen=True)
@@ -106,6 +114,8 @@ class JigsawConfig:
     """Topological Jigsaw Reconstruction."""
 
     grid: int = 2
+    min_structure: float = 3.0  # every tile, grey levels (tasks/content.py)
+    min_tile_difference: float = 3.0  # every pair of tiles, grey levels
 
 
 @dataclass(frozen=True)
@@ -117,6 +127,8 @@ class AnomalyConfig:
     ref_distance_mm: tuple[float, float] = (4.0, 12.0)
     min_cell_difference: float = 10.0
     max_references: int = 8
+    paste: str = "hard"  # "hard" (as in the paper) or "matched" (intensity statistics matched)
+    min_structure: float = 3.0  # the cell and half its edge neighbours, grey levels (tasks/content.py)
 
 
 @dataclass(frozen=True)
@@ -284,7 +296,16 @@ def _check(recipe: Recipe, path: Path) -> None:
             "scale.centre_range must be increasing in [0, 1]",
         ),
         (scale.n_crops > 0 and scale.crop_size >= 8, "scale.n_crops and scale.crop_size must be positive"),
+        (scale.resampling in ("direct", "matched"), "scale.resampling must be direct or matched"),
+        (0.3 <= scale.resample_blur <= 4.0, "scale.resample_blur must be in [0.3, 4] pixels"),
+        (scale.max_enlargement >= 1.0, "scale.max_enlargement must be at least 1"),
+        (
+            min(scale.min_structure, recipe.jigsaw.min_structure, anomaly.min_structure) >= 0
+            and recipe.jigsaw.min_tile_difference >= 0,
+            "min_structure and min_tile_difference thresholds must be >= 0",
+        ),
         (recipe.jigsaw.grid >= 2, "jigsaw.grid must be at least 2"),
+        (anomaly.paste in ("hard", "matched"), "anomaly.paste must be hard or matched"),
         (all(0 <= c < anomaly.grid**2 for c in anomaly.cells), "anomaly.cells must index the grid"),
         (
             0 <= anomaly.ref_distance_mm[0] <= anomaly.ref_distance_mm[1],

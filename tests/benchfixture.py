@@ -148,11 +148,17 @@ def _content(
             return None
     if task == "jigsaw":
         permutations = non_identity_permutations(recipe.jigsaw.grid**2)
-        return jigsaw_item(image, permutations[int(rng.integers(len(permutations)))], recipe, modality)
+        try:
+            return jigsaw_item(image, permutations[int(rng.integers(len(permutations)))], recipe, modality)
+        except TaskRejected:  # a featureless tile: this image makes no jigsaw
+            return None
     cell = int(recipe.anomaly.cells[int(rng.integers(len(recipe.anomaly.cells)))])
     for ref in refs:
         if anomaly_difference(image, ref, cell, recipe.anomaly.grid) >= recipe.anomaly.min_cell_difference:
-            return anomaly_item(image, ref, cell, recipe, modality)
+            try:
+                return anomaly_item(image, ref, cell, recipe, modality)
+            except TaskRejected:  # a featureless cell or neighbour
+                return None
     return None
 
 

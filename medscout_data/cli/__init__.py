@@ -25,6 +25,7 @@ COMMANDS = {
     "evaluate": "medscout_data.cli.evaluate:evaluate",
     "score": "medscout_data.cli.score:score",
     "baseline": "medscout_data.cli.score:baseline",
+    "audit": "medscout_data.cli.audit:audit",
     "export": "medscout_data.cli.export:export",
     "preview": "medscout_data.cli.export:preview",
 }
@@ -46,6 +47,7 @@ Stages, in order:
   evaluate    ask a model (OpenAI-compatible server) every bench item, score it
   score       Dense Geometric Reward of model answers on the bench
   baseline    random / prior / classical-vision predictions
+  audit       shortcut probes (sharpness, noise, seams, centroid, prior) per cell
   export      ms-swift GRPO or generic JSONL for training
   preview     HTML page and contact sheets of items
 

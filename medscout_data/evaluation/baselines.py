@@ -9,14 +9,15 @@
   bench comes with one (`<shards>/train/`); otherwise from the bench's own
   truths, which is an ORACLE prior (it has seen the answers) and is reported
   as such.
-- `classical`: computer-vision solvers, no learning. Scale: OpenCV template
-  matching of each crop, resized to every candidate level's size, in the full
-  image; the best level and location win. Jigsaw: every non-identity
-  permutation scored by the dissimilarity of the seams it would create
-  (1 - correlation of the touching pixel lines) plus a prior that the
-  image's outer frame is background; the lowest cost wins. Anomaly: each
-  candidate cell's boundary discontinuity against the gradients just inside
-  and outside it; the most seam-like wins.
+- `classical`: computer-vision solvers, no learning, each the strongest the
+  shortcut audit (evaluation/audit.py) measures for its task. Scale: OpenCV
+  template matching of each crop, resized to every candidate level's size,
+  in the full image; the best level and location win. Jigsaw: every
+  non-identity permutation scored by the discontinuity of the seams it would
+  create (mean absolute difference of the touching raw pixel lines) plus a
+  prior that the image's outer frame is background (dark); the lowest cost
+  wins. Anomaly: each candidate cell's boundary discontinuity against the
+  gradients just inside and outside it; the most seam-like wins.
 
 A baseline knows only what the question states: the number of crops, the
 level areas, the grid and the candidate cells. Images are decoded with
@@ -30,7 +31,7 @@ import logging
 import math
 import re
 from collections import Counter, defaultdict
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -70,9 +71,8 @@ META_COLUMNS = ["id", "modality", "task", "variant", "question", "target"]
 TRUTH_COLUMNS = ["modality", "task", "variant", "target"]
 SCALE_WORK_SIZE = 256  # template matching runs with the full image's longest side at most this
 MAX_JIGSAW_PERMUTATIONS = 400_000  # exhaustive search up to 3x3 grids
-JIGSAW_SMOOTHING = 1.0  # Gaussian sigma (pixels) against pixel noise before comparing seams
 FRAME_WEIGHT = 0.5  # jigsaw: weight of the "border is background" prior against the seams
-FRAME_BAND = 3  # jigsaw: pixels along a tile side whose gradient energy counts
+FRAME_BAND = 3  # jigsaw: pixels along a tile side whose brightness counts
 
 
 class BaselineError(StageError):
@@ -237,82 +237,116 @@ def solve_scale(
 # ---------------------------------------------------------------- classical: jigsaw
 
 
-def profile_correlation(a: np.ndarray, b: np.ndarray) -> float:
-    """Pearson correlation of two edge profiles; 0 when either is flat (no evidence either way)."""
-    a, b = a - a.mean(), b - b.mean()
-    norm = math.sqrt(float((a * a).sum()) * float((b * b).sum()))
-    return float((a * b).sum()) / norm if norm > 1e-6 else 0.0
-
-
 def pair_costs(pieces: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
-    """(left-right, top-bottom) seam dissimilarities: [a, b] for tile b right of / below tile a.
+    """(left-right, top-bottom) seam costs: [a, b] for tile b right of / below tile a.
 
-    Dissimilarity is 1 - the correlation of the two touching pixel lines:
-    anatomy that crosses a true seam draws the same profile on both sides. A
-    plain difference would prefer pairing two flat background borders (a
-    perfect, meaningless match); correlation gives those no credit.
+    The mean absolute difference of the two touching pixel lines, on the raw
+    pixels: across a true seam neighbouring pixels are correlated (anatomy,
+    and the scanner's and the resampling's blur), across a false one they are
+    not. Smoothing first would throw that evidence away.
     """
     n = len(pieces)
-    lr, tb = np.ones((n, n)), np.ones((n, n))
+    lr, tb = np.zeros((n, n)), np.zeros((n, n))
     for a in range(n):
         for b in range(n):
-            lr[a, b] = 1.0 - profile_correlation(pieces[a][:, -1], pieces[b][:, 0])
-            tb[a, b] = 1.0 - profile_correlation(pieces[a][-1], pieces[b][0])
+            lr[a, b] = float(np.abs(pieces[a][:, -1] - pieces[b][:, 0]).mean())
+            tb[a, b] = float(np.abs(pieces[a][-1] - pieces[b][0]).mean())
     return lr, tb
 
 
-def side_energy(gradient: np.ndarray, grid: int, band: int = FRAME_BAND) -> np.ndarray:
-    """(tiles, 4) mean gradient magnitude in a band along each tile's top, bottom, left, right side."""
-    out = []
-    for tile in tiles(gradient, grid):
-        out.append([tile[:band].mean(), tile[-band:].mean(), tile[:, :band].mean(), tile[:, -band:].mean()])
-    return np.array(out, np.float64)
+def frame_costs(pieces: Sequence[np.ndarray], grid: int, band: int = FRAME_BAND) -> np.ndarray:
+    """(tiles, positions) cost of the bright pixels a tile would put on the reassembly's outer frame.
+
+    A medical image's border is mostly background (air, collimation), its
+    middle anatomy: the mean grey level in a band along each tile side that
+    would lie on the frame, relative to the image's mean, summed per position.
+    This breaks the ties a seam search leaves when background borders match
+    each other as well as anatomy does (air against air).
+    """
+    mean = float(np.mean([p.mean() for p in pieces])) + 1.0
+    sides = np.array(
+        [[p[:band].mean(), p[-band:].mean(), p[:, :band].mean(), p[:, -band:].mean()] for p in pieces]
+    )
+    place = np.zeros((len(pieces), grid * grid))
+    for k in range(grid * grid):
+        row, col = divmod(k, grid)
+        on_frame = [row == 0, row == grid - 1, col == 0, col == grid - 1]
+        place[:, k] = sides[:, on_frame].sum(axis=1) / mean
+    return place
 
 
-def solve_jigsaw(shuffled: np.ndarray, grid: int) -> tuple[int, ...]:
-    """The non-identity permutation whose reassembly looks most like one image.
+def centroid_costs(pieces: Sequence[np.ndarray], grid: int) -> np.ndarray:
+    """(tiles, positions) moment of a tile's grey levels about the image centre if placed there.
 
-    Cost = sum of seam dissimilarities between neighbours (`pair_costs`) +
-    FRAME_WEIGHT x the mean structure (gradient energy, relative to the
-    image's) along the reassembly's outer frame: a medical image's border is
-    mostly background, the lines through its middle cut anatomy, so this
-    breaks the ties that symmetric anatomy leaves to seams alone.
+    The body lies in the middle of the frame: the arrangement that puts the
+    bright mass nearest the centre (lowest moment of inertia) is the body
+    centroid's guess. It ignores seams entirely.
+    """
+    th, tw = pieces[0].shape
+    height, width = th * grid, tw * grid
+    yy, xx = np.mgrid[0:th, 0:tw].astype(np.float64) + 0.5
+    place = np.zeros((len(pieces), grid * grid))
+    for k in range(grid * grid):
+        row, col = divmod(k, grid)
+        distance = ((xx + col * tw - width / 2) / width) ** 2 + ((yy + row * th - height / 2) / height) ** 2
+        for t, piece in enumerate(pieces):
+            place[t, k] = float((piece * distance).mean())
+    return place
+
+
+def best_permutation(
+    grid: int, place: np.ndarray, seams: tuple[np.ndarray, np.ndarray] | None = None, seam_weight: float = 1.0
+) -> tuple[int, ...]:
+    """The non-identity permutation of least cost: `place[t, k]` for shuffled tile t at original
+    position k, plus `seam_weight` x the mean seam cost (pair costs relative to their own mean).
 
     The answer's permutation p says the tile at shuffled position s is
     original tile p[s]; the reassembly's original position k then holds
     shuffled tile inverse(p)[k].
     """
     n = grid * grid
-    if math.factorial(n) > MAX_JIGSAW_PERMUTATIONS:
-        raise UnsupportedItem(f"exhaustive jigsaw search supports grids up to 3x3, not {grid}x{grid}")
-    smooth = cv2.GaussianBlur(fit_to_grid(shuffled, grid).astype(np.float32), (0, 0), JIGSAW_SMOOTHING)
-    if min(smooth.shape) < 2 * grid * FRAME_BAND:
-        raise UnsupportedItem(
-            f"image {smooth.shape[1]}x{smooth.shape[0]} too small for a {grid}x{grid} jigsaw"
-        )
-    gradient = np.abs(cv2.Sobel(smooth, cv2.CV_32F, 1, 0)) + np.abs(cv2.Sobel(smooth, cv2.CV_32F, 0, 1))
-    energy = side_energy(gradient, grid) / (float(gradient.mean()) + 1e-3)
-    lr, tb = pair_costs(tiles(smooth, grid))
     candidates = np.array(non_identity_permutations(n), np.int64)
     at = np.argsort(candidates, axis=1)  # at[:, k] = shuffled tile placed at original position k
-    seams, frame = np.zeros(len(candidates)), np.zeros(len(candidates))
-    top, bottom, left, right = range(4)
-    for k in range(n):
-        row, col = divmod(k, grid)
-        if col < grid - 1:
-            seams += lr[at[:, k], at[:, k + 1]]
-        if row < grid - 1:
-            seams += tb[at[:, k], at[:, k + grid]]
-        for side, on_frame in (
-            (top, row == 0),
-            (bottom, row == grid - 1),
-            (left, col == 0),
-            (right, col == grid - 1),
-        ):
-            if on_frame:
-                frame += energy[at[:, k], side]
-    cost = seams + FRAME_WEIGHT * frame / (4 * grid)
+    cost = place[at, np.arange(n)].sum(axis=1)
+    if seams is not None:
+        lr, tb = seams
+        scale = (lr.mean() + tb.mean()) / 2 + 1e-6
+        total = np.zeros(len(candidates))
+        for k in range(n):
+            row, col = divmod(k, grid)
+            if col < grid - 1:
+                total += lr[at[:, k], at[:, k + 1]]
+            if row < grid - 1:
+                total += tb[at[:, k], at[:, k + grid]]
+        cost = cost + seam_weight * total / (scale * 2 * grid * (grid - 1))
     return tuple(int(v) for v in candidates[int(np.argmin(cost))])
+
+
+def jigsaw_pieces(shuffled: np.ndarray, grid: int) -> list[np.ndarray]:
+    """The shuffled image's tiles as float arrays; `UnsupportedItem` for grids too large to search
+    or images too small for the frame band."""
+    if math.factorial(grid * grid) > MAX_JIGSAW_PERMUTATIONS:
+        raise UnsupportedItem(f"exhaustive jigsaw search supports grids up to 3x3, not {grid}x{grid}")
+    fitted = fit_to_grid(shuffled, grid).astype(np.float32)
+    if min(fitted.shape) < 2 * grid * FRAME_BAND:
+        raise UnsupportedItem(
+            f"image {fitted.shape[1]}x{fitted.shape[0]} too small for a {grid}x{grid} jigsaw"
+        )
+    return tiles(fitted, grid)
+
+
+def solve_jigsaw(shuffled: np.ndarray, grid: int) -> tuple[int, ...]:
+    """Seam continuity: the permutation whose reassembly has the most continuous seams
+    (`pair_costs`), with FRAME_WEIGHT x the frame's brightness (`frame_costs`) against
+    background borders that match each other."""
+    pieces = jigsaw_pieces(shuffled, grid)
+    return best_permutation(grid, FRAME_WEIGHT * frame_costs(pieces, grid) / (4 * grid), pair_costs(pieces))
+
+
+def solve_jigsaw_centroid(shuffled: np.ndarray, grid: int) -> tuple[int, ...]:
+    """Body centroid only: the permutation that puts the image's bright mass nearest its centre."""
+    pieces = jigsaw_pieces(shuffled, grid)
+    return best_permutation(grid, centroid_costs(pieces, grid))
 
 
 # ---------------------------------------------------------------- classical: anomaly
@@ -344,13 +378,19 @@ def _side_ratio(lines: np.ndarray) -> float:
     return float(steps[1] / ((steps[0] + steps[2]) / 2 + 1.0))
 
 
-def solve_anomaly(tampered: np.ndarray, grid: int, cells: Sequence[int]) -> int:
-    """The candidate cell whose boundary is most seam-like."""
+def solve_anomaly(
+    tampered: np.ndarray,
+    grid: int,
+    cells: Sequence[int],
+    score: Callable[[np.ndarray, Box], float] = seam_score,
+) -> int:
+    """The candidate cell that scores highest: by default the most seam-like boundary
+    (`seam_score`); the audit passes other cell scores (e.g. its brightness step)."""
     image = fit_to_grid(tampered, grid).astype(np.float32)
     height, width = image.shape
     if min(height, width) < 4 * grid:
-        raise UnsupportedItem(f"image {width}x{height} too small for a {grid}x{grid} seam search")
-    scores = [seam_score(image, cell_box(height, width, cell, grid)) for cell in cells]
+        raise UnsupportedItem(f"image {width}x{height} too small for a {grid}x{grid} cell search")
+    scores = [score(image, cell_box(height, width, cell, grid)) for cell in cells]
     return int(cells[int(np.argmax(scores))])
 
 

@@ -64,6 +64,7 @@ class CardFacts:
     manifest_sha256: str
     recipe: Recipe | None  # the recipe the pool was built with, when its plan is at hand
     with_train: bool
+    audit: dict | None = None  # `evaluation.audit.AuditResult.as_dict()` of the staged bench
 
     @property
     def includes_mimic(self) -> bool:
@@ -192,6 +193,7 @@ def card_body(facts: CardFacts) -> str:
         _fields(),
         _tasks(facts.recipe),
         _scoring(facts),
+        _validity(facts),
         _split(facts),
         _sources(facts),
         _citation(facts),
@@ -368,6 +370,108 @@ medscout-data score --bench {facts.repo_id} --predictions predictions.jsonl --pr
 medscout-data score --bench {facts.repo_id} --predictions predictions.jsonl --profile paper --mode cot
 ```
 """
+
+
+def _validity(facts: CardFacts) -> str:
+    recipe = facts.recipe
+    scale = recipe.scale if recipe else ScaleConfig()
+    jigsaw = recipe.jigsaw if recipe else JigsawConfig()
+    anomaly = recipe.anomaly if recipe else AnomalyConfig()
+    return f"""
+## Validity: answerable only by looking
+
+Every item was checked when it was made. Each scale crop, each jigsaw tile and the
+anomaly cell with at least half of its edge neighbours carries structure (the spread of its block means
+is at least {scale.min_structure:g} / {jigsaw.min_structure:g} / {anomaly.min_structure:g} grey levels,
+so a flat grey square never makes an item), no two jigsaw tiles look alike (at least
+{jigsaw.min_tile_difference:g} grey levels apart), a Level-2 crop is never enlarged more than
+{scale.max_enlargement:g}x to reach the crop size (smaller images are skipped), and the replaced
+cell differs visibly from the original.
+
+{_resampling_text(scale)}
+
+{_paste_text(anomaly)}
+
+{_audit_text(facts.audit)}
+"""
+
+
+def _resampling_text(scale: ScaleConfig) -> str:
+    if scale.resampling == "direct":
+        return (
+            "**Scale crops: naive crop-and-resize.** Every crop was resized straight to the crop size, "
+            "so a Level-2 crop is enlarged more than a Level-1 crop and looks blurrier, with its pixel "
+            "noise magnified: a sharpness or noise probe can tell the levels apart without looking at "
+            "the anatomy (see the audit below)."
+        )
+    grain = (
+        " The larger crops then receive grain with the spectrum of the smallest crop's noise, predicted "
+        "from the image's own noise level (only where the window did not clip the pixel), so a magnified "
+        "noise grain does not tell the level either; the anatomy is not touched."
+        if scale.match_noise
+        else ""
+    )
+    return (
+        "**Scale crops: why not a naive crop-and-resize.** Resizing every crop straight to the crop size "
+        "enlarges a Level-2 crop (6.25% of the image) about 1.75x at the paper's sizes and a Level-1 crop "
+        "(20%) hardly at all, so the level could be read off the blur and the magnified noise grain alone. "
+        "Here every crop of an item first passes through one effective resolution: it is low-passed with a "
+        f"Gaussian of {scale.resample_blur:g} pixels of the Level-2 crop's native grid (scaled for larger "
+        "crops) and resampled to that grid, then enlarged to the crop size; every crop has the same "
+        f"transfer function, so scale-free anatomy looks alike at every level.{grain} What a sharpness "
+        "and a noise probe still read is in the audit below (AUC 0.5 = nothing)."
+    )
+
+
+def _paste_text(anomaly: AnomalyConfig) -> str:
+    if anomaly.paste == "matched":
+        return (
+            "**Anomaly paste: matched.** The pasted block's grey levels were mapped (one linear map) to the "
+            "mean and spread of the block it replaces, so a global intensity jump does not give it away."
+        )
+    return (
+        "**Anomaly paste: hard, as in the paper.** The block is pasted as it is. The `matched` option "
+        "(mean and spread of the pasted block mapped to those of the block it replaces) was measured with "
+        "the audit's probes on the synthetic sample (`benchmarks/bench_validity.py`): the seam probe stays "
+        "at 100% either way, but the brightness step at the cell border stays far above chance with "
+        "`matched` too (the cue is local, not a global offset), so `matched` does not remove the "
+        "intensity cue and the paper's `hard` paste stays the default."
+    )
+
+
+def _audit_text(audit: dict | None) -> str:
+    if not audit:
+        return "No shortcut audit was run for this card; `medscout-data audit --bench <repo>` runs it."
+    lines = [
+        "| modality | task | probe | accuracy | chance | AUC | items |",
+        "|---|---|---|---:|---:|---:|---:|",
+    ]
+    for cell, info in audit["cells"].items():
+        modality, task = cell.split("/")
+        for name, probe in info["probes"].items():
+            auc = f"{probe['auc']:.2f}" if probe.get("auc") is not None else ""
+            lines.append(
+                f"| {modality} | {task} | {name} | {_percent(probe['accuracy'])} | "
+                f"{_percent(probe['chance'])} | {auc} | {probe['items']:,} |"
+            )
+    table = "\n".join(lines)
+    return f"""### Shortcut audit
+
+What non-learning probes score on this bench (`medscout-data audit`; Dense Geometric Reward
+accuracy x 100, official profile), next to the expected accuracy of a uniformly drawn answer.
+`prior` is the text-only prior (the best constant answer per cell); `sharpness` and `noise` label
+each scale crop's tier by a threshold on its high-frequency power or its pixel-noise level (tier
+items; AUC over all crops); `seams` is seam continuity (jigsaw) or seam strength (anomaly);
+`centroid` puts the body's bright mass in the middle; `intensity` picks the cell with the most
+consistent brightness step at its border; `classical` is the classical baseline. Thresholds and
+the prior are learnt on one half of each cell and scored on the other. A probe far above chance
+marks a cue that answers without the geometry; `classical` is the no-learning ceiling.
+
+{table}"""
+
+
+def _percent(value: float) -> str:
+    return "n/a" if value != value else f"{100 * value:.1f}"  # NaN: the probe answered no item
 
 
 def _split(facts: CardFacts) -> str:

@@ -229,6 +229,7 @@ def _stage(layout: Layout, manifest: dict[str, Any], stage_dir: Path, options: P
         manifest_sha256=manifest_sha256,
         recipe=_recipe_of(layout, [f.modality for f in files]),
         with_train=options.with_train,
+        audit=_audit_of(files, layout, options),
     )
     card_text = render_card(facts).encode("utf-8")
     record = {"repo_id": options.repo_id, "manifest_sha256": manifest_sha256}
@@ -252,6 +253,14 @@ def _stage(layout: Layout, manifest: dict[str, Any], stage_dir: Path, options: P
         license=license_fields(facts)["license"],
         excluded=tuple(excluded),
     )
+
+
+def _audit_of(files: list[StagedFile], layout: Layout, options: PushOptions) -> dict:
+    """The shortcut audit of the bench shards being staged, for the card (evaluation/audit.py)."""
+    from medscout_data.evaluation.audit import audit_files
+
+    bench = [f.source for f in files if f.split == "test"]
+    return audit_files(bench, str(layout.root / "bench"), progress=options.progress).as_dict()
 
 
 def _check_valid(layout: Layout, options: PushOptions) -> dict[str, Any]:

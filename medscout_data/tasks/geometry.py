@@ -5,9 +5,13 @@ explicit `numpy.random.Generator` where it draws, and recipe settings, and
 returns arrays plus the truth. Pixel boxes are (x0, y0, x1, y1) with x1, y1
 exclusive; x runs right and y down; indices are 0-based everywhere.
 
-- scale:   N crops of Level-1 / Level-2 area with the image's aspect ratio.
+- scale:   N crops of Level-1 / Level-2 area with the image's aspect ratio,
+           each carrying structure, brought to one size through a chain of
+           one effective resolution (`resampling`).
 - jigsaw:  a grid x grid tiling shuffled by a non-identity permutation.
-- anomaly: one grid cell replaced by the same cell of a reference image.
+- anomaly: one grid cell replaced by the same cell of a reference image,
+           pasted as it is (`hard`) or with its intensity statistics matched
+           to the cell it replaces (`matched`).
 """
 
 from __future__ import annotations
@@ -19,14 +23,15 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from medscout_data.imaging import fit_longest_side, resize
+from medscout_data.imaging import fit_longest_side
 from medscout_data.recipe import ScaleConfig
+from medscout_data.tasks.content import TaskRejected, noise_level, structure
+from medscout_data.tasks.resampling import Resampling, resample_crop
+
+__all__ = ["TaskRejected"]  # re-exported: build and the tests import it from here
 
 Box = tuple[int, int, int, int]
-
-
-class TaskRejected(ValueError):
-    """This image cannot make this item (e.g. no crop is mostly anatomy)."""
+NOISE_WINDOW = 48  # the image's noise level is read in its central window of this size
 
 
 # ---------------------------------------------------------------- scale
@@ -63,40 +68,86 @@ def box_fraction(mask: np.ndarray, box: Box) -> float:
 
 @dataclass(frozen=True)
 class ScaleResult:
-    """Crops (all one size), their levels (1 or 2) and pixel boxes in the full image."""
+    """Crops (all one size), their levels (1 or 2), pixel boxes in the full image, the chain
+    they went through and the grain each received (grey levels)."""
 
     crops: list[np.ndarray]
     levels: list[int]
     boxes: list[Box]
+    chain: Resampling
+    grain: list[float]
 
 
 def make_scale(
     image: np.ndarray, mask: np.ndarray, rng: np.random.Generator, config: ScaleConfig
 ) -> ScaleResult:
-    """Draw `config.n_crops` crops of random level, each mostly anatomy, resized to one size.
+    """Draw `config.n_crops` crops of random level, each mostly anatomy and carrying structure,
+    brought to one size.
 
     The common size has the image's aspect ratio and longest side
-    `config.crop_size`, so a crop's level cannot be read off its pixel size.
+    `config.crop_size`, so a crop's level cannot be read off its pixel size;
+    the `matched` chain also keeps it from being read off its blur or grain.
     """
-    height, width = image.shape
-    out_h, out_w = fit_longest_side(height, width, config.crop_size)
-    crops, levels, boxes = [], [], []
+    chain = scale_chain(image, config)
+    crops, levels, boxes, grain = [], [], [], []
     for _ in range(config.n_crops):
         level = int(rng.integers(1, len(config.level_areas) + 1))
-        box = _anatomical_box(mask, config.level_areas[level - 1], rng, config)
+        box = _anatomical_box(image, mask, config.level_areas[level - 1], rng, config)
         x0, y0, x1, y1 = box
-        crops.append(resize(image[y0:y1, x0:x1], out_w, out_h))
+        crop, added = resample_crop(image[y0:y1, x0:x1], chain, rng)
+        crops.append(crop)
         levels.append(level)
         boxes.append(box)
-    return ScaleResult(crops, levels, boxes)
+        grain.append(added)
+    return ScaleResult(crops, levels, boxes, chain, grain)
 
 
-def _anatomical_box(mask: np.ndarray, area: float, rng: np.random.Generator, config: ScaleConfig) -> Box:
+def scale_chain(image: np.ndarray, config: ScaleConfig) -> Resampling:
+    """The item's resampling chain; `TaskRejected` when the smallest level's crop would be
+    enlarged more than `config.max_enlargement` to reach the common size."""
+    height, width = image.shape
+    out = fit_longest_side(height, width, config.crop_size)
+    effective = crop_shape(height, width, min(config.level_areas))
+    enlargement = max(out) / max(effective)
+    if enlargement > config.max_enlargement:
+        raise TaskRejected(
+            f"image {width}x{height} too small: its {min(config.level_areas):.2%} crops "
+            f"({effective[1]}x{effective[0]} px) would be enlarged {enlargement:.2f}x to "
+            f"{config.crop_size} px (scale.max_enlargement {config.max_enlargement:g})"
+        )
+    matched = config.resampling == "matched"
+    noise = central_noise(image) if matched and config.match_noise else 0.0
+    return Resampling(config.resampling, effective, out, config.resample_blur, noise)
+
+
+def central_noise(image: np.ndarray, window: int = NOISE_WINDOW) -> float:
+    """The image's pixel noise (grey levels), read in its central window (mostly anatomy)."""
+    height, width = image.shape
+    h, w = min(window, height), min(window, width)
+    y0, x0 = (height - h) // 2, (width - w) // 2
+    return noise_level(image[y0 : y0 + h, x0 : x0 + w])
+
+
+def _anatomical_box(
+    image: np.ndarray, mask: np.ndarray, area: float, rng: np.random.Generator, config: ScaleConfig
+) -> Box:
+    """A box mostly on anatomy whose pixels carry structure (not a flat grey square)."""
     height, width = mask.shape
+    featureless = 0
     for _ in range(config.max_tries):
         box = sample_crop_box(height, width, area, config.centre_range, rng)
-        if box_fraction(mask, box) >= config.min_anatomy_fraction:
+        if box_fraction(mask, box) < config.min_anatomy_fraction:
+            continue
+        x0, y0, x1, y1 = box
+        if config.min_structure <= 0 or structure(image[y0:y1, x0:x1]) >= config.min_structure:
             return box
+        featureless += 1
+    if featureless:
+        raise TaskRejected(
+            f"no crop of area {area:g} with >= {config.min_anatomy_fraction:.0%} anatomy carries "
+            f"structure >= {config.min_structure:g} in {config.max_tries} draws "
+            f"({featureless} were featureless)"
+        )
     raise TaskRejected(
         f"no crop of area {area:g} with >= {config.min_anatomy_fraction:.0%} anatomy "
         f"in {config.max_tries} draws"
@@ -184,18 +235,38 @@ def reassemble(shuffled: np.ndarray, permutation: tuple[int, ...], grid: int) ->
 # ---------------------------------------------------------------- anomaly
 
 
-def paste_cell(image: np.ndarray, reference: np.ndarray, cell: int, grid: int) -> np.ndarray:
+PASTES = ("hard", "matched")
+
+
+def paste_cell(
+    image: np.ndarray, reference: np.ndarray, cell: int, grid: int, paste: str = "hard"
+) -> np.ndarray:
     """`image` (fitted to the grid) with cell `cell` replaced by the same cell of `reference`.
 
-    `reference` must already have the fitted image's shape.
+    `reference` must already have the fitted image's shape. `paste="matched"`
+    first gives the pasted block the mean and spread of the block it replaces
+    (`match_statistics`), so an intensity jump alone does not give it away.
     """
     fitted = fit_to_grid(image, grid)
     if reference.shape != fitted.shape:
         raise ValueError(f"reference shape {reference.shape} != image shape {fitted.shape}")
+    if paste not in PASTES:
+        raise ValueError(f"paste must be one of {', '.join(PASTES)}, not {paste!r}")
     out = fitted.copy()
     x0, y0, x1, y1 = cell_box(*fitted.shape, cell, grid)
-    out[y0:y1, x0:x1] = reference[y0:y1, x0:x1]
+    block = reference[y0:y1, x0:x1]
+    out[y0:y1, x0:x1] = match_statistics(block, fitted[y0:y1, x0:x1]) if paste == "matched" else block
     return out
+
+
+def match_statistics(block: np.ndarray, like: np.ndarray) -> np.ndarray:
+    """`block` shifted and scaled (one linear map of its grey levels) to the mean and standard
+    deviation of `like`; a flat block is only shifted."""
+    values = block.astype(np.float32)
+    spread = float(values.std())
+    gain = float(like.std()) / spread if spread > 1e-3 else 1.0
+    matched = (values - float(values.mean())) * gain + float(like.mean())
+    return np.clip(np.rint(matched), 0, 255).astype(np.uint8)
 
 
 def cell_difference(a: np.ndarray, b: np.ndarray, box: Box, blocks: int = 8) -> float:

@@ -16,7 +16,9 @@ import numpy as np
 from medscout_data.imaging import encode_png, resize
 from medscout_data.recipe import PngConfig, Recipe
 from medscout_data.tasks import prompts
+from medscout_data.tasks.content import TaskRejected, check_cell, check_tiles
 from medscout_data.tasks.geometry import (
+    ScaleResult,
     box_to_grid,
     box_to_unit,
     cell_box,
@@ -25,6 +27,7 @@ from medscout_data.tasks.geometry import (
     make_scale,
     paste_cell,
     shuffle_tiles,
+    tiles,
 )
 
 
@@ -57,15 +60,39 @@ def scale_item(
             "boxes": [box_to_unit(b, height, width) for b in result.boxes],
             "boxes_1000": [list(b) for b in grid_boxes],
         },
-        provenance={"crops_px": [list(b) for b in result.boxes], "crop_size": list(result.crops[0].shape)},
+        provenance={
+            "crops_px": [list(b) for b in result.boxes],
+            "crop_size": list(result.crops[0].shape),
+            "resampling": _chain_provenance(result),
+        },
     )
+
+
+def _chain_provenance(result: ScaleResult) -> dict[str, Any]:
+    """How the crops were resampled: the mode, and for `matched` the effective grid, blur and grain."""
+    chain = result.chain
+    if chain.mode == "direct":
+        return {"mode": "direct"}
+    return {
+        "mode": chain.mode,
+        "effective_px": list(chain.effective),
+        "blur_px": chain.blur,
+        "noise": round(chain.noise, 3),
+        "grain": [round(g, 3) for g in result.grain],
+    }
 
 
 def jigsaw_item(
     image: np.ndarray, permutation: tuple[int, ...], recipe: Recipe, modality: str
 ) -> ItemContent:
-    """The image shuffled by `permutation`; the answer is the permutation."""
-    grid = recipe.jigsaw.grid
+    """The image shuffled by `permutation`; the answer is the permutation.
+
+    `TaskRejected` when a tile is featureless or two tiles look alike: the
+    answer would not be unique.
+    """
+    config = recipe.jigsaw
+    grid = config.grid
+    check_tiles(tiles(fit_to_grid(image, grid), grid), config.min_structure, config.min_tile_difference)
     shuffled = shuffle_tiles(image, permutation, grid)
     return ItemContent(
         images=[shuffled],
@@ -83,27 +110,50 @@ def fit_reference(image: np.ndarray, reference: np.ndarray, grid: int) -> tuple[
     return fitted, resize(reference, width, height)
 
 
-def anomaly_difference(image: np.ndarray, reference: np.ndarray, cell: int, grid: int) -> float:
-    """Visible difference (grey levels) the paste of `cell` would make."""
+def anomaly_difference(
+    image: np.ndarray, reference: np.ndarray, cell: int, grid: int, paste: str = "hard"
+) -> float:
+    """Visible difference (grey levels) the paste of `cell` would make (after matching, for
+    `paste="matched"`)."""
     fitted, ref = fit_reference(image, reference, grid)
-    return cell_difference(fitted, ref, cell_box(*fitted.shape, cell, grid))
+    box = cell_box(*fitted.shape, cell, grid)
+    if paste == "hard":
+        return cell_difference(fitted, ref, box)
+    return cell_difference(fitted, paste_cell(fitted, ref, cell, grid, paste), box)
 
 
 def anomaly_item(
     image: np.ndarray, reference: np.ndarray, cell: int, recipe: Recipe, modality: str
 ) -> ItemContent:
-    """The image with `cell` replaced by the same cell of `reference`; the answer is the cell."""
-    grid = recipe.anomaly.grid
+    """The image with `cell` replaced by the same cell of `reference`; the answer is the cell.
+
+    `TaskRejected` when the cell, or more than half of its edge neighbours, is featureless,
+    or when the paste (after matching, with `anomaly.paste = "matched"`)
+    differs from the original by less than `anomaly.min_cell_difference`.
+    """
+    config = recipe.anomaly
+    grid = config.grid
     fitted, ref = fit_reference(image, reference, grid)
-    tampered = paste_cell(fitted, ref, cell, grid)
-    difference = cell_difference(fitted, ref, cell_box(*fitted.shape, cell, grid))
+    boxes = [cell_box(*fitted.shape, k, grid) for k in range(grid * grid)]
+    check_cell(fitted, boxes, cell, grid, config.min_structure)
+    tampered = paste_cell(fitted, ref, cell, grid, config.paste)
+    difference = cell_difference(fitted, tampered, boxes[cell])
+    if difference < config.min_cell_difference:
+        raise TaskRejected(
+            f"the {config.paste} paste of cell {cell} is not visible "
+            f"(difference {difference:.1f} < min_cell_difference {config.min_cell_difference:g})"
+        )
     row, col = divmod(cell, grid)
     return ItemContent(
         images=[tampered],
-        question=prompts.anomaly_question(modality, grid, recipe.anomaly.cells),
+        question=prompts.anomaly_question(modality, grid, config.cells),
         answer=prompts.anomaly_answer(cell),
         target={"grid": grid, "cell": cell, "row": row, "col": col},
-        provenance={"fitted_shape": list(fitted.shape), "cell_difference": round(difference, 3)},
+        provenance={
+            "fitted_shape": list(fitted.shape),
+            "cell_difference": round(difference, 3),
+            "paste": config.paste,
+        },
     )
 
 
