@@ -308,3 +308,21 @@ def test_build_copes_when_output_root_is_moved(built_pool: Path, tmp_path: Path)
     )
     cache = ImageCache(Layout.at(moved).cache_dir("ct"))
     assert cache.image(frame.row(0, named=True)).shape == (frame["height"][0], frame["width"][0])
+
+
+def _table_without_pandas() -> tuple[int, bool]:
+    """In a build worker: build an Arrow table from Python values, as make_chunk does."""
+    import sys
+
+    import pyarrow as pa
+
+    table = pa.Table.from_pydict({"id": ["a", "b"]})
+    return table.num_rows, "pandas" in sys.modules
+
+
+def test_build_workers_make_tables_without_importing_pandas() -> None:
+    from medscout_data.stages.build.making import init_worker
+    from medscout_data.workers import process_pool
+
+    with process_pool(1, initializer=init_worker) as pool:
+        assert pool.submit(_table_without_pandas).result() == (2, False)

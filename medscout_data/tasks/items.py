@@ -104,8 +104,13 @@ def jigsaw_item(
 
 
 def fit_reference(image: np.ndarray, reference: np.ndarray, grid: int) -> tuple[np.ndarray, np.ndarray]:
-    """(image, reference) fitted to the grid, the reference resized to the image's shape."""
+    """(image, reference) fitted to the grid, the reference resized to the image's shape.
+
+    A reference of the image's own shape (a neighbouring slice of the same volume) is trimmed
+    the same way instead of resized, so its pixels stay the slice's own."""
     fitted = fit_to_grid(image, grid)
+    if reference.shape == image.shape:
+        return fitted, fit_to_grid(reference, grid)
     height, width = fitted.shape
     return fitted, resize(reference, width, height)
 

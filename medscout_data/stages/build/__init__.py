@@ -9,7 +9,24 @@ rank split, because every decision is made from the plan and from what
 earlier rounds made, never from timing.
 """
 
-from medscout_data.stages.build.planning import BuildError, balanced, quotas, side_counts, spread
-from medscout_data.stages.build.run import BuildOptions, build_modality
+from importlib import import_module
+from typing import Any
 
-__all__ = ["BuildError", "BuildOptions", "balanced", "build_modality", "quotas", "side_counts", "spread"]
+_EXPORTS = {
+    "BuildError": "planning",
+    "balanced": "planning",
+    "quotas": "planning",
+    "side_counts": "planning",
+    "spread": "planning",
+    "BuildOptions": "run",
+    "build_modality": "run",
+}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    """The public names, imported when first used: a build worker imports only `making` and what
+    it needs, not the driver (start-up time of every worker)."""
+    if name not in _EXPORTS:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(import_module(f"{__name__}.{_EXPORTS[name]}"), name)

@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import polars as pl
 
 from medscout_data.cache import ImageCache
 from medscout_data.recipe import Recipe
@@ -87,6 +86,8 @@ class Reference:
 
 def read_catalogue(path: Path) -> list[ImageRef]:
     """Catalogue rows as `ImageRef`s, in a stable order."""
+    import polars as pl  # here, not at the top: build workers import this module and never read tables
+
     columns = [f.name for f in fields(ImageRef)]
     frame = pl.read_parquet(path, columns=columns).sort(["subject_id", "source_id", "z_mm", "image_id"])
     return [ImageRef(**row) for row in frame.iter_rows(named=True)]

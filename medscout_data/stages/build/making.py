@@ -165,6 +165,34 @@ class Chunk:
 _READERS: dict[Path, PixelReader] = {}
 
 
+class _WithoutPandas:
+    """An import finder that answers "not installed" for pandas (see `init_worker`)."""
+
+    def find_spec(self, name: str, path: object = None, target: object = None) -> None:
+        if name == "pandas" or name.startswith("pandas."):
+            raise ModuleNotFoundError("build workers run without pandas", name=name)
+        return None
+
+
+def init_worker() -> None:
+    """Set a build worker up: one OpenCV thread (the pool is the parallelism, and OpenCV's thread
+    pool costs more than it saves on the small resizes items need, a 8x8 area average of a cell),
+    and no pandas: pyarrow imports it on the first table it builds (half a second of every
+    worker's start) only to ask whether the values are pandas objects, and a worker's never are."""
+    import sys
+
+    import cv2
+
+    cv2.setNumThreads(1)
+    if "pandas" not in sys.modules:
+        sys.meta_path.insert(0, _WithoutPandas())
+
+
+def warm_up() -> None:
+    """Nothing: submitting it makes the pool start its workers and import this module (only this
+    one: a worker never loads the driver) while the main process plans."""
+
+
 def make_chunk(specs: tuple[ItemSpec, ...], cache_dir: Path, recipe: Recipe) -> Chunk:
     """Make a run of specs (in a worker). Chunks smaller than shards keep every worker busy until the
     end; the main process writes them into their shard in order."""

@@ -27,7 +27,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import polars as pl
 from tqdm import tqdm
 
 from medscout_data import TASKS, __version__
@@ -45,8 +44,10 @@ from medscout_data.stages.build.making import (
     ShardResult,
     chunk_specs,
     finished_outcomes,
+    init_worker,
     make_chunk,
     shard_jobs,
+    warm_up,
 )
 from medscout_data.stages.build.planning import (
     MAX_ROUNDS,
@@ -117,21 +118,9 @@ def _executor(workers: int) -> Iterator[Executor]:
     if workers == 1:
         yield _Inline()
         return
-    with process_pool(workers, initializer=_init_worker) as pool:
-        pool.submit(_warm_up)
+    with process_pool(workers, initializer=init_worker) as pool:
+        pool.submit(warm_up)
         yield pool
-
-
-def _init_worker() -> None:
-    """One OpenCV thread per worker: the pool is the parallelism, and OpenCV's thread pool costs more
-    than it saves on the small resizes items need (a 8x8 area average of a cell)."""
-    import cv2
-
-    cv2.setNumThreads(1)
-
-
-def _warm_up() -> None:
-    """Nothing: submitting it makes the pool start its workers and import this module now."""
 
 
 class _Inline(Executor):
@@ -562,6 +551,8 @@ def _neighbour_lookup(path: Path) -> NeighbourLookup:
     """
 
     def lookup(image_ids: Iterable[str]) -> dict[str, list[tuple[str, float]]]:
+        import polars as pl
+
         frame = (
             pl.scan_parquet(path)
             .select(["image_id", "rank", "neighbour_id", "score"])
