@@ -311,17 +311,23 @@ def bench_input(work: Path, kind: str, args: argparse.Namespace) -> None:
     )
     print(f"   (setup {time.perf_counter() - start:.0f} s, not timed)")
     n = args.items_per_cell
-    rates = {}
+    rates, seconds_of = {}, {}
     for label, count, workers in (("2 workers", n, 2), ("2 workers, 2x items", 2 * n, 2), ("1 worker", n, 1)):
         run, root = time_build(base, source, recipe_file(work, count), workers, f"{kind}-{workers}-{count}")
         items = 3 * count
         rates[label] = items / run.seconds
+        seconds_of[label] = run.seconds
         print(
             f"build {label:<20} {items:>6} items {run.seconds:6.1f} s {rates[label]:6.1f} items/s   "
             f"peak RSS tree {run.peak_tree_mib:5.0f} MiB, largest process {run.peak_process_mib:4.0f} MiB"
         )
         if label == "2 workers":
             pool = root / "pool" / "ct"
+    extra = seconds_of["2 workers, 2x items"] - seconds_of["2 workers"]
+    print(
+        f"steady rate, 2 workers (the {3 * n} extra items of the 2x run, start-up and planning left out): "
+        f"{3 * n / extra:.1f} items/s"
+    )
     items, seconds, run = time_script(base, f"{kind}-bare", BARE, recipe_file(work, n), n)
     bare = items / seconds
     print(

@@ -1,7 +1,7 @@
 """Benchmark: the paper rebuild on the sample, three modalities at 12,000 items per cell, to a valid split.
 
     python benchmarks/bench_paper_scale.py [--work DIR] [--workers 2] [--items-per-cell 12000]
-        [--subjects 40] [--slices 100] [--xray-subjects 450]
+        [--subjects 40] [--slices 100] [--xray-subjects 6000]
 
 The paper's recipe (`med-scout-bench`: 512 px, crops 224 px, 1,200 bench items per cell) with one
 change: the X-ray reference embedder is the weight-free `pixels` one (BiomedCLIP's weights cannot be
@@ -69,7 +69,9 @@ def main() -> None:
     parser.add_argument("--items-per-cell", type=int, default=12000)
     parser.add_argument("--subjects", type=int, default=40, help="CT and MRI subjects")
     parser.add_argument("--slices", type=int, default=100)
-    parser.add_argument("--xray-subjects", type=int, default=450)
+    parser.add_argument(
+        "--xray-subjects", type=int, default=6000, help="about 12,000 frontal images: one per item and cell"
+    )
     parser.add_argument("--modalities", nargs="+", default=["ct", "mri", "xray"])
     args = parser.parse_args()
     work = args.work or Path(tempfile.mkdtemp(prefix="bench-paper-"))
