@@ -147,6 +147,8 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=64)
     parser.add_argument("--work", type=Path, default=None, help="Scratch folder (default: a temporary one).")
     args = parser.parse_args()
+    if args.work:
+        args.work.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix="bench-evaluate-", dir=args.work))
     port = free_port()
     server = start_server(port)

@@ -215,9 +215,24 @@ def ct_only_pools(
     return roots
 
 
+def _row_differences(one: Path, two: Path) -> str:
+    """Which items of the shards that differ between two pools differ, and in which columns."""
+    lines = []
+    for name, digest in _digests(one).items():
+        if _digests(two).get(name) == digest:
+            continue
+        rows_one, rows_two = pq.read_table(one / name).to_pylist(), pq.read_table(two / name).to_pylist()
+        lines.append(f"{name}: {len(rows_one)} vs {len(rows_two)} rows")
+        for a, b in zip(rows_one, rows_two, strict=False):
+            if a != b:
+                columns = [k for k in a if a[k] != b.get(k)]
+                lines.append(f"  {a['id']} / {b['id']}: {columns}; {a['source']} / {b['source']}")
+    return "\n".join(lines)
+
+
 def test_workers_1_and_2_give_byte_identical_shards(ct_only_pools: dict[str, Path]) -> None:
     one, two = _digests(ct_only_pools["w1"]), _digests(ct_only_pools["w2"])
-    assert one and one == two
+    assert one and one == two, _row_differences(ct_only_pools["w1"], ct_only_pools["w2"])
 
 
 def test_rerun_reuses_shards_and_changes_nothing(
@@ -251,7 +266,7 @@ def test_killed_build_resumes_to_exactly_the_uninterrupted_items(
     result = subprocess.run(args, capture_output=True, text=True, check=False)
     assert result.returncode == 0, result.stderr
     assert "reused" in result.stdout
-    assert _digests(root) == expected
+    assert _digests(root) == expected, _row_differences(ct_only_pools["w1"], root)
     assert not list(root.rglob("*.tmp"))
 
 

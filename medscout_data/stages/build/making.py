@@ -86,7 +86,9 @@ class PixelReader:
         if key not in self._memo:
             if len(self._memo) >= 8:
                 self._memo.pop(next(iter(self._memo)))
-            self._memo[key] = read(self.cache)
+            array = read(self.cache)
+            array.flags.writeable = False  # shared by the items of a chunk: none may change it
+            self._memo[key] = array
         return self._memo[key]
 
 
@@ -162,9 +164,6 @@ class Chunk:
     outcomes: dict[str, Outcome]
 
 
-_READERS: dict[Path, PixelReader] = {}
-
-
 class _WithoutPandas:
     """An import finder that answers "not installed" for pandas (see `init_worker`)."""
 
@@ -196,7 +195,8 @@ def warm_up() -> None:
 def make_chunk(specs: tuple[ItemSpec, ...], cache_dir: Path, recipe: Recipe) -> Chunk:
     """Make a run of specs (in a worker). Chunks smaller than shards keep every worker busy until the
     end; the main process writes them into their shard in order."""
-    pixels = _READERS.setdefault(Path(cache_dir), PixelReader(ImageCache(cache_dir)))
+    pixels = PixelReader(ImageCache(cache_dir))  # per chunk: what a chunk makes never depends on
+    # which chunks the same worker made before it, nor on an earlier build in this process
     rows, outcomes = [], {}
     for spec in specs:
         try:
