@@ -233,6 +233,21 @@ def test_deep_catches_crops_of_different_sizes(split_copy: Path) -> None:
     _invalid(split_copy, "crops of different sizes", deep=True)
 
 
+def test_deep_validate_with_two_workers_finds_what_one_finds(split_copy: Path) -> None:
+    path = shard(split_copy, "bench", "ct", "jigsaw")
+    broken = {"bytes": encode_png(np.full((32, 32), 9, np.uint8))[:16] + b"damage" * 8, "path": None}
+    edit_column(path, "images", lambda images: [[broken], *images[1:]])
+    reseal(split_copy)
+    one = validate_report(Layout.at(split_copy), deep=True, progress=False)
+    two = validate_report(Layout.at(split_copy), deep=True, progress=False, workers=2)
+    assert any("image 0 does not decode" in p for p in one.problems), one.problems
+    assert (two.problems, two.warnings, two.counts) == (one.problems, one.warnings, one.counts)
+    result = CliRunner().invoke(
+        cli, ["validate", "--shards", str(split_copy), "--deep", "--workers", "2", "--quiet"]
+    )
+    assert result.exit_code == 1 and "does not decode" in result.output, result.output
+
+
 # ------------------------------------------------------------------ duplicates
 
 

@@ -7,7 +7,7 @@ import sys
 
 import click
 
-from medscout_data.cli.options import quiet_option, shards_option
+from medscout_data.cli.options import quiet_option, shards_option, workers_option
 
 
 @click.command(short_help="Subject-disjoint train / bench shards with a manifest.")
@@ -89,8 +89,9 @@ def split(
     is_flag=True,
     help="Also decode every image (not a sample of each shard) and check scale crops share one size.",
 )
+@workers_option
 @quiet_option
-def validate(shards: str, deep: bool, quiet: bool) -> None:
+def validate(shards: str, deep: bool, workers: int, quiet: bool) -> None:
     """Check the split under SHARDS against its manifest, its subject plans and
     its pool record, from the files alone; nothing is written, so a read-only
     split validates. Exits 1 naming every problem.
@@ -104,12 +105,14 @@ def validate(shards: str, deep: bool, quiet: bool) -> None:
     Duplicates: every item's image bytes are hashed and items with identical
     images reported (an error on the bench or across sides, a warning inside
     train). This costs little, since the PNG check reads every image anyway
-    (README: Performance), so it always runs.
+    (README: Performance), so it always runs. --workers processes share the
+    image pass (one shard each at a time); the findings are the same for any
+    number.
     """
     from medscout_data.layout import Layout
     from medscout_data.stages.validate import validate_report
 
-    result = validate_report(Layout.at(shards), deep=deep, progress=not quiet)
+    result = validate_report(Layout.at(shards), deep=deep, progress=not quiet, workers=workers)
     for problem in result.problems:
         click.echo(f"INVALID {problem}", err=True)
     for warning in result.warnings:

@@ -25,13 +25,14 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import io
+import itertools
 from collections import Counter, defaultdict
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pyarrow.parquet as pq
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 from tqdm import tqdm
 
 from medscout_data.errors import StageError
@@ -91,10 +92,15 @@ def validate_split(
 
 
 def validate_report(
-    layout: Layout, deep: bool = False, progress: bool = True, sides: Iterable[str] = (BENCH, TRAIN)
+    layout: Layout,
+    deep: bool = False,
+    progress: bool = True,
+    sides: Iterable[str] = (BENCH, TRAIN),
+    workers: int = 1,
 ) -> Validation:
     """Check the split; `sides` limits the image and sha256 passes (push-bench reads the bench only),
-    while metadata, counts and plans are checked on both sides always."""
+    while metadata, counts and plans are checked on both sides always. `workers` processes share
+    the image pass (a shard each at a time); the findings are the same for any number."""
     result = Validation()
     sides = tuple(sides)
     try:
@@ -108,7 +114,7 @@ def validate_report(
     result.problems += _check_pools(layout, manifest)
     plans, plan_problems = _plans(layout, manifest)
     result.problems += plan_problems
-    rows, images = _read_shards(layout, manifest, deep, progress, sides, result)
+    rows, images = _read_shards(layout, manifest, deep, progress, sides, result, workers)
     result.problems += _check_disjoint(rows, plans)
     result.problems += _check_counts(rows, manifest)
     result.problems += _check_balance(rows, manifest)
@@ -250,27 +256,75 @@ def _rules(plans: dict[str, SubjectPlan]) -> AnswerRules:
 
 
 def _read_shards(
-    layout: Layout, manifest: dict, deep: bool, progress: bool, sides: tuple[str, ...], result: Validation
+    layout: Layout,
+    manifest: dict,
+    deep: bool,
+    progress: bool,
+    sides: tuple[str, ...],
+    result: Validation,
+    workers: int = 1,
 ) -> tuple[list[dict], dict[str, ItemImages]]:
     """Metadata rows of every shard (with side and shard), and the image facts of `sides`."""
     rows: list[dict] = []
     images: dict[str, ItemImages] = {}
     names = sorted(manifest["shards"])
-    for name in tqdm(names, desc="validate", unit="shard", disable=not progress):
-        path = layout.root / name
-        side = name.split("/")[0]
-        try:
+    imaged = [layout.root / name for name in names if name.split("/")[0] in sides]
+    with _image_passes(imaged, deep, workers) as passes:
+        for name in tqdm(names, desc="validate", unit="shard", disable=not progress):
+            path = layout.root / name
+            side = name.split("/")[0]
             if side in sides:
-                result.problems.extend(_check_images(path, deep, images, result.counts))
-            table = pq.read_table(path, columns=META_COLUMNS)
-        except Exception as exc:  # any failure to read is the finding
-            result.problems.append(f"{path}: does not decode: {type(exc).__name__}: {exc}")
-            continue
-        for row in table.to_pylist():
-            row["side"] = side
-            row["shard"] = name
-            rows.append(row)
+                shard = next(passes)
+                result.problems.extend(shard.problems)
+                result.counts["images"] += shard.images_seen
+                images.update(shard.images)
+                if not shard.readable:
+                    continue
+            try:
+                table = pq.read_table(path, columns=META_COLUMNS)
+            except Exception as exc:  # any failure to read is the finding
+                result.problems.append(f"{path}: does not decode: {type(exc).__name__}: {exc}")
+                continue
+            for row in table.to_pylist():
+                row["side"] = side
+                row["shard"] = name
+                rows.append(row)
     return rows, images
+
+
+@dataclass
+class ShardImages:
+    """The image pass over one shard (made in a worker when there are several)."""
+
+    problems: list[str]
+    images: dict[str, ItemImages]
+    images_seen: int
+    readable: bool = True
+
+
+def shard_images(path: Path, deep: bool) -> ShardImages:
+    """Schema metadata, PNG signatures and decodes of one shard; a shard that cannot be read at
+    all is one problem, and its metadata is not read either."""
+    images: dict[str, ItemImages] = {}
+    counts: Counter = Counter()
+    try:
+        problems = _check_images(path, deep, images, counts)
+    except Exception as exc:  # any failure to read is the finding
+        return ShardImages([f"{path}: does not decode: {type(exc).__name__}: {exc}"], {}, 0, False)
+    return ShardImages(problems, images, counts["images"])
+
+
+@contextlib.contextmanager
+def _image_passes(paths: list[Path], deep: bool, workers: int) -> Iterator[Iterator[ShardImages]]:
+    """The image pass of each shard, in order: in this process, or in `workers` processes that
+    die with it."""
+    if workers <= 1 or len(paths) <= 1:
+        yield (shard_images(path, deep) for path in paths)
+        return
+    from medscout_data.workers import process_pool
+
+    with process_pool(min(workers, len(paths))) as pool:
+        yield pool.map(shard_images, paths, itertools.repeat(deep))
 
 
 def _check_images(path: Path, deep: bool, images: dict[str, ItemImages], counts: Counter) -> list[str]:
@@ -296,8 +350,9 @@ def _check_images(path: Path, deep: bool, images: dict[str, ItemImages], counts:
                         with Image.open(io.BytesIO(data)) as decoded:
                             decoded.load()
                             shapes.add((number > 0, decoded.size))
-                    except Exception as exc:
-                        problems.append(f"{path}: item {row['id']} image {number} does not decode: {exc}")
+                    except Exception as exc:  # PIL's unidentified-image message names an address
+                        reason = "unreadable" if isinstance(exc, UnidentifiedImageError) else exc
+                        problems.append(f"{path}: item {row['id']} image {number} does not decode: {reason}")
             crops = frozenset(size for is_crop, size in shapes if is_crop)
             images[row["id"]] = ItemImages(digest.digest(), len(row["images"]), crops)
     return problems
