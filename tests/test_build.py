@@ -217,9 +217,9 @@ def ct_only_pools(
 
 def _row_differences(one: Path, two: Path) -> str:
     """Which items of the shards that differ between two pools differ, and in which columns."""
-    lines = []
+    lines, theirs = [], _digests(two)
     for name, digest in _digests(one).items():
-        if _digests(two).get(name) == digest:
+        if theirs.get(name) == digest:
             continue
         rows_one, rows_two = pq.read_table(one / name).to_pylist(), pq.read_table(two / name).to_pylist()
         lines.append(f"{name}: {len(rows_one)} vs {len(rows_two)} rows")

@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections import Counter
+from contextlib import closing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -195,17 +196,19 @@ def warm_up() -> None:
 def make_chunk(specs: tuple[ItemSpec, ...], cache_dir: Path, recipe: Recipe) -> Chunk:
     """Make a run of specs (in a worker). Chunks smaller than shards keep every worker busy until the
     end; the main process writes them into their shard in order."""
-    pixels = PixelReader(ImageCache(cache_dir))  # per chunk: what a chunk makes never depends on
-    # which chunks the same worker made before it, nor on an earlier build in this process
     rows, outcomes = [], {}
-    for spec in specs:
-        try:
-            row, index = make_item(spec, pixels, recipe)
-        except NoAttemptWorked as exc:
-            outcomes[spec.id] = Outcome(-1, exc.reason, exc.tried)
-            continue
-        outcomes[spec.id] = Outcome(index)
-        rows.append(row)
+    # A reader per chunk: what a chunk makes never depends on which chunks the same worker made
+    # before it, nor on an earlier build in this process.
+    with closing(ImageCache(cache_dir)) as cache:
+        pixels = PixelReader(cache)
+        for spec in specs:
+            try:
+                row, index = make_item(spec, pixels, recipe)
+            except NoAttemptWorked as exc:
+                outcomes[spec.id] = Outcome(-1, exc.reason, exc.tried)
+                continue
+            outcomes[spec.id] = Outcome(index)
+            rows.append(row)
     columns = {name: [row[name] for row in rows] for name in ITEM_SCHEMA.names}
     return Chunk(pa.Table.from_pydict(columns, schema=ITEM_SCHEMA), outcomes)
 
