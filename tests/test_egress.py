@@ -37,7 +37,7 @@ def rows(shards: Path) -> list[dict]:
 
 
 @pytest.fixture
-def proxy(rows: list[dict], monkeypatch: pytest.MonkeyPatch):  # noqa: ANN201
+def proxy(rows: list[dict], monkeypatch: pytest.MonkeyPatch):
     """A loopback server every HTTP request goes to, whatever the URL's host."""
     responder = BenchResponder(rows, "direct", MODEL, KEY)
     with ChatServer(responder) as server:
@@ -105,18 +105,24 @@ def test_x_ray_and_mimic_sources_are_mimic_derived() -> None:
     assert not is_mimic_derived("mri", None)
 
 
-def test_a_remote_server_is_refused_before_any_byte_is_sent(proxy, shards: Path, rows: list[dict], tmp_path: Path) -> None:  # noqa: ANN001
+def test_a_remote_server_is_refused_before_any_byte_is_sent(
+    proxy, shards: Path, rows: list[dict], tmp_path: Path
+) -> None:
     server, responder = proxy
     with pytest.raises(RemoteMimicRefused) as refused:
         evaluate(options(shards, tmp_path / "run"))
     message = str(refused.value)
     assert "PhysioNet's responsible-use policy for credentialed data" in message
-    assert "--allow-remote-mimic" in message and f"{len(rows) // 2} MIMIC-CXR-derived" in message and "\n" not in message
+    assert (
+        "--allow-remote-mimic" in message
+        and f"{len(rows) // 2} MIMIC-CXR-derived" in message
+        and "\n" not in message
+    )
     assert server.connections == 0 and sum(responder.requests.values()) == 0
     assert not (tmp_path / "run").exists()
 
 
-def test_the_override_lets_it_go_to_the_proxy(proxy, shards: Path, rows: list[dict], tmp_path: Path) -> None:  # noqa: ANN001
+def test_the_override_lets_it_go_to_the_proxy(proxy, shards: Path, rows: list[dict], tmp_path: Path) -> None:
     server, responder = proxy
     outcome = evaluate(options(shards, tmp_path / "run", allow_remote_mimic=True))
     assert outcome.sent == len(rows) and outcome.failed == 0 and responder.problems == []
@@ -124,14 +130,14 @@ def test_the_override_lets_it_go_to_the_proxy(proxy, shards: Path, rows: list[di
     assert outcome.result.missing_ids == [] and outcome.document["overall"]["accuracy"] == pytest.approx(1.0)
 
 
-def test_a_ct_only_scope_is_never_refused(proxy, shards: Path, rows: list[dict], tmp_path: Path) -> None:  # noqa: ANN001
+def test_a_ct_only_scope_is_never_refused(proxy, shards: Path, rows: list[dict], tmp_path: Path) -> None:
     server, responder = proxy
     outcome = evaluate(options(shards, tmp_path / "run", modalities=("ct",)))
     assert outcome.sent == sum(r["modality"] == "ct" for r in rows) and responder.problems == []
     assert server.connections >= 1
 
 
-def test_the_cli_refusal_is_one_line_naming_policy_and_option(proxy, shards: Path, tmp_path: Path) -> None:  # noqa: ANN001
+def test_the_cli_refusal_is_one_line_naming_policy_and_option(proxy, shards: Path, tmp_path: Path) -> None:
     server, _ = proxy
     args = ["evaluate", "--bench", str(shards), "--base-url", REMOTE, "--model", MODEL, "--quiet"]
     result = CliRunner().invoke(cli, [*args, "--out", str(tmp_path / "run")])
@@ -142,7 +148,7 @@ def test_the_cli_refusal_is_one_line_naming_policy_and_option(proxy, shards: Pat
 
 
 def test_a_remote_judge_is_refused_for_x_ray_responses_before_any_request(
-    proxy,  # noqa: ANN001
+    proxy,
     shards: Path,
     rows: list[dict],
     tmp_path: Path,
@@ -151,7 +157,9 @@ def test_a_remote_judge_is_refused_for_x_ray_responses_before_any_request(
     source = resolve_bench(str(shards))
     items = bench_items(load_bench(source))
     free = {item.id: "the odd block is somewhere in the middle" for item in items}
-    judge = JudgeExtractor(Endpoint(REMOTE, "judge", retries=0), tmp_path / "judged.jsonl", {}, progress=False)
+    judge = JudgeExtractor(
+        Endpoint(REMOTE, "judge", retries=0), tmp_path / "judged.jsonl", {}, progress=False
+    )
     with pytest.raises(RemoteMimicRefused, match="--judge-allow-remote-mimic"):
         judge.answers(items, free)
     assert server.connections == 0
@@ -169,11 +177,13 @@ def test_a_remote_judge_is_refused_for_x_ray_responses_before_any_request(
     ct = [item for item in items if item.modality == "ct" and item.task == "anomaly"]
     answers = JudgeExtractor(Endpoint(REMOTE, "judge", retries=0), tmp_path / "j2.jsonl", {}, progress=False)
     server.respond = lambda body, headers: _judge_reply()
-    assert answers.answers(ct, {item.id: "cell nine, I think" for item in ct}) == {item.id: "9" for item in ct}
+    assert answers.answers(ct, {item.id: "cell nine, I think" for item in ct}) == {
+        item.id: "9" for item in ct
+    }
     assert server.connections >= 1
 
 
-def _judge_reply():  # noqa: ANN202
+def _judge_reply():
     from chatserver import Answer
 
     return Answer(200, json.dumps(completion("9", "judge")))
