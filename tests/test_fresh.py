@@ -158,3 +158,25 @@ def test_bad_requests_are_one_line_errors(original: Path, fresh_root: Path, tmp_
         assert result.exit_code == 1 and expected in result.output, result.output
         assert "Traceback" not in result.output
     assert not (tmp_path / "x" / "manifest.json").exists()
+
+
+def test_a_models_two_scores_side_by_side(original: Path, fresh_root: Path, tmp_path: Path) -> None:
+    """The comparison docs/notes/fresh.md shows: one table, the published bench beside the fresh one."""
+    from medscout_data.evaluation.compare import Column, format_columns
+
+    files = {}
+    for name, root in (("published", original), ("fresh", fresh_root)):
+        rows = side_rows(root)
+        wrong = {i for n, i in enumerate(sorted(rows)) if name == "fresh" and n % 2 == 0}
+        files[name] = tmp_path / f"{name}.jsonl"
+        files[name].write_text(
+            "".join(
+                json.dumps({"id": i, "response": "" if i in wrong else r["answer"]}) + "\n"
+                for i, r in rows.items()
+            )
+        )
+    published = score_file(files["published"], str(original))
+    fresh_result = score_file(files["fresh"], str(fresh_root))
+    table = format_columns([Column("published", published), Column("fresh", fresh_result)])
+    avg = table.splitlines()[-1].split()
+    assert avg[-2] == "100.0" and float(avg[-1]) < 60  # the model "knew" only the published items
