@@ -7,7 +7,7 @@ import sys
 
 import click
 
-from medscout_data.cli.options import modalities_filter, quiet_option, shards_option
+from medscout_data.cli.options import modalities_filter, quiet_option, shards_option, workers_option
 
 
 @click.command(short_help="A new bench from the same bench-side subjects and recipe, another item seed.")
@@ -20,8 +20,11 @@ from medscout_data.cli.options import modalities_filter, quiet_option, shards_op
     help="New folder for the fresh bench (pool/, plan/, bench/, manifest.json, fresh.json).",
 )
 @modalities_filter
+@workers_option
 @quiet_option
-def fresh_bench(shards: str, seed: int, out: str, modalities: tuple[str, ...], quiet: bool) -> None:
+def fresh_bench(
+    shards: str, seed: int, out: str, modalities: tuple[str, ...], workers: int, quiet: bool
+) -> None:
     """Make a second bench from SHARDS (a split root with its catalogues, image caches and
     reference index, as `build` left them): the same bench-side subjects, recipe, counts and
     balance per cell, items drawn under --seed, none sharing an image with the original bench
@@ -43,7 +46,7 @@ def fresh_bench(shards: str, seed: int, out: str, modalities: tuple[str, ...], q
     from medscout_data.stages.fresh import fresh_bench as make_fresh_bench
 
     options = FreshOptions(
-        Path(shards), seed, Path(out), modalities, progress=not quiet,
+        Path(shards), seed, Path(out), modalities, workers, progress=not quiet,
         command=shlex.join(["medscout-data", *sys.argv[1:]]),
     )  # fmt: skip
     try:

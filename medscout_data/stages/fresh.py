@@ -37,6 +37,7 @@ import hashlib
 import json
 import logging
 from collections.abc import Iterator
+from concurrent.futures import Executor, Future
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -44,7 +45,7 @@ from typing import Any
 import pyarrow.parquet as pq
 from tqdm import tqdm
 
-from medscout_data import TASKS, __version__
+from medscout_data import MODALITIES, TASKS, __version__
 from medscout_data.errors import StageError
 from medscout_data.layout import Layout
 from medscout_data.locking import stage_lock
@@ -69,6 +70,7 @@ from medscout_data.stages.build.planning import (
     plan_replacements,
     record_outcomes,
 )
+from medscout_data.stages.build.run import _executor, _Inline, _neighbour_lookup
 from medscout_data.stages.manifest import read_manifest, verified_shards
 from medscout_data.stages.plan import BENCH, SubjectPlan, load_plan
 from medscout_data.stages.pool import listed_shards, write_pool_record
@@ -91,6 +93,7 @@ class FreshOptions:
     seed: int
     out: Path
     modalities: tuple[str, ...] = ()  # only these of the original bench's (default: all)
+    workers: int = 1  # processes making items (the output is the same for any number)
     progress: bool = True
     command: str = "medscout-data fresh-bench"
 
@@ -109,15 +112,17 @@ def fresh_bench(options: FreshOptions) -> dict[str, Any]:
     """Make the fresh bench under `options.out`; returns its record (also `OUT/fresh.json`)."""
     source, out = Layout.at(options.shards), Layout.at(options.out)
     manifest = read_manifest(source)
-    _check_out(source, out, options, manifest)
-    bench_files = verified_shards(source, BENCH, manifest)
     cells = _bench_cells(manifest, options.modalities)
+    _check_out(source, out, options, manifest, {m for m, _ in cells})
+    bench_files = verified_shards(source, BENCH, manifest)
     original = read_original(bench_files)
     out.root.mkdir(parents=True, exist_ok=True)
-    with stage_lock(out.root, "fresh-bench", options.command):
-        for modality in sorted({m for m, _ in cells}, key=["ct", "mri", "xray"].index):
+    with stage_lock(out.root, "fresh-bench", options.command), _executor(options.workers) as executor:
+        for modality in sorted({m for m, _ in cells}, key=MODALITIES.index):
             tasks = [t for t in TASKS if (modality, t) in cells]
-            _build_modality(source, out, modality, tasks, manifest["bench_per_cell"], original, options)
+            _build_modality(
+                source, out, modality, tasks, manifest["bench_per_cell"], original, options, executor
+            )
         checked = _check_hashes(out, cells, original)
         split = split_pool(
             out,
@@ -150,8 +155,11 @@ def fresh_bench(options: FreshOptions) -> dict[str, Any]:
 # ---------------------------------------------------------------- inputs
 
 
-def _check_out(source: Layout, out: Layout, options: FreshOptions, manifest: dict[str, Any]) -> None:
-    """Refuse an --out that is the original, holds another fresh bench's seed, or holds other files."""
+def _check_out(
+    source: Layout, out: Layout, options: FreshOptions, manifest: dict[str, Any], modalities: set[str]
+) -> None:
+    """Refuse an --out that is the original, holds another fresh bench's seed or modalities, or holds
+    other files."""
     if options.seed == manifest["seed"]:
         raise FreshError(
             f"--seed {options.seed} is the seed {source.root} was built with; a fresh bench needs another"
@@ -169,6 +177,12 @@ def _check_out(source: Layout, out: Layout, options: FreshOptions, manifest: dic
         raise FreshError(
             f"--out {out.root} is not empty and holds no fresh bench of seed {options.seed}; "
             "choose an empty or new folder"
+        )
+    others = sorted({p.stem for p in out.root.glob("plan/*.json")} - modalities)
+    if others:
+        raise FreshError(
+            f"--out {out.root} holds a fresh {', '.join(others)} pool of an earlier run, which this run "
+            "does not ask for; choose another folder"
         )
     if previous is not None and previous.get("seed") != options.seed:
         raise FreshError(
@@ -236,7 +250,6 @@ def _context(
     images = read_catalogue(catalogue)
     neighbours = None
     if modality == "xray" and "anomaly" in tasks:
-        from medscout_data.stages.build.run import _neighbour_lookup
         from medscout_data.stages.embedders import parse_model_spec
 
         spec = parse_model_spec(recipe.index.model).resolved()
@@ -260,6 +273,7 @@ def _build_modality(
     count: int,
     original: Original,
     options: FreshOptions,
+    executor: Executor,
 ) -> None:
     """Plan and make one modality's fresh bench cells into OUT/pool/<modality>/ with its pool.json."""
     path = source.plan(modality)
@@ -291,7 +305,7 @@ def _build_modality(
             task_context = _without(context, original.scale_images.get(modality, set()))
         planner = Planner(task_context, task)
         planner.taken.update(original.taken.get((modality, task), set()))
-        made = _make_task(planner, count, folder, source.cache_dir(modality), record, options)
+        made = _make_task(planner, count, folder, source.cache_dir(modality), record, options, executor)
         record["planned"][task] = count
         record["made"][task] = {BENCH: made, "train": 0}
         if made < count:
@@ -316,7 +330,13 @@ def _without(context: CellContext, image_ids: set[str]) -> CellContext:
 
 
 def _make_task(
-    planner: Planner, count: int, folder: Path, cache_dir: Path, record: dict[str, Any], options: FreshOptions
+    planner: Planner,
+    count: int,
+    folder: Path,
+    cache_dir: Path,
+    record: dict[str, Any],
+    options: FreshOptions,
+    executor: Executor,
 ) -> int:
     """Round 0 of the bench side, then build's replacement rounds; how many items were made."""
     context, task = planner.context, planner.task
@@ -337,10 +357,8 @@ def _make_task(
             if not spec.attempts:
                 outcomes[spec.id] = Outcome(-1, NOTHING_LEFT)
         made_now = 0
-        for job in shard_jobs([s for s in current if s.attempts], folder, stem, context.recipe):
-            got = finished_outcomes(job)
-            if got is None:
-                got = _make_shard(job, cache_dir, context.recipe)
+        jobs = shard_jobs([s for s in current if s.attempts], folder, stem, context.recipe)
+        for job, got in _made(jobs, cache_dir, context.recipe, executor):
             outcomes.update(got)
             rows = sum(o.index >= 0 for o in got.values())
             made_now += rows
@@ -363,17 +381,35 @@ def _make_task(
     return sum(outcomes[s].index >= 0 for s in specs)
 
 
-def _make_shard(job: ShardJob, cache_dir: Path, recipe: Recipe) -> dict[str, Outcome]:
-    """One pool shard, its chunks made in this process and written in order (temp name, then renamed)."""
-    chunks = chunk_specs(job, recipe)
+def _made(
+    jobs: list[ShardJob], cache_dir: Path, recipe: Recipe, executor: Executor
+) -> Iterator[tuple[ShardJob, dict[str, Outcome]]]:
+    """Each job with its outcomes, in order: a shard already on disk with the job's digest is kept,
+    the others are made in the workers (all at once) and written here, chunk by chunk in order
+    (temp name, then renamed), so the bytes are the same for any worker count."""
+    todo = []
+    for job in jobs:
+        done = finished_outcomes(job)
+        if done is not None:
+            yield job, done
+            continue
+        chunks = [executor.submit(make_chunk, specs, cache_dir, recipe) for specs in chunk_specs(job, recipe)]
+        todo.append((job, chunks))
+        if isinstance(executor, _Inline):  # made already: write it now, hold nothing
+            yield _assembled(*todo.pop(), recipe)
+    for job, chunks in todo:
+        yield _assembled(job, chunks, recipe)
+
+
+def _assembled(job: ShardJob, chunks: list[Future], recipe: Recipe) -> tuple[ShardJob, dict[str, Outcome]]:
     assembly = ShardAssembly(job, recipe, len(chunks))
     try:
-        for number, specs in enumerate(chunks):
-            assembly.add(number, make_chunk(specs, cache_dir, recipe))
+        for number, future in enumerate(chunks):
+            assembly.add(number, future.result())
     except BaseException:
         assembly.abort()
         raise
-    return assembly.result.outcomes
+    return job, assembly.result.outcomes
 
 
 # ---------------------------------------------------------------- the image check
