@@ -180,3 +180,24 @@ def test_a_models_two_scores_side_by_side(original: Path, fresh_root: Path, tmp_
     table = format_columns([Column("published", published), Column("fresh", fresh_result)])
     avg = table.splitlines()[-1].split()
     assert avg[-2] == "100.0" and float(avg[-1]) < 60  # the model "knew" only the published items
+
+
+def test_evaluate_takes_it_like_any_bench(
+    fresh_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A local protocol server (tests/chatserver.py) playing a model that answers every fresh item
+    right: evaluate reads the fresh bench, checks it against its manifest and scores it."""
+    from chatserver import BenchResponder, ChatServer, bench_rows
+
+    from medscout_data.evaluation.chat import Endpoint
+    from medscout_data.evaluation.evaluate import EvaluateOptions, evaluate
+
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-fresh-test")
+    responder = BenchResponder(bench_rows(fresh_root / "bench"), "direct", "m", "sk-fresh-test")
+    with ChatServer(responder) as server:
+        outcome = evaluate(
+            EvaluateOptions(str(fresh_root), tmp_path / "run", Endpoint(server.url, "m"), progress=False)
+        )
+    assert responder.problems == [] and outcome.failed == 0 and outcome.sent == 36
+    assert outcome.document["bench_integrity"] == "sha256 (manifest.json)"
+    assert outcome.document["overall"]["accuracy"] == pytest.approx(1.0)
