@@ -200,7 +200,8 @@ def _labels(answer: str) -> list[str]:
 
 
 def load_runs(predictions: Sequence[tuple[str, Path]], report: RunReport) -> list[Run]:
-    """Each file's responses; its label is the one given, else the model it names, else its folder."""
+    """Each file's responses; its label is the one given, else the model it names, else its folder
+    (`#2`, `#3` ... added when two files would share one)."""
     runs = []
     for given, path in predictions:
         file_report = RunReport("preview")
@@ -209,6 +210,10 @@ def load_runs(predictions: Sequence[tuple[str, Path]], report: RunReport) -> lis
             report.skips.append(skip)
         models = file_report.info.get("models") or []
         label = given or (models[0] if len(models) == 1 else "") or path.parent.name or path.stem
+        taken, base, n = {run.label for run in runs}, label, 1
+        while label in taken:
+            n += 1
+            label = f"{base}#{n}"
         runs.append(Run(label, Path(path), responses))
     return runs
 
