@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import pyarrow.parquet as pq
 
@@ -67,14 +68,24 @@ class ChatServer:
 
     def __init__(self, respond: Callable[[dict[str, Any], dict[str, str]], Answer]) -> None:
         self.respond = respond
+        self.connections = 0  # TCP connections accepted, requests or not
+        self.targets: list[str] = []  # the request targets, as received
+        self.lock = threading.Lock()
         outer = self
 
         class Handler(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
 
+            def setup(self) -> None:
+                with outer.lock:
+                    outer.connections += 1
+                super().setup()
+
             def do_POST(self) -> None:
                 body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-                if self.path != "/v1/chat/completions":
+                with outer.lock:
+                    outer.targets.append(self.path)  # absolute-form when it serves as a proxy
+                if urlsplit(self.path).path != "/v1/chat/completions":
                     answer = Answer(404, json.dumps({"error": {"message": f"no route {self.path}"}}))
                 else:
                     answer = outer.respond(body, {k.lower(): v for k, v in self.headers.items()})

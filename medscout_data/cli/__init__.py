@@ -21,6 +21,7 @@ COMMANDS = {
     "build": "medscout_data.cli.build:build",
     "split": "medscout_data.cli.split:split",
     "validate": "medscout_data.cli.split:validate",
+    "fresh-bench": "medscout_data.cli.fresh:fresh_bench",
     "push-bench": "medscout_data.cli.push:push_bench",
     "evaluate": "medscout_data.cli.evaluate:evaluate",
     "score": "medscout_data.cli.score:score",
@@ -43,6 +44,7 @@ Stages, in order:
   build       make scale / jigsaw / anomaly items into Parquet shards
   split       subject-disjoint train / bench shards with a manifest
   validate    check a split: disjointness, counts, balance, hashes
+  fresh-bench a second bench: same subjects and recipe, another item seed
   push-bench  stage the bench as a Hub dataset repo and upload it
   evaluate    ask a model (OpenAI-compatible server) every bench item, score it
   score       Dense Geometric Reward of model answers on the bench

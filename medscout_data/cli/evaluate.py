@@ -58,6 +58,13 @@ from medscout_data.cli.score import (
     help="Retries on 429, 5xx and timeouts (backoff, honours Retry-After).",
 )
 @click.option(
+    "--allow-remote-mimic",
+    is_flag=True,
+    help="Send MIMIC-CXR-derived (X-ray) items to a server outside loopback and private networks: only "
+    "for a deployment that meets PhysioNet's responsible-use policy for credentialed data (no retention, "
+    "no training use, no human review). Without it such a run is refused before any request.",
+)
+@click.option(
     "--out",
     type=click.Path(file_okay=False),
     default="eval",
@@ -82,9 +89,11 @@ def evaluate(
     judge_model: str | None,
     judge_api_key_env: str,
     judge_concurrency: int,
+    judge_allow_remote_mimic: bool,
     api_key_env: str,
     timeout: float,
     retries: int,
+    allow_remote_mimic: bool,
     out: str,
     quiet: bool,
 ) -> None:
@@ -117,7 +126,8 @@ def evaluate(
         options = EvaluateOptions(
             bench, Path(out), endpoint, mode, max_tokens, temperature, limit,
             modalities or EvaluateOptions.modalities, tasks or EvaluateOptions.tasks,
-            profile, extract, judge, progress=not quiet,
+            profile, extract, judge, progress=not quiet, allow_remote_mimic=allow_remote_mimic,
+            judge_allow_remote_mimic=judge_allow_remote_mimic,
         )  # fmt: skip
     except ValueError as exc:
         raise click.UsageError(str(exc)) from exc

@@ -8,6 +8,7 @@ import click
 
 from medscout_data import MODALITIES, TASKS
 from medscout_data.cli.options import modalities_filter, quiet_option, shards_option, tasks_filter
+from medscout_data.cli.score import mode_option, profile_option
 
 FORMATS = ("swift", "jsonl", "lmms-eval", "vlmeval")
 MODES = ("direct", "cot")
@@ -188,6 +189,14 @@ def _skipped(report, out: Path) -> None:
 @out_dir
 @modalities_filter
 @tasks_filter
+@click.option(
+    "--predictions",
+    multiple=True,
+    help="A predictions file (what `evaluate` writes, or any file `score` reads), as PATH or LABEL=PATH; "
+    "repeatable. Shows each cell's --per-cell worst items with every file's answer drawn beside the truth.",
+)
+@mode_option
+@profile_option
 @quiet_option
 def preview(
     shards: str,
@@ -198,15 +207,30 @@ def preview(
     out: str,
     modalities: tuple[str, ...],
     tasks: tuple[str, ...],
+    predictions: tuple[str, ...],
+    mode: str,
+    profile: str,
     quiet: bool,
 ) -> None:
     """Draw --per-cell items of every modality x task of SHARDS/<split> (or the
     build pool) with their truth: OUT/index.html (self-contained, images as
     data URIs) and OUT/sheets/<modality>-<task>.png contact sheets.
+
+    With --predictions, OUT/index.html shows why a model fails instead: every
+    item is scored (Dense Geometric Reward, --mode, --profile) and each cell's
+    --per-cell worst items are drawn worst first, each file's answer over the
+    truth (its boxes beside the true ones, its tiers, the jigsaw reassembled in
+    its order, the anomaly cell it chose) with its rewards; a selector shows one
+    cell at a time.
     """
     from medscout_data.errors import StageError
     from medscout_data.integrations.preview import PreviewOptions, write_preview
     from medscout_data.layout import Layout
+
+    if predictions:
+        return _preview_predictions(
+            shards, split, per_cell, size, out, modalities, tasks, predictions, mode, profile, quiet
+        )
 
     options = PreviewOptions(
         split=split,
@@ -225,3 +249,36 @@ def preview(
     if result.report.skips:
         reasons = result.report.skipped_by_reason()
         click.echo(f"skipped {len(result.report.skips)} item(s): {reasons} (listed on the page)")
+
+
+def _preview_predictions(
+    shards: str,
+    split: str,
+    per_cell: int,
+    size: int,
+    out: str,
+    modalities: tuple[str, ...],
+    tasks: tuple[str, ...],
+    predictions: tuple[str, ...],
+    mode: str,
+    profile: str,
+    quiet: bool,
+) -> None:
+    from medscout_data.cli.score import _labelled
+    from medscout_data.errors import StageError
+    from medscout_data.integrations.failures import FailureOptions, write_failures
+    from medscout_data.layout import Layout
+
+    options = FailureOptions(
+        tuple(_labelled(predictions, "--predictions")), split, per_cell, size, mode, profile,
+        modalities or MODALITIES, tasks or TASKS, progress=not quiet,
+    )  # fmt: skip
+    try:
+        result = write_failures(Layout.at(shards), Path(out), options)
+    except StageError as exc:
+        raise click.ClickException(str(exc)) from exc
+    labels = ", ".join(run.label for run in result.runs)
+    click.echo(f"preview: the {result.shown} worst items of {labels} -> {result.page}")
+    if result.report.skips:
+        reasons = result.report.skipped_by_reason()
+        click.echo(f"skipped {len(result.report.skips)} item(s) or line(s): {reasons} (listed on the page)")

@@ -61,6 +61,13 @@ def extraction_options(function: Callable[..., Any]) -> Callable[..., Any]:
                 show_default=True,
                 help="Judge requests at once.",
             ),
+            click.option(
+                "--judge-allow-remote-mimic",
+                is_flag=True,
+                help="Let the judge's server be outside loopback and private networks for MIMIC-CXR-derived "
+                "(X-ray) items: only for a deployment that meets PhysioNet's responsible-use policy for "
+                "credentialed data (no retention, no training use, no human review).",
+            ),
         ]
     ):
         function = option(function)
@@ -152,6 +159,7 @@ def score(
     judge_model: str | None,
     judge_api_key_env: str,
     judge_concurrency: int,
+    judge_allow_remote_mimic: bool,
     judge_cache: str | None,
     metric: str,
     json_out: str | None,
@@ -191,8 +199,9 @@ def score(
             report = RunReport("score")
             cache = Path(judge_cache) if judge_cache else path.parent / JUDGED
             extractor = make_extractor(
-                extract, judge, cache, source, mode, redactor_for(*[judge] if judge else []), not quiet
-            )
+                extract, judge, cache, source, mode, redactor_for(*[judge] if judge else []), not quiet,
+                judge_allow_remote_mimic,
+            )  # fmt: skip
             result = score_file(path, source, profile, mode, report, extractor)
             label = _label(given, path, report.info.get("models", []))
             extraction = extractor.describe() if extractor is not None else {"method": "strict"}

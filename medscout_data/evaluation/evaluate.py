@@ -18,6 +18,10 @@ DIR keeps two runs out of each other's way.
 
 At the end the items in scope are scored with the chosen extraction, written
 to `DIR/scores.json` (what `score --json` writes) and returned for the table.
+
+MIMIC-CXR-derived items (every X-ray item) go only to servers on loopback or a
+private network unless `allow_remote_mimic` says otherwise (egress.py): the run
+is refused before a byte is sent.
 """
 
 from __future__ import annotations
@@ -41,6 +45,7 @@ from tqdm import tqdm
 
 from medscout_data import MODALITIES, TASKS, __version__
 from medscout_data.evaluation.chat import ChatClient, Endpoint, Redactor, Reply, drain, redactor_for
+from medscout_data.evaluation.egress import refuse_remote_mimic, url_is_local
 from medscout_data.evaluation.errors import ScoreError
 from medscout_data.evaluation.extraction import METHODS, STRICT, LenientExtractor
 from medscout_data.evaluation.integrity import png_problem, row_groups
@@ -62,6 +67,7 @@ from medscout_data.evaluation.score import (
     scores_document,
 )
 from medscout_data.locking import stage_lock
+from medscout_data.provenance import is_mimic_derived
 from medscout_data.report import RunReport
 from medscout_data.shards import write_json_atomic
 from medscout_data.tasks.prompts import SYSTEM_PROMPTS
@@ -93,6 +99,8 @@ class EvaluateOptions:
     extract: str = "strict"
     judge: Endpoint | None = None
     progress: bool = True
+    allow_remote_mimic: bool = False  # send MIMIC-derived items to a remote model server (egress.py)
+    judge_allow_remote_mimic: bool = False  # the same for the judge's server
 
     def __post_init__(self) -> None:
         for name, value, allowed in (
@@ -317,6 +325,30 @@ def _batches(source: BenchSource) -> Iterator[pa.RecordBatch | pa.Table]:
             raise ScoreError(f"{path}: cannot read the bench's images ({exc})") from exc
 
 
+def mimic_ids(source: BenchSource) -> frozenset[str]:
+    """The ids of the bench's MIMIC-CXR-derived items (provenance.py)."""
+    table = load_bench(source, ["id", "modality", "source"])
+    columns = [table.column(name).to_pylist() for name in ("id", "modality", "source")]
+    return frozenset(i for i, m, s in zip(*columns, strict=True) if is_mimic_derived(m, s))
+
+
+def check_egress(options: EvaluateOptions, source: BenchSource, scope: Sequence[BenchItem]) -> None:
+    """Refuse, before any request, to send MIMIC-derived items to a remote model server or judge
+    (unless allowed)."""
+    servers = [(options.endpoint, options.allow_remote_mimic, "the model server", "--allow-remote-mimic")]
+    if options.extract == "judge" and options.judge is not None:
+        servers.append(
+            (options.judge, options.judge_allow_remote_mimic, "the judge", "--judge-allow-remote-mimic")
+        )
+    restricted: frozenset[str] | None = None
+    for endpoint, allowed, who, override in servers:
+        if allowed or url_is_local(endpoint.base_url):
+            continue
+        restricted = mimic_ids(source) if restricted is None else restricted
+        count = sum(item.id in restricted for item in scope)
+        refuse_remote_mimic(endpoint.base_url, endpoint.public_url, count, who, override)
+
+
 def bench_questions(source: BenchSource, mode: str) -> dict[str, str]:
     """Item id -> the question of the mode (for the judge)."""
     column = "question_cot" if mode == "cot" else "question"
@@ -396,13 +428,20 @@ def make_extractor(
     mode: str,
     redact: Redactor,
     progress: bool,
+    allow_remote_mimic: bool = False,
 ) -> Extractor | None:
-    """The extractor of `--extract` (None: strict)."""
+    """The extractor of `--extract` (None: strict); the judge refuses to send MIMIC-derived
+    items to a remote server unless `allow_remote_mimic`."""
     if method == "lenient":
         return LenientExtractor()
     if method == "judge":
         assert judge is not None
-        return JudgeExtractor(judge, cache, bench_questions(source, mode), redact, progress)
+        remote = not allow_remote_mimic and not url_is_local(judge.base_url)
+        restricted = mimic_ids(source) if remote else frozenset()
+        return JudgeExtractor(
+            judge, cache, bench_questions(source, mode), redact, progress,
+            restricted=restricted, allow_remote_mimic=allow_remote_mimic,
+        )  # fmt: skip
     return None
 
 
@@ -415,6 +454,7 @@ def evaluate(options: EvaluateOptions, command: str = "medscout-data evaluate") 
         raise ScoreError(
             f"{options.bench}: no bench items for modality {options.modalities} / task {options.tasks}"
         )
+    check_egress(options, source, scope)
     out = Path(options.out)
     redact = redactor_for(options.endpoint, *([options.judge] if options.judge else []))
     with stage_lock(out, "evaluate", command), _redacted_logs(redact):
@@ -459,8 +499,9 @@ def _score(
     ids = {item.id for item in scope}
     predictions = {k: v for k, v in read_predictions(path, report).items() if k in ids}
     extractor = make_extractor(
-        options.extract, options.judge, path.parent / JUDGED, source, options.mode, redact, options.progress
-    )
+        options.extract, options.judge, path.parent / JUDGED, source, options.mode, redact, options.progress,
+        options.judge_allow_remote_mimic,
+    )  # fmt: skip
     answers = extractor.answers(scope, predictions) if extractor is not None else None
     result = score_bench(scope, predictions, options.profile, options.mode, answers)
     extraction = extractor.describe() if extractor is not None else STRICT

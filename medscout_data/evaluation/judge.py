@@ -13,6 +13,10 @@ cache (`judged.jsonl`, one line per judgement, keyed by the sha256 of prompt
 version, judge model, item id and response), so rescoring never asks twice. A
 judgement that fails after the client's retries is not cached: that item falls
 back to the strict reading, and is listed in `scores.json` (`judge_failed`).
+
+Responses to MIMIC-CXR-derived items (X-ray items, and the ids in `restricted`)
+go only to a judge on loopback or a private network unless `allow_remote_mimic`
+(egress.py); the refusal comes before any request.
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ from typing import Any
 from tqdm import tqdm
 
 from medscout_data.evaluation.chat import ChatClient, Endpoint, Redactor, drain
+from medscout_data.evaluation.egress import refuse_remote_mimic
 from medscout_data.evaluation.extraction import AnswerShape, is_canonical
 from medscout_data.evaluation.predictions import UTF8_BOM
 from medscout_data.evaluation.score import BenchItem, extract_answer
@@ -110,6 +115,8 @@ class JudgeExtractor:
     progress: bool = True
     name: str = "judge"
     stats: dict[str, Any] = field(default_factory=dict)
+    restricted: frozenset[str] = frozenset()  # MIMIC-derived ids besides the X-ray items
+    allow_remote_mimic: bool = False
 
     def answers(self, items: Sequence[BenchItem], predictions: Mapping[str, str]) -> dict[str, str]:
         cached = read_cache(self.cache)
@@ -128,6 +135,15 @@ class JudgeExtractor:
                 answers[item.id] = cached[key]
             else:
                 todo.append((item, response))
+        if not self.allow_remote_mimic:
+            count = sum(item.modality == "xray" or item.id in self.restricted for item, _ in todo)
+            refuse_remote_mimic(
+                self.endpoint.base_url,
+                self.endpoint.public_url,
+                count,
+                "the judge",
+                "--judge-allow-remote-mimic",
+            )
         failed = asyncio.run(self._judge(todo, answers)) if todo else []
         for item_id in failed:  # the strict reading stands
             answers[item_id] = extract_answer(predictions[item_id])

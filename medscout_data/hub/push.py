@@ -42,6 +42,7 @@ from medscout_data.errors import StageError
 from medscout_data.hub.card import CardFacts, StagedFile, features_of_metadata, license_fields, render_card
 from medscout_data.layout import Layout
 from medscout_data.locking import stage_lock
+from medscout_data.provenance import is_mimic_derived, source_dataset
 from medscout_data.recipe import Recipe
 from medscout_data.shards import sha256_file, write_bytes_atomic, write_json_atomic
 from medscout_data.stages.manifest import read_manifest
@@ -161,20 +162,10 @@ class HubApi(Protocol):
 # --- what is MIMIC-derived ------------------------------------------------------------------
 
 
-def source_dataset(source: str | None) -> str | None:
-    """The `dataset` named in an item's `source` JSON, or None when absent or unreadable."""
-    try:
-        value = json.loads(source or "").get("dataset")
-    except (ValueError, AttributeError):
-        return None
-    return value if isinstance(value, str) and value else None
-
-
 def is_restricted(modality: str, source: str | None) -> bool:
-    """Whether an item may only go to a private repo: X-ray (MIMIC-CXR), a source dataset named
-    `mimic*`, or a source that does not say where it comes from."""
-    dataset = source_dataset(source)
-    return modality == "xray" or dataset is None or dataset.lower().startswith("mimic")
+    """Whether an item may only go to a private repo: MIMIC-derived (provenance.py), or a source
+    that does not say where it comes from."""
+    return is_mimic_derived(modality, source) or source_dataset(source) is None
 
 
 def refuse_public_mimic(files: Iterable[StagedFile], private: bool, repo_id: str) -> None:
