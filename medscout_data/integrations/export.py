@@ -48,6 +48,7 @@ from tqdm import tqdm
 from medscout_data import MODALITIES, TASKS
 from medscout_data.errors import StageError
 from medscout_data.evaluation.score import PROFILES
+from medscout_data.integrations.grpo_settings import swift_flags
 from medscout_data.integrations.swift import reward_names
 from medscout_data.integrations.vendor import BOOTSTRAP, write_vendored
 from medscout_data.layout import Layout
@@ -405,8 +406,9 @@ def write_swift_plugin(out: Path, mode: str, profile: str = "official") -> Path:
 
 
 def swift_command(result: ExportResult, options: ExportOptions) -> str:
-    """A `swift rlhf` GRPO command for the export (MODEL is the user's). Relative image paths are
-    opened under ROOT_IMAGE_DIR, so it is set to the export folder and the command runs from anywhere."""
+    """A `swift rlhf` GRPO command for the export with the paper's settings (MODEL is the user's).
+    Relative image paths are opened under ROOT_IMAGE_DIR, so it is set to the export folder and the
+    command runs from anywhere."""
     root = result.jsonl.parent.resolve()
     env = "" if options.absolute_paths else f"ROOT_IMAGE_DIR={shlex.quote(str(root))} "
     parts = [
@@ -415,7 +417,7 @@ def swift_command(result: ExportResult, options: ExportOptions) -> str:
         f"--external_plugins {shlex.quote(str(Path(result.plugin or root / 'plugin.py').resolve()))}",
         f"--reward_funcs {' '.join(reward_names(options.mode))}",
         f"--system {shlex.quote(str(Path(result.system or root).resolve()))}",
-        "--num_generations 8",
+        *swift_flags(),
     ]
     return " \\\n    ".join(parts)
 
