@@ -42,6 +42,7 @@ from medscout_data.integrations.export import (
     EXPORT_SPLITS,
     MIMIC_NOTE,
     MODES,
+    TRAINER_FORMATS,
     count_rows,
     png_bytes,
     question_of,
@@ -61,7 +62,6 @@ from medscout_data.tasks.prompts import SYSTEM_PROMPTS
 
 log = logging.getLogger(__name__)
 
-TRAINER_FORMATS = ("trl", "verl", "easyr1")
 HF_SPLITS = {"train": "train", "bench": "test"}  # the bench is a test split to every trainer
 ROWS_PER_FILE = 2000  # TRL data files: about 0.5 GB of PNG each at the paper's sizes
 ROW_GROUP_ROWS = 64
