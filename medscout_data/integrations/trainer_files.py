@@ -74,6 +74,7 @@ Defaults are the paper's settings (Med-Scout, arXiv 2601.23220): {settings}.
 """
 
 import argparse
+import dataclasses
 import os
 import sys
 
@@ -111,6 +112,8 @@ def main():
         beta=args.beta,
         learning_rate=args.learning_rate,
     )
+    if "warmup_ratio" not in {{f.name for f in dataclasses.fields(GRPOConfig)}}:
+        settings["warmup_steps"] = settings.pop("warmup_ratio")  # transformers >= 5.12: a float is a ratio
     config = GRPOConfig(
         output_dir=args.output_dir,
         per_device_train_batch_size=args.per_device_batch,
