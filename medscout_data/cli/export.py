@@ -10,7 +10,8 @@ from medscout_data import MODALITIES, TASKS
 from medscout_data.cli.options import modalities_filter, quiet_option, shards_option, tasks_filter
 from medscout_data.cli.score import mode_option, profile_option
 
-FORMATS = ("swift", "jsonl", "lmms-eval", "vlmeval")
+FORMATS = ("swift", "jsonl", "trl", "verl", "easyr1", "lmms-eval", "vlmeval")
+TRAINER_FORMATS = ("trl", "verl", "easyr1")
 MODES = ("direct", "cot")
 PROFILES = ("official", "paper")
 EXPORT_SPLITS = ("train", "bench")
@@ -19,7 +20,9 @@ PREVIEW_SPLITS = ("bench", "train", "pool")
 out_dir = click.option("--out", "out", type=click.Path(file_okay=False), required=True, help="Output folder.")
 
 
-@click.command(short_help="Files for ms-swift (GRPO JSONL + reward plugin), lmms-eval, VLMEvalKit, or JSONL.")
+@click.command(
+    short_help="Files for ms-swift, TRL, verl, EasyR1 (GRPO data + rewards), lmms-eval, VLMEvalKit, or JSONL."
+)
 @click.option(
     "--format",
     "fmt",
@@ -27,13 +30,14 @@ out_dir = click.option("--out", "out", type=click.Path(file_okay=False), require
     default="swift",
     show_default=True,
     help="swift: ms-swift GRPO rows + plugin.py; jsonl: id, question, answer, images; "
+    "trl / verl / easyr1: Parquet in the trainer's layout + its reward file; "
     "lmms-eval: a task folder; vlmeval: a VLMEvalKit TSV + dataset class.",
 )
 @click.option(
     "--split",
     type=click.Choice(EXPORT_SPLITS),
     default=None,
-    help="Which side of the split (swift, jsonl: required; lmms-eval and vlmeval: the bench).",
+    help="Which side of the split (required, except for lmms-eval and vlmeval: the bench).",
 )
 @shards_option
 @click.option(
@@ -87,6 +91,10 @@ def export(
     --format swift      OUT/<split>-<mode>-swift.jsonl, OUT/images/<modality>/<task>/<id>-<k>.png,
                         OUT/system-<mode>.txt, OUT/plugin.py (reward ORMs for --external_plugins)
     --format jsonl      OUT/<split>-<mode>-generic.jsonl + OUT/images/
+    --format trl        OUT/data/<train|test>-*.parquet (datasets.load_dataset(OUT)), OUT/rewards.py
+                        (REWARD_FUNCS for GRPOTrainer), OUT/train_grpo.py (the paper's settings)
+    --format verl       OUT/<train|test>.parquet in verl's layout, OUT/reward.py (compute_score)
+    --format easyr1     OUT/<train|test>.parquet with problem/answer/images, OUT/reward.py (batch)
     --format lmms-eval  OUT/med_scout_bench*.yaml, OUT/utils.py: lmms-eval --include_path OUT
                         --tasks med_scout_bench (the bench stays where it is)
     --format vlmeval    OUT/MedScoutBench.tsv, OUT/medscout_vlmeval.py
@@ -105,6 +113,8 @@ def export(
             raise click.UsageError(f"--format {fmt} exports the bench; drop --split train")
     elif split is None:
         raise click.UsageError(f"--format {fmt} needs --split train or --split bench")
+    if absolute_paths and fmt not in ("swift", "jsonl"):
+        raise click.UsageError(f"--absolute-paths is for --format swift/jsonl; {fmt} keeps PNGs in Parquet")
     if bench is not None and fmt != "lmms-eval":
         raise click.UsageError("--bench is for --format lmms-eval; other formats read --shards")
     if fmt == "lmms-eval" and (modalities or tasks):
@@ -114,6 +124,9 @@ def export(
             _lmms_eval(bench or shards, Path(out), profile)
         elif fmt == "vlmeval":
             _vlmeval(Layout.at(shards), Path(out), modalities, tasks, profile, quiet)
+        elif fmt in TRAINER_FORMATS:
+            settings = dict(format=fmt, split=split, mode=mode, profile=profile)
+            _trainer(Layout.at(shards), Path(out), settings, modalities, tasks, quiet)
         else:
             settings = dict(
                 split=split, format=fmt, mode=mode, profile=profile, absolute_paths=absolute_paths
@@ -137,8 +150,32 @@ def _jsonl(layout, out: Path, settings: dict, modalities, tasks, quiet: bool) ->
     if result.system is not None:
         click.echo(f"system prompt: {result.system} (pass it to ms-swift as --system)")
     if result.plugin is not None:
-        click.echo(f"reward plugin: {result.plugin}\ntrain with (MODEL = yours):\n  {result.command}")
+        from medscout_data.integrations.grpo_settings import RELEASED_SCRIPT_NOTE
+
+        click.echo(f"reward plugin: {result.plugin}")
+        click.echo(f"train with (MODEL = yours; the paper's GRPO settings):\n  {result.command}")
+        click.echo(f"note: {RELEASED_SCRIPT_NOTE}")
     _skipped(report, out)
+    if result.has_mimic:
+        click.echo(f"note: {MIMIC_NOTE}", err=True)
+
+
+def _trainer(layout, out: Path, settings: dict, modalities, tasks, quiet: bool) -> None:
+    from medscout_data.integrations.export import MIMIC_NOTE
+    from medscout_data.integrations.grpo_settings import RELEASED_SCRIPT_NOTE
+    from medscout_data.integrations.trainers import TrainerExportOptions, export_trainer
+
+    options = TrainerExportOptions(
+        **settings, modalities=modalities or MODALITIES, tasks=tasks or TASKS, progress=not quiet
+    )
+    result = export_trainer(layout, out, options)
+    click.echo(f"export: {result.items} items, {result.images} images -> {out} ({len(result.data)} file(s))")
+    for cell, count in result.cells.items():
+        click.echo(f"  {cell:<14} {count:>7}")
+    click.echo(f"reward: {result.reward}")
+    click.echo(f"train with (MODEL = yours; the paper's GRPO settings):\n  {result.command}")
+    click.echo(f"note: {RELEASED_SCRIPT_NOTE}")
+    _skipped(result.report, out)
     if result.has_mimic:
         click.echo(f"note: {MIMIC_NOTE}", err=True)
 

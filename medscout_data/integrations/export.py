@@ -48,6 +48,7 @@ from tqdm import tqdm
 from medscout_data import MODALITIES, TASKS
 from medscout_data.errors import StageError
 from medscout_data.evaluation.score import PROFILES
+from medscout_data.integrations.grpo_settings import swift_flags
 from medscout_data.integrations.swift import reward_names
 from medscout_data.integrations.vendor import BOOTSTRAP, write_vendored
 from medscout_data.layout import Layout
@@ -62,8 +63,9 @@ log = logging.getLogger(__name__)
 EXPORT_SPLITS = ("train", "bench")
 PREVIEW_SPLITS = ("bench", "train", "pool")
 JSONL_FORMATS = ("swift", "jsonl")
+TRAINER_FORMATS = ("trl", "verl", "easyr1")  # Parquet + reward file; see trainers.py
 TOOL_FORMATS = ("lmms-eval", "vlmeval")  # bench only; see lmms_export.py and vlmeval_export.py
-FORMATS = JSONL_FORMATS + TOOL_FORMATS
+FORMATS = JSONL_FORMATS + TRAINER_FORMATS + TOOL_FORMATS
 MODES = ("direct", "cot")
 FILE_TAGS = {"swift": "swift", "jsonl": "generic"}
 IMAGE_TAG = "<image>"
@@ -405,8 +407,9 @@ def write_swift_plugin(out: Path, mode: str, profile: str = "official") -> Path:
 
 
 def swift_command(result: ExportResult, options: ExportOptions) -> str:
-    """A `swift rlhf` GRPO command for the export (MODEL is the user's). Relative image paths are
-    opened under ROOT_IMAGE_DIR, so it is set to the export folder and the command runs from anywhere."""
+    """A `swift rlhf` GRPO command for the export with the paper's settings (MODEL is the user's).
+    Relative image paths are opened under ROOT_IMAGE_DIR, so it is set to the export folder and the
+    command runs from anywhere."""
     root = result.jsonl.parent.resolve()
     env = "" if options.absolute_paths else f"ROOT_IMAGE_DIR={shlex.quote(str(root))} "
     parts = [
@@ -415,7 +418,7 @@ def swift_command(result: ExportResult, options: ExportOptions) -> str:
         f"--external_plugins {shlex.quote(str(Path(result.plugin or root / 'plugin.py').resolve()))}",
         f"--reward_funcs {' '.join(reward_names(options.mode))}",
         f"--system {shlex.quote(str(Path(result.system or root).resolve()))}",
-        "--num_generations 8",
+        *swift_flags(),
     ]
     return " \\\n    ".join(parts)
 

@@ -26,3 +26,23 @@ def swift4_python() -> str:
 @pytest.fixture(scope="session")
 def swift3_python() -> str:
     return tool_python("MEDSCOUT_SWIFT3_PYTHON")
+
+
+@pytest.fixture(scope="session")
+def verl_python() -> str:
+    return tool_python("MEDSCOUT_VERL_PYTHON")
+
+
+@pytest.fixture(scope="session")
+def tiny_qwen(swift4_python: str, split_shards: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny random-weight Qwen2.5-VL folder (drivers/tiny_qwen.py), its tokenizer trained on the
+    split's questions and answers: built here, nothing downloaded."""
+    from splitfixture import side_rows
+    from toolrun import run_driver
+
+    rows = side_rows(split_shards)
+    texts = [row[key] for row in rows.values() for key in ("question", "question_cot", "answer")]
+    texts += ["<think>", "</think>", "<answer>", "</answer>", "Label 1, Label 2"]
+    work = tmp_path_factory.mktemp("tiny-qwen")
+    got = run_driver(swift4_python, "tiny_qwen.py", {"out": str(work / "model"), "texts": texts}, work)
+    return Path(got["folder"])
