@@ -22,6 +22,7 @@ import pyarrow.parquet as pq
 from medscout_data.evaluation.errors import ScoreError
 from medscout_data.evaluation.predictions import preview
 from medscout_data.evaluation.reward import BenchItem, Truth
+from medscout_data.layout import MANIFEST
 
 SCORE_COLUMNS = ["id", "modality", "task", "variant", "target"]
 
@@ -81,7 +82,7 @@ def resolve_bench(location: str | Path, verify: bool = True) -> BenchSource:
         return _hub_source(text, text)
     if path.is_file():
         return _checked(text, (path,), (), "decode check" if verify else "")
-    if path.name == "bench" and (path.parent / "manifest.json").is_file():
+    if path.name == "bench" and (path.parent / MANIFEST).is_file():
         path = path.parent  # the bench side of a shards root: check it against its manifest
     if (path / "bench").is_dir():
         train = tuple(sorted((path / "train").glob("*/*/train-*.parquet")))

@@ -40,7 +40,7 @@ import pyarrow.parquet as pq
 from medscout_data import MODALITIES
 from medscout_data.errors import StageError
 from medscout_data.hub.card import CardFacts, StagedFile, features_of_metadata, license_fields, render_card
-from medscout_data.layout import Layout
+from medscout_data.layout import STAGE_RECORD, Layout
 from medscout_data.locking import stage_lock
 from medscout_data.recipe import Recipe
 from medscout_data.shards import sha256_file, write_bytes_atomic, write_json_atomic
@@ -62,7 +62,7 @@ log = logging.getLogger(__name__)
 REPO_TYPE = "dataset"
 CARD_NAME = "README.md"
 DATA_DIR = "data"
-STAGE_MARKER = ".medscout-stage.json"  # says a folder is a stage we may replace; never uploaded
+STAGE_MARKER = STAGE_RECORD  # the layout's name, kept under its old name here
 SPLIT_OF_SIDE = {BENCH: "test", TRAIN: "train"}
 SCAN_COLUMNS = ["modality", "task", "source"]
 LOGIN_HINT = "log in with `hf auth login`, or set HF_TOKEN to a token with write access"

@@ -43,7 +43,7 @@ from tqdm import tqdm
 
 from medscout_data import MODALITIES, TASKS, __version__
 from medscout_data.errors import StageError
-from medscout_data.layout import Layout
+from medscout_data.layout import SIDE_RECORD, Layout
 from medscout_data.locking import stage_lock
 from medscout_data.recipe import Recipe, load_recipe
 from medscout_data.schema import ITEM_SCHEMA
@@ -68,7 +68,6 @@ log = logging.getLogger(__name__)
 SPLIT_FILE_PREFIX = {BENCH: "test", TRAIN: "train"}
 MAX_DROPPED_FRACTION = 0.01
 DECIDE_COLUMNS = ["id", "variant", "target", "subject_id", "reference_subject_id"]
-SIDE_RECORD = ".medscout-split.json"  # in bench/ and train/: the files split wrote there
 WORK_PREFIX = ".split-work-"
 
 
