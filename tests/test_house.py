@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ast
 import graphlib
+import re
 from pathlib import Path
 
 import pytest
@@ -89,3 +90,13 @@ def test_stages_never_import_evaluation_hub_integrations_or_cli() -> None:
 def test_no_module_is_longer_than_600_lines(name: str) -> None:
     lines = modules()[name].read_text("utf-8").count("\n")
     assert lines <= MAX_LINES, f"{name}: {lines} lines; split it along a real seam"
+
+
+def test_every_relative_link_of_the_readme_leads_to_a_file() -> None:
+    """The README is a landing page into docs/; `mkdocs build --strict` checks the site's own links."""
+    root = PACKAGE.parent
+    readme = (root / "README.md").read_text("utf-8")
+    links = [t for t in re.findall(r"\]\(([^)#\s]+)(?:#[^)]*)?\)", readme) if "://" not in t]
+    assert len(links) > 20
+    assert [t for t in links if not (root / t).is_file()] == []
+    assert "<!-- demo-command -->" in readme and "<!-- test-command -->" in readme
