@@ -59,8 +59,8 @@ def resolve_bench(location: str | Path, verify: bool = True) -> BenchSource:
     With `verify`, local shards are checked before use (`integrity`: the manifest's sha256, the
     staged record's sha256, or a decode check) and damage is refused.
     """
-    # Imported here, not at module level: exported ms-swift / lmms-eval / VLMEvalKit files carry a
-    # copy of this module and its module-level imports only, and the checks need stages/ and hub/.
+    # Imported here, not at module level: the exported VLMEvalKit files carry a copy of this module
+    # (through score.py) and its module-level imports only, and the checks need stages/.
     from medscout_data.evaluation.integrity import (
         looks_like_a_path,
         manifest_verified,
