@@ -1,6 +1,7 @@
 """The bench's floor and no-learning ceiling on synthetic data: baseline scores per cell.
 
     python benchmarks/bench_baselines.py [--work DIR] [--bench-per-cell 40]
+        [--table docs/generated/baselines.md] [--chart docs/score-baselines.png]
 
 Builds a larger synthetic sample than the demo's (40 subjects per source,
 256 px, the paper's geometry, `pixels` X-ray references), splits it, runs the
@@ -8,6 +9,10 @@ random, prior and classical baselines and scores each (official profile,
 Direct mode). Prints a Markdown table of mean accuracy x 100 per cell, and
 the time each baseline took. The phantoms are schematic: real CT, MRI and
 X-ray will be harder for the classical solvers.
+
+`--table` and `--chart` write the table (Markdown) and its bar chart (PNG,
+the chart `score --plot` draws) from the same scores, so the docs' table and
+figure cannot disagree (docs/scoring.md includes both).
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from medscout_data.evaluation.compare import Column, plot_columns
 from medscout_data.evaluation.score import score_file
 from medscout_data.recipe import load_recipe, resolve_recipe_path
 from medscout_data.report import RunReport
@@ -56,6 +62,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--work", type=Path, default=None)
     parser.add_argument("--bench-per-cell", type=int, default=40)
+    parser.add_argument("--table", type=Path, default=None, help="write the Markdown table here")
+    parser.add_argument("--chart", type=Path, default=None, help="write the bar chart (PNG) here")
     args = parser.parse_args()
     work = args.work or Path(tempfile.mkdtemp(prefix="bench-baselines-"))
     work.mkdir(parents=True, exist_ok=True)
@@ -77,27 +85,42 @@ def main() -> None:
         )
     cli("split", "--shards", str(shards), "--quiet")
     print(f"cores: {os.cpu_count()}; built and split in {time.perf_counter() - start:.0f} s ({shards})")
-    scores = {}
+    scores, results = {}, {}
     for name in BASELINES:
         out = work / f"{name}.jsonl"
         start = time.perf_counter()
         cli("baseline", "--name", name, "--bench", str(shards), "--out", str(out), "--seed", "0", "--quiet")
         seconds = time.perf_counter() - start
-        result = score_file(out, shards, "official", "direct", RunReport("score")).as_dict()
-        scores[name] = result
+        results[name] = score_file(out, shards, "official", "direct", RunReport("score"))
+        result = scores[name] = results[name].as_dict()
         print(f"baseline {name}: {seconds:.1f} s for {result['overall']['count']} items")
+    table = markdown_table(scores, args.bench_per_cell)
     print()
-    print(f"| modality | task | {' | '.join(BASELINES)} |")
-    print(f"|---|---|{'---:|' * len(BASELINES)}")
+    print(table)
+    if args.table:
+        args.table.parent.mkdir(parents=True, exist_ok=True)
+        args.table.write_text(table + "\n")
+        print(f"table: {args.table}")
+    if args.chart:
+        columns = [Column(name, results[name], baseline=True) for name in BASELINES]
+        title = f"Baselines on the synthetic bench ({args.bench_per_cell} items per cell), accuracy x100"
+        print(f"chart: {plot_columns(columns, args.chart, title=title)}")
+
+
+def markdown_table(scores: dict[str, dict], bench_per_cell: int) -> str:
+    """Mean accuracy x 100 per cell and the Avg, one column per baseline."""
+    lines = [f"| modality | task | {' | '.join(BASELINES)} |", f"|---|---|{'---:|' * len(BASELINES)}"]
     for modality, task in CELLS:
         key = f"{modality}/{task}"
         values = " | ".join(f"{100 * scores[b]['cells'][key]['accuracy']:.1f}" for b in BASELINES)
-        print(f"| {TITLES[modality]} | {task} | {values} |")
+        lines.append(f"| {TITLES[modality]} | {task} | {values} |")
     overall = " | ".join(f"**{100 * scores[b]['overall']['accuracy']:.1f}**" for b in BASELINES)
-    print(f"| **Med-Scout-Bench Avg** | | {overall} |")
-    print(
-        f"\n{args.bench_per_cell} bench items per cell; official profile, Direct mode, mean accuracy x 100."
+    lines.append(f"| **Med-Scout-Bench Avg** | | {overall} |")
+    lines.append(
+        f"\n{bench_per_cell} bench items per cell; official profile, Direct mode, mean accuracy x 100 "
+        f"(`python benchmarks/bench_baselines.py`, {os.cpu_count()} cores)."
     )
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

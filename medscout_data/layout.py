@@ -8,6 +8,11 @@ index/<modality>/<model-slug>/      index: embeddings, neighbours.parquet, index
 pool/<modality>/<task>-NNNNN.parquet  build: the item pool; pool.json: what build planned and made
 train/<modality>/<task>/train-*.parquet, bench/<modality>/<task>/test-*.parquet  split
 manifest.json                       split: seed, recipe, counts, hashes
+bench/.medscout-split.json, train/.medscout-split.json   split: the files split wrote on that side
+<stage>/.medscout-stage.json        push-bench: the staged repo folder's record (files and sha256)
+
+The names of records that several stages read live here, not in the stage
+that writes them, so a reader never imports a writer (no import circle).
 """
 
 from __future__ import annotations
@@ -16,6 +21,10 @@ import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
+
+MANIFEST = "manifest.json"  # split writes it; validate, score, export, push read it
+SIDE_RECORD = ".medscout-split.json"  # in bench/ and train/: the files split wrote there
+STAGE_RECORD = ".medscout-stage.json"  # push-bench: says a folder is a stage we may replace; never uploaded
 
 SAMPLE_SOURCES = {
     "ct": "totalseg-ct",
@@ -68,7 +77,7 @@ class Layout:
         return self.root / side
 
     def manifest(self) -> Path:
-        return self.root / "manifest.json"
+        return self.root / MANIFEST
 
 
 def model_slug(spec: str) -> str:

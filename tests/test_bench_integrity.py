@@ -13,7 +13,7 @@ from click.testing import CliRunner
 
 from medscout_data.cli import cli
 from medscout_data.errors import StageError
-from medscout_data.evaluation import score as score_module
+from medscout_data.evaluation import bench as bench_module
 from medscout_data.evaluation.integrity import png_problem
 from medscout_data.evaluation.score import ScoreError, resolve_bench, score_file
 from medscout_data.hub.push import PushOptions, stage_bench
@@ -58,7 +58,7 @@ def test_a_mistyped_local_path_is_an_error_not_a_hub_repo(
     monkeypatch.chdir(tmp_path)
     (tmp_path / "runs").mkdir()
     called = []
-    monkeypatch.setattr(score_module, "load_hub_bench", lambda *a, **k: called.append(a))
+    monkeypatch.setattr(bench_module, "load_hub_bench", lambda *a, **k: called.append(a))
     with pytest.raises(ScoreError, match=rf"{typed}: no such bench folder"):
         resolve_bench(typed)
     result = CliRunner().invoke(

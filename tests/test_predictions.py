@@ -104,18 +104,19 @@ def test_a_line_that_is_not_utf8_is_named(rows: list[dict], tmp_path: Path) -> N
     assert report.skips[0].reason == "not-utf8" and f"{path}:1" in report.skips[0].message
 
 
-def test_overlong_integers_score_zero_and_never_raise() -> None:
+def test_overlong_integers_score_zero_accuracy_and_never_raise() -> None:
+    """Accuracy 0; the format as the authors' code gives it (tests/test_reward_parity.py)."""
     anomaly = Truth("anomaly", cell=9, grid=4)
     jigsaw = Truth("jigsaw", permutation=(2, 0, 3, 1), grid=2)
     boxes = Truth("box", boxes=((0, 0, 500, 500),))
-    for profile in ("official", "paper"):
+    for profile, fmt in (("official", 0.5), ("paper", 0.0)):
         assert accuracy_reward(LONG, anomaly, profile) == 0.0
-        assert format_reward(LONG, anomaly, profile) == 0.0
+        assert format_reward(LONG, anomaly, profile) == fmt
         assert accuracy_reward(f"2 0 3 {LONG}", jigsaw, profile) == 0.0
         assert accuracy_reward(f"(0, 0, 500, {LONG})", boxes, profile) == 0.0
-        assert reward(f"<think>x</think><answer>{LONG}</answer>", anomaly, profile, "cot").total == 0.5
+        assert reward(f"<think>x</think><answer>{LONG}</answer>", anomaly, profile, "cot").total == 0.5 + fmt
     rewards = DenseGeometricReward()([LONG, "9"], task=["anomaly"] * 2, target=['{"cell": 9, "grid": 4}'] * 2)
-    assert rewards == [0.0, 1.5]
+    assert rewards == [0.5, 1.5]
 
 
 def test_overlong_integer_response_in_a_file_scores_zero(

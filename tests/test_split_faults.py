@@ -33,6 +33,7 @@ from faultkit import (
 
 from medscout_data.layout import Layout
 from medscout_data.recipe import load_recipe
+from medscout_data.shards import ShardWriter
 from medscout_data.stages import split as split_module
 from medscout_data.stages.build import BuildOptions, build_modality
 from medscout_data.stages.plan import BENCH
@@ -310,7 +311,7 @@ def test_disk_full_mid_split_keeps_the_previous_split(
     _split(layout)
     before = _state(layout)
     full = OSError(errno.ENOSPC, "Error writing bytes to file. Detail: [errno 28] No space left on device")
-    writer = split_module.ShardWriter
+    writer = ShardWriter
     monkeypatch.setattr(writer, "write_table", fail_on_call(writer.write_table, 6, full))
     with pytest.raises(SplitError) as caught:
         _split(layout)
@@ -332,7 +333,7 @@ def test_a_failed_swap_puts_the_previous_split_back(
     before = _state(layout)
     broken = OSError(errno.EIO, "Input/output error", str(layout.root / "bench"))
     # calls 1-3 move the manifest, bench and train out; the 4th would move the new bench in
-    monkeypatch.setattr(split_module.os, "rename", fail_on_call(os.rename, 4, broken, last=4))
+    monkeypatch.setattr(os, "rename", fail_on_call(os.rename, 4, broken, last=4))
     with pytest.raises(SplitError, match="the previous split is left as it was"):
         _split(layout)
     monkeypatch.undo()

@@ -27,8 +27,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from medscout_data.evaluation.errors import ScoreError
-from medscout_data.hub.push import STAGE_MARKER as STAGE_RECORD
-from medscout_data.layout import Layout
+from medscout_data.layout import STAGE_RECORD, Layout
 from medscout_data.shards import sha256_file
 from medscout_data.stages.manifest import verified_shards
 

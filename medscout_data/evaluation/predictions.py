@@ -31,6 +31,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from medscout_data.evaluation.errors import ScoreError
+from medscout_data.evaluation.reward import message_text  # noqa: F401  (moved to reward; importable here as before)
 from medscout_data.report import RunReport
 
 UTF8_BOM = b"\xef\xbb\xbf"
@@ -44,21 +45,6 @@ class BadLine(ValueError):
     def __init__(self, reason: str, message: str) -> None:
         super().__init__(message)
         self.reason = reason
-
-
-def message_text(content: Any) -> str:
-    """A chat message's content as text: a string, or the text parts of a list of parts.
-
-    Lenient on purpose (reward functions call it inside training steps): parts
-    that are not text, or whose text is not a string, are left out.
-    """
-    if isinstance(content, str):
-        return content
-    if isinstance(content, Sequence):
-        return "".join(
-            p["text"] for p in content if isinstance(p, Mapping) and isinstance(p.get("text"), str)
-        )
-    return ""
 
 
 def read_predictions(path: str | Path, report: RunReport) -> dict[str, str]:

@@ -12,20 +12,13 @@ push from staging into it at once. The stage marker lists what was staged: a
 file a user put into the stage folder (or a folder that is not a stage) is
 refused unless `--force`, and what `--force` deletes is said.
 
-Upload is the only code that needs the network. It creates the dataset repo
-if missing (private unless asked otherwise), refuses when an existing public
-repo would receive MIMIC-derived items, compares each staged file with the
-remote tree (LFS sha256, or git blob id for small files) and makes one commit
-of only the changed files plus deletions of stale `data/` files, whose
-message carries the sha256 of the split's manifest.json. The token comes from
-huggingface_hub (`HF_TOKEN` or the login cache) and is never printed, logged
-or written. On a network error the stage stays for a rerun.
+Upload (upload.py) is the only code that needs the network; `push_bench`
+stages, then uploads. On a network error the stage stays for a rerun.
 """
 
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import json
 import logging
 import os
@@ -33,14 +26,35 @@ import shutil
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import pyarrow.parquet as pq
 
 from medscout_data import MODALITIES
 from medscout_data.errors import StageError
 from medscout_data.hub.card import CardFacts, StagedFile, features_of_metadata, license_fields, render_card
-from medscout_data.layout import Layout
+from medscout_data.hub.staged import (
+    CARD_NAME,
+    DATA_DIR,
+    LocalFile,
+    PushError,
+    PushRefused,
+    PushResult,
+    Stage,
+)
+from medscout_data.hub.upload import (  # noqa: F401  (public names, importable from here)
+    REPO_TYPE,
+    HubApi,
+    git_blob_id,
+    hub_api,
+    network_errors,
+    plan_changes,
+    remote_files,
+    require_token,
+    same_content,
+    upload_stage,
+)
+from medscout_data.layout import STAGE_RECORD, Layout
 from medscout_data.locking import stage_lock
 from medscout_data.provenance import is_mimic_derived, source_dataset
 from medscout_data.recipe import Recipe
@@ -60,21 +74,9 @@ from medscout_data.stages.plan import BENCH, TRAIN, load_plan
 
 log = logging.getLogger(__name__)
 
-REPO_TYPE = "dataset"
-CARD_NAME = "README.md"
-DATA_DIR = "data"
-STAGE_MARKER = ".medscout-stage.json"  # says a folder is a stage we may replace; never uploaded
+STAGE_MARKER = STAGE_RECORD  # the layout's name, kept under its old name here
 SPLIT_OF_SIDE = {BENCH: "test", TRAIN: "train"}
 SCAN_COLUMNS = ["modality", "task", "source"]
-LOGIN_HINT = "log in with `hf auth login`, or set HF_TOKEN to a token with write access"
-
-
-class PushError(StageError):
-    """The bench cannot be staged or uploaded; the message says why and what to do."""
-
-
-class PushRefused(PushError):
-    """The push would publish credentialed (MIMIC-CXR-derived) items."""
 
 
 @dataclass(frozen=True)
@@ -92,71 +94,6 @@ class PushOptions:
     progress: bool = True
     force: bool = False  # replace a stage folder holding files push-bench did not stage
     command: str = "medscout-data push-bench"  # what a concurrent run is told holds the lock
-
-
-@dataclass(frozen=True)
-class LocalFile:
-    """A file of the stage as the upload sees it."""
-
-    path_in_repo: str
-    local: Path
-    size: int
-    sha256: str
-
-
-@dataclass(frozen=True)
-class Stage:
-    """A staged repo folder, ready to upload."""
-
-    root: Path
-    repo_id: str
-    private: bool
-    revision: str | None
-    files: tuple[StagedFile, ...]
-    card: LocalFile
-    manifest_sha256: str
-    license: str
-    excluded: tuple[str, ...] = ()  # split shards left out by --exclude-mimic
-    removed: tuple[str, ...] = ()  # files push-bench had not staged, deleted under --force
-
-    @property
-    def includes_mimic(self) -> bool:
-        return any(f.restricted_rows for f in self.files)
-
-    @property
-    def restricted_rows(self) -> int:
-        return sum(f.restricted_rows for f in self.files)
-
-    @property
-    def commit_message(self) -> str:
-        return f"Upload Med-Scout-Bench (manifest sha256 {self.manifest_sha256})"
-
-    def local_files(self) -> list[LocalFile]:
-        """Everything to upload: the card and the data files (not the stage marker)."""
-        data = [LocalFile(f.path, self.root / f.path, f.size, f.sha256) for f in self.files]
-        return [self.card, *data]
-
-
-@dataclass(frozen=True)
-class PushResult:
-    """What an upload did."""
-
-    stage: Stage
-    uploaded: tuple[str, ...] = ()
-    deleted: tuple[str, ...] = ()
-    unchanged: tuple[str, ...] = ()
-    commit_url: str | None = None
-    remote_private: bool | None = None
-
-
-class HubApi(Protocol):
-    """The part of `huggingface_hub.HfApi` the upload uses (tests pass a stand-in)."""
-
-    def create_repo(self, repo_id: str, **kwargs: Any) -> Any: ...
-    def repo_info(self, repo_id: str, **kwargs: Any) -> Any: ...
-    def create_branch(self, repo_id: str, **kwargs: Any) -> Any: ...
-    def list_repo_tree(self, repo_id: str, **kwargs: Any) -> Iterable[Any]: ...
-    def create_commit(self, repo_id: str, operations: Iterable[Any], **kwargs: Any) -> Any: ...
 
 
 # --- what is MIMIC-derived ------------------------------------------------------------------
@@ -439,36 +376,6 @@ def _link_or_copy(source: Path, target: Path) -> None:
 # --- upload ---------------------------------------------------------------------------------
 
 
-def require_token() -> str:
-    """The token huggingface_hub resolves (HF_TOKEN, then the login cache); an error says how to log in."""
-    from huggingface_hub import get_token
-
-    token = get_token()
-    if not token:
-        raise PushError(f"no Hugging Face token found: {LOGIN_HINT} (or stage only with --dry-run)")
-    return token
-
-
-def hub_api(token: str) -> HubApi:
-    """The real Hub client."""
-    from huggingface_hub import HfApi, constants
-
-    if constants.is_offline_mode():
-        raise PushError("HF_HUB_OFFLINE is set: unset it to upload, or stage only with --dry-run")
-    return HfApi(token=token)
-
-
-def network_errors() -> tuple[type[BaseException], ...]:
-    """Exceptions that mean the Hub could not be reached or refused a request."""
-    from huggingface_hub.errors import HfHubHTTPError
-
-    errors: list[type[BaseException]] = [HfHubHTTPError, OSError]  # OSError: connection errors, timeouts
-    for module, name in (("httpx2", "HTTPError"), ("httpx", "HTTPError"), ("requests", "RequestException")):
-        if importlib.util.find_spec(module) is not None:
-            errors.append(getattr(importlib.import_module(module), name))
-    return tuple(errors)
-
-
 def push_bench(
     layout: Layout, options: PushOptions, api_factory: Callable[[str], HubApi] | None = None
 ) -> PushResult:
@@ -487,114 +394,3 @@ def push_bench(
             f"upload to {stage.repo_id} failed ({type(exc).__name__}: {message}); the stage {stage.root} "
             "is kept: rerun the same command to retry (unchanged files are not uploaded again)"
         ) from None
-
-
-def upload_stage(stage: Stage, api: HubApi) -> PushResult:
-    """Create the repo if missing and commit only what changed; no commit when nothing did."""
-    repo = stage.repo_id
-    api.create_repo(repo, repo_type=REPO_TYPE, private=stage.private, exist_ok=True)
-    remote_private = _check_remote(api, stage)
-    if stage.revision:
-        api.create_branch(repo, branch=stage.revision, repo_type=REPO_TYPE, exist_ok=True)
-    remote = remote_files(api, repo, stage.revision)
-    local = stage.local_files()
-    changed, unchanged, stale = plan_changes(local, remote)
-    if not changed and not stale:
-        log.info("%s is up to date: nothing to commit", repo)
-        return PushResult(stage, unchanged=tuple(unchanged), remote_private=remote_private)
-    operations = _operations(local, changed, stale)
-    info = api.create_commit(
-        repo,
-        operations=operations,
-        commit_message=stage.commit_message,
-        commit_description=_commit_description(stage),
-        repo_type=REPO_TYPE,
-        revision=stage.revision,
-    )
-    log.info("committed %d upload(s) and %d deletion(s) to %s", len(changed), len(stale), repo)
-    return PushResult(
-        stage,
-        uploaded=tuple(changed),
-        deleted=tuple(stale),
-        unchanged=tuple(unchanged),
-        commit_url=getattr(info, "commit_url", None),
-        remote_private=remote_private,
-    )
-
-
-def _check_remote(api: HubApi, stage: Stage) -> bool:
-    """The repo's visibility; refuses a public repo for MIMIC-derived items or a --private push."""
-    reported = getattr(api.repo_info(stage.repo_id, repo_type=REPO_TYPE), "private", None)
-    if reported is None:
-        raise PushRefused(f"{stage.repo_id}: the Hub did not say whether the repo is private; not pushing")
-    private = bool(reported)
-    if not private and stage.includes_mimic:
-        raise PushRefused(
-            f"{stage.repo_id} exists and is public, and this push holds {stage.restricted_rows} "
-            "MIMIC-CXR-derived item(s), which PhysioNet's terms forbid publishing; make the repo private "
-            "first, push to another (private) repo, or leave them out with --modality ct --modality mri"
-        )
-    if not private and stage.private:
-        raise PushRefused(
-            f"{stage.repo_id} exists and is public but --private was asked; pass --public to push to it, "
-            "or make it private first"
-        )
-    if private and not stage.private:
-        log.warning("%s exists and is private; it stays private (change it in its settings)", stage.repo_id)
-    return private
-
-
-def remote_files(api: HubApi, repo_id: str, revision: str | None) -> dict[str, Any]:
-    """path -> `RepoFile` of every file in the repo at `revision`."""
-    from huggingface_hub.hf_api import RepoFile
-
-    entries = api.list_repo_tree(repo_id, recursive=True, revision=revision, repo_type=REPO_TYPE)
-    return {entry.path: entry for entry in entries if isinstance(entry, RepoFile)}
-
-
-def plan_changes(local: list[LocalFile], remote: dict[str, Any]) -> tuple[list[str], list[str], list[str]]:
-    """(to upload, unchanged, stale remote data files to delete), by content, not by name."""
-    changed, unchanged = [], []
-    for f in local:
-        entry = remote.get(f.path_in_repo)
-        (unchanged if entry is not None and same_content(f, entry) else changed).append(f.path_in_repo)
-    names = {f.path_in_repo for f in local}
-    stale = sorted(p for p in remote if p.startswith(f"{DATA_DIR}/") and p not in names)
-    return changed, unchanged, stale
-
-
-def same_content(local: LocalFile, remote: Any) -> bool:
-    """LFS files compare by sha256, plain git files by blob id."""
-    if remote.lfs is not None:
-        return remote.lfs.sha256 == local.sha256
-    return remote.size == local.size and remote.blob_id == git_blob_id(local.local)
-
-
-def git_blob_id(path: Path, chunk: int = 1 << 20) -> str:
-    """The git object id of a file's content: sha1 of `blob <size>\\0<content>`."""
-    digest = hashlib.sha1(f"blob {path.stat().st_size}\0".encode())
-    with open(path, "rb") as handle:
-        while block := handle.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def _operations(local: list[LocalFile], changed: list[str], stale: list[str]) -> list[Any]:
-    from huggingface_hub import CommitOperationAdd, CommitOperationDelete
-
-    by_path = {f.path_in_repo: f for f in local}
-    adds = [CommitOperationAdd(path_in_repo=p, path_or_fileobj=str(by_path[p].local)) for p in changed]
-    return [*adds, *(CommitOperationDelete(path_in_repo=p) for p in stale)]
-
-
-def _commit_description(stage: Stage) -> str:
-    splits = sorted({f.split for f in stage.files})
-    modalities = [m for m in MODALITIES if any(f.modality == m for f in stage.files)]
-    return (
-        f"Med-Scout-Bench staged by medscout-data push-bench.\n\n"
-        f"- manifest.json sha256: {stage.manifest_sha256}\n"
-        f"- modalities: {', '.join(modalities)}\n"
-        f"- splits: {', '.join(splits)}\n"
-        f"- items: {sum(f.rows for f in stage.files)}\n"
-        f"- licence: {stage.license}\n"
-    )

@@ -24,7 +24,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from medscout_data.evaluation.score import Truth, completion_text, reward
+from medscout_data.evaluation.reward import Truth, completion_text, reward
 
 AVG_METRIC = "avg"
 TOTAL_METRIC = "total"

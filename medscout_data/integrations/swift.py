@@ -16,7 +16,7 @@ class attributes, not constructor arguments (ms-swift 3.x would fill a
 parameter named like one of its training args): `configured(profile, mode)`
 makes classes with other settings, and `register(orms, ...)` puts them in a
 registry. This module needs neither ms-swift nor anything beyond the scorer,
-so the exported `plugin.py` runs with the scorer copied beside it.
+so the exported `plugin.py` runs with the reward (`evaluation/reward.py`) copied beside it.
 
     from swift.rewards import orms                 # ms-swift 4.x (3.x: swift.plugin)
     from medscout_data.integrations.swift import register
@@ -28,7 +28,7 @@ from __future__ import annotations
 from collections.abc import MutableMapping, Sequence
 from typing import Any
 
-from medscout_data.evaluation.score import COMPONENTS, MODES, PROFILES, DenseGeometricReward
+from medscout_data.evaluation.reward import COMPONENTS, MODES, PROFILES, DenseGeometricReward
 
 REWARD_NAMES = {component: f"medscout_{component}" for component in COMPONENTS}
 CLASS_NAMES = {"accuracy": "MedScoutAccuracy", "format": "MedScoutFormat", "cot": "MedScoutCot"}

@@ -1,7 +1,9 @@
 """A private copy of the scorer for exported tool files, so they run where medscout-data is not installed.
 
-The ms-swift plugin, the lmms-eval task and the VLMEvalKit wrapper all score
-with `medscout_data.evaluation.score`. A training or evaluation box often has
+The ms-swift plugin and the lmms-eval task score with
+`medscout_data.evaluation.reward` (standard library only), the VLMEvalKit
+wrapper with `medscout_data.evaluation.score` (the reward plus per-cell
+tables). A training or evaluation box often has
 ms-swift or lmms-eval but not this package (whose own dependencies include
 SimpleITK, open_clip and FAISS). So `export` copies the exact source files the
 runtime modules import at module level (found from their `import` statements,

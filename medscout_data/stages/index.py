@@ -32,6 +32,9 @@ it is remade when any of them changes, and indices of two models never mix
 (each model has its own folder, and `load_neighbours` checks the model). Every
 writer holds a lock on the model's folder (ranks one each), and only files the
 stage wrote are ever removed.
+
+What the stage reads of the catalogue is `index_inputs.py`; the neighbours
+table (schema, rows, reading it back) is `neighbours.py`.
 """
 
 from __future__ import annotations
@@ -39,7 +42,6 @@ from __future__ import annotations
 import contextlib
 import errno
 import hashlib
-import itertools
 import json
 import logging
 import re
@@ -51,11 +53,6 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-import pyarrow as pa
-import pyarrow.parquet as pq
-
-from medscout_data.errors import StageError
 from medscout_data.layout import Layout
 from medscout_data.locking import stage_lock
 from medscout_data.ranks import MARKER_DIR, Rank, RankError, marker_path, require_all_ranks, write_marker
@@ -71,47 +68,31 @@ from medscout_data.stages.embedders import (
     resolve_model,
 )
 from medscout_data.stages.embeddings import EmbeddingStore, catalogue_blocks, embed_missing
-from medscout_data.stages.plan import BENCH, TRAIN, SubjectPlan, ensure_plan
-from medscout_data.stages.search import SEARCH_KINDS, SearchConfig, faiss_gpus, search_side
+from medscout_data.stages.index_inputs import (  # noqa: F401  (public names, importable from here)
+    CATALOGUE_COLUMNS,
+    ROW_KEY_COLUMNS,
+    IndexMismatch,
+    IndexStageError,
+    _catalogue_images,
+    _check_modality,
+    catalogue_fingerprint,
+    read_catalogue_images,
+    row_key,
+)
+from medscout_data.stages.neighbours import (  # noqa: F401  (public names, importable from here)
+    NEIGHBOUR_SCHEMA,
+    load_neighbours,
+    neighbour_table,
+    neighbours_metadata,
+)
+from medscout_data.stages.plan import SubjectPlan, ensure_plan
+from medscout_data.stages.search import SEARCH_KINDS, SearchConfig, faiss_gpus
 
 log = logging.getLogger(__name__)
 
 NEIGHBOURS = "neighbours.parquet"
 WORK_FILE = "work.json"  # in a rank's folder: the work it was started on
-NEIGHBOUR_SCHEMA = pa.schema(
-    [
-        ("image_id", pa.string()),
-        ("subject_id", pa.string()),
-        ("rank", pa.int32()),  # 1 = most similar
-        ("neighbour_id", pa.string()),
-        ("neighbour_subject_id", pa.string()),
-        ("score", pa.float32()),  # cosine similarity
-    ]
-)
-CATALOGUE_COLUMNS = [
-    "image_id",
-    "subject_id",
-    "path",
-    "view",
-    "window",
-    "height",
-    "width",
-    "body_fraction",
-    "pixel_spacing_mm",
-    "cache_file",
-    "cache_index",
-]
-# Catalogue columns that change when an image's rendered pixels change: part of the embedding key.
-ROW_KEY_COLUMNS = ("path", "view", "window", "height", "width", "body_fraction", "pixel_spacing_mm")
 _RANK_NAME = re.compile(r"rank-(\d+)-of-(\d+)(\.json)?")
-
-
-class IndexStageError(StageError):
-    """The index stage cannot run: no catalogue, bad options, an output that cannot be written."""
-
-
-class IndexMismatch(StageError):
-    """Neighbours that were made for another model or run than the one asked for."""
 
 
 @dataclass(frozen=True)
@@ -158,72 +139,7 @@ class IndexOptions:
 # ----------------------------------------------------------------------------- catalogue
 
 
-def read_catalogue_images(path: Path) -> list[dict[str, Any]]:
-    """The catalogue's rows (the columns index needs), sorted by image id, each with its `row_key`."""
-    table = pq.read_table(path, columns=CATALOGUE_COLUMNS)
-    rows = sorted(table.to_pylist(), key=lambda row: row["image_id"])
-    for before, after in itertools.pairwise(rows):
-        if before["image_id"] == after["image_id"]:
-            raise IndexStageError(f"{path}: image_id {after['image_id']!r} appears twice; re-run ingest")
-    for row in rows:
-        row["row_key"] = row_key(row)
-    return rows
-
-
-def row_key(row: dict[str, Any]) -> str:
-    """A short hash of the catalogue columns that shape an image's pixels."""
-    text = json.dumps([row[c] for c in ROW_KEY_COLUMNS], default=str)
-    return hashlib.sha256(text.encode()).hexdigest()[:16]
-
-
-def catalogue_fingerprint(rows: list[dict[str, Any]]) -> str:
-    """sha256 of (image id, subject, row key) of every row: what the neighbours depend on."""
-    digest = hashlib.sha256()
-    for row in rows:
-        digest.update(f"{row['image_id']}\x1f{row['subject_id']}\x1f{row['row_key']}\n".encode())
-    return digest.hexdigest()
-
-
 # ----------------------------------------------------------------------------- neighbours
-
-
-def neighbour_table(
-    images: list[dict[str, Any]],
-    vectors: np.ndarray,
-    plan: SubjectPlan,
-    k: int,
-    config: SearchConfig,
-) -> tuple[pa.Table, dict[str, Any]]:
-    """Neighbours of every image within its side of the plan, as a NEIGHBOUR_SCHEMA table."""
-    image_ids = np.array([row["image_id"] for row in images], dtype=object)
-    subjects = np.array([row["subject_id"] for row in images], dtype=object)
-    sides = np.array([plan.side(s) for s in subjects], dtype=object)
-    parts, stats = [], {"short_queries": 0, "no_neighbour_queries": 0, "sides": {}}
-    for side in (BENCH, TRAIN):
-        members = np.flatnonzero(sides == side)
-        _, groups = np.unique(subjects[members], return_inverse=True)
-        labels, scores, params = search_side(vectors[members], groups, k, config)
-        counts = (labels >= 0).sum(axis=1)
-        stats["short_queries"] += int((counts < k).sum())
-        stats["no_neighbour_queries"] += int((counts == 0).sum())
-        stats["sides"][side] = {**params, "queries": int(members.size)}
-        query, rank = np.nonzero(labels >= 0)
-        neighbour = members[labels[query, rank]]
-        parts.append(
-            pa.table(
-                {
-                    "image_id": pa.array(image_ids[members[query]], pa.string()),
-                    "subject_id": pa.array(subjects[members[query]], pa.string()),
-                    "rank": pa.array(rank + 1, pa.int32()),
-                    "neighbour_id": pa.array(image_ids[neighbour], pa.string()),
-                    "neighbour_subject_id": pa.array(subjects[neighbour], pa.string()),
-                    "score": pa.array(scores[query, rank], pa.float32()),
-                },
-                schema=NEIGHBOUR_SCHEMA,
-            )
-        )
-    table = pa.concat_tables(parts).sort_by([("image_id", "ascending"), ("rank", "ascending")])
-    return table, stats
 
 
 # ----------------------------------------------------------------------------- one run's inputs
@@ -620,62 +536,8 @@ def _read_json(path: Path) -> Any:
         return None
 
 
-def _catalogue_images(layout: Layout, modality: str) -> list[dict[str, Any]]:
-    catalogue = layout.catalogue(modality)
-    if not catalogue.is_file():
-        raise IndexStageError(
-            f"{catalogue}: no catalogue; run `medscout-data ingest --modality {modality}` first"
-        )
-    images = read_catalogue_images(catalogue)
-    if not images:
-        raise IndexStageError(f"{catalogue}: the catalogue has no images to index")
-    return images
-
-
-def _check_modality(modality: str) -> None:
-    if modality != "xray":
-        raise IndexStageError(
-            f"index is for X-ray only, got {modality!r}: CT/MRI references are slices of the same volume"
-        )
-
-
 def _is_current(path: Path, wanted: dict[str, str]) -> bool:
     if not path.is_file():
         return False
     metadata = read_file_metadata(path)
     return all(metadata.get(f"medscout.{key}") == value for key, value in wanted.items())
-
-
-def neighbours_metadata(path: Path) -> dict[str, str]:
-    """What made a neighbours table: model, weights, embedding_dim, search, k, plan and catalogue digests."""
-    prefix = "medscout."
-    return {k[len(prefix) :]: v for k, v in read_file_metadata(path).items() if k.startswith(prefix)}
-
-
-def load_neighbours(
-    path: Path, model: str | None = None, max_rank: int | None = None
-) -> dict[str, list[tuple[str, str, float]]]:
-    """image_id -> [(neighbour_id, neighbour_subject_id, score), ...], best first.
-
-    With `model`, a table made by another model is an `IndexMismatch`, never used.
-    """
-    if model is not None:
-        made_by = neighbours_metadata(path).get("model")
-        asked = parse_model_spec(model).resolved().text
-        if made_by != asked:
-            raise IndexMismatch(f"{path}: neighbours were made with model {made_by!r}, not {asked!r}")
-    table = pq.read_table(path)
-    if max_rank is not None:
-        import pyarrow.compute as pc
-
-        table = table.filter(pc.less_equal(table["rank"], max_rank))
-    out: dict[str, list[tuple[str, str, float]]] = defaultdict(list)
-    for image_id, neighbour, subject, score in zip(
-        table["image_id"].to_pylist(),
-        table["neighbour_id"].to_pylist(),
-        table["neighbour_subject_id"].to_pylist(),
-        table["score"].to_pylist(),
-        strict=True,
-    ):
-        out[image_id].append((neighbour, subject, score))
-    return dict(out)
