@@ -241,3 +241,16 @@ def test_absolute_paths_is_refused_for_formats_without_image_files(
     args = ["export", "--format", "verl", "--split", "bench", "--shards", str(split_shards)]
     result = CliRunner().invoke(cli, [*args, "--out", str(tmp_path / "v"), "--absolute-paths"])
     assert result.exit_code == 2 and "--absolute-paths is for --format swift/jsonl" in result.output
+
+
+def test_trainer_scorer_copy_is_the_pure_reward_only(split_shards: Path, tmp_path: Path) -> None:
+    out = tmp_path / "verl"
+    _export(split_shards, out, "verl")
+    copied = sorted(p.relative_to(out / "_medscout").as_posix() for p in (out / "_medscout").rglob("*.py"))
+    assert copied == [
+        "medscout_data/__init__.py",
+        "medscout_data/evaluation/__init__.py",
+        "medscout_data/evaluation/reward.py",
+        "medscout_data/integrations/__init__.py",
+        "medscout_data/integrations/trainer_rewards.py",
+    ]

@@ -1,7 +1,7 @@
 """The Dense Geometric Reward as TRL, verl and EasyR1 call a reward: no glue, no package needed.
 
 Each trainer calls its reward its own way; each entry point here is a thin
-adapter over the one scorer (`evaluation.score.reward`), so a response gets
+adapter over the one scorer (`evaluation.reward.reward`), so a response gets
 the same components whichever trainer asks:
 
 - TRL `GRPOTrainer(reward_funcs=trl_reward_funcs(profile, mode))`: one
@@ -28,7 +28,7 @@ import json
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from medscout_data.evaluation.score import DenseGeometricReward, Reward, reward
+from medscout_data.evaluation.reward import DenseGeometricReward, Reward, reward
 
 TRAINER_COMPONENTS = ("accuracy", "format", "cot")
 
