@@ -23,6 +23,9 @@ from medscout_data.shards import write_json_atomic
 
 T = TypeVar("T")
 MARKER_DIR = "_ranks"
+# Markers name ranks with five digits, and a merge checks one marker per rank: a world size past this is
+# a typo (or a runaway variable), never a job array (Slurm's own MaxArraySize defaults to 1001).
+MAX_WORLD_SIZE = 99_999
 
 
 class RankError(StageError):
@@ -37,21 +40,32 @@ class Rank:
     world_size: int = 1
 
     def __post_init__(self) -> None:
-        if self.world_size < 1 or not 0 <= self.rank < self.world_size:
-            raise RankError(f"--rank {self.rank} --world-size {self.world_size}: need 0 <= rank < world size")
+        if not 1 <= self.world_size <= MAX_WORLD_SIZE or not 0 <= self.rank < self.world_size:
+            raise RankError(
+                f"--rank {self.rank} --world-size {self.world_size}: need 0 <= rank < world size "
+                f"<= {MAX_WORLD_SIZE:,}"
+            )
 
     @classmethod
     def resolve(
         cls, rank: int | None = None, world_size: int | None = None, env: Mapping[str, str] = os.environ
     ) -> Rank:
         """The options given, else the Slurm array's variables, else a single process."""
+        given_size = world_size
         if world_size is None and env.get("SLURM_ARRAY_TASK_COUNT"):
             world_size = _env_int(env, "SLURM_ARRAY_TASK_COUNT")
         if rank is None and env.get("SLURM_ARRAY_TASK_ID") and world_size is not None:
             rank = _env_int(env, "SLURM_ARRAY_TASK_ID") - _env_int(env, "SLURM_ARRAY_TASK_MIN", 0)
         if (rank is None) != (world_size is None):
             raise RankError("give both --rank and --world-size (or run inside a Slurm job array)")
-        return cls(rank or 0, world_size or 1)
+        # None means "not given"; a given 0 (e.g. SLURM_ARRAY_TASK_COUNT=0) is refused, never read as 1
+        try:
+            return cls(0 if rank is None else rank, 1 if world_size is None else world_size)
+        except RankError as exc:
+            if given_size is None and env.get("SLURM_ARRAY_TASK_COUNT"):
+                names = "$SLURM_ARRAY_TASK_ID / $SLURM_ARRAY_TASK_MIN / $SLURM_ARRAY_TASK_COUNT"
+                raise RankError(f"{names} of this Slurm job array: {exc}") from None
+            raise
 
     @property
     def single(self) -> bool:

@@ -13,6 +13,10 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 # tests/tools drive ms-swift, lmms-eval and datasets 3.x in their own environments; they run from
 # `.ci/tools-test`, which builds those and sets MEDSCOUT_TOOL_TESTS=1. The main suite needs none of them.
 collect_ignore = [] if os.environ.get("MEDSCOUT_TOOL_TESTS") == "1" else ["tools"]
+# tests/slurm drive a real one-node Slurm that `.ci/slurm-up` starts (as root); `.ci/tools-test` runs
+# them after it, with MEDSCOUT_SLURM_TESTS=1.
+if os.environ.get("MEDSCOUT_SLURM_TESTS") != "1":
+    collect_ignore.append("slurm")
 
 
 @pytest.fixture(scope="session")

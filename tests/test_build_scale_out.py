@@ -135,6 +135,65 @@ def test_rank_settings_from_slurm_and_their_errors() -> None:
         Rank.resolve(1, None, env={})
 
 
+@pytest.mark.parametrize(
+    ("task_id", "count"), [("0", "0"), ("3", "0"), ("0", "1000000000000"), ("0", "100000")]
+)
+def test_an_empty_or_absurd_slurm_array_is_refused_in_one_line(task_id: str, count: str) -> None:
+    """A count of 0 was read as one process (the whole job in every task); a count in the trillions was
+    accepted, left a marker, and the merge then checked a marker per rank for ever."""
+    env = {"SLURM_ARRAY_TASK_ID": task_id, "SLURM_ARRAY_TASK_MIN": "0", "SLURM_ARRAY_TASK_COUNT": count}
+    with pytest.raises(RankError, match=r"SLURM_ARRAY_TASK_COUNT of this Slurm job array: .*<= 99,999"):
+        Rank.resolve(env=env)
+    with pytest.raises(RankError, match="world size <= 99,999"):
+        Rank.resolve(0, int(count) or 10**12, env={})
+
+
+def test_an_absurd_world_size_leaves_no_marker_and_the_merge_returns(
+    ingested: Path, tmp_path: Path, test_recipe: Path, sample_sources
+) -> None:
+    root = _copy(ingested, tmp_path, "absurd")
+    source = sample_sources["totalseg-ct"]
+    env = {**os.environ, "SLURM_ARRAY_TASK_ID": "0", "SLURM_ARRAY_TASK_MIN": "0"}
+    for count in ("0", "1000000000000"):
+        done = subprocess.run(
+            _build_args(root, test_recipe, source),
+            env=env | {"SLURM_ARRAY_TASK_COUNT": count},
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert done.returncode == 1 and "SLURM_ARRAY_TASK_COUNT" in done.stderr, done.stderr
+        assert "Traceback" not in done.stderr and len(done.stderr.strip().splitlines()) == 1
+    assert not list(root.rglob("_ranks/*.json")) and not list((root / "pool").rglob("*.parquet"))
+    merged = subprocess.run(
+        _build_args(root, test_recipe, source, "--merge"), capture_output=True, text=True, timeout=120
+    )
+    assert merged.returncode == 1 and "no ranked build to merge" in merged.stderr, merged.stderr
+
+
+def test_the_merge_ignores_the_array_variables_it_inherits(
+    ingested: Path, tmp_path: Path, test_recipe: Path, sample_sources
+) -> None:
+    """A merge submitted from inside array task 0 carries its SLURM_ARRAY_* variables; they are not
+    its --rank / --world-size (it stopped with "--merge runs once, after the ranks")."""
+    source = sample_sources["totalseg-ct"]
+    root = _copy(ingested, tmp_path, "inherit")
+    array = {"SLURM_ARRAY_TASK_MIN": "0", "SLURM_ARRAY_TASK_COUNT": "2"}
+    for rank in ("0", "1"):
+        env = {**os.environ, **array, "SLURM_ARRAY_TASK_ID": rank}
+        subprocess.run(_build_args(root, test_recipe, source), env=env, check=True, capture_output=True)
+    env = {**os.environ, **array, "SLURM_ARRAY_TASK_ID": "0"}
+    merged = subprocess.run(
+        _build_args(root, test_recipe, source, "--merge"), env=env, capture_output=True, text=True
+    )
+    assert merged.returncode == 0, merged.stderr
+    assert read_pool_record(Layout.at(root), "ct")["complete"]
+    given = subprocess.run(
+        _build_args(root, test_recipe, source, "--merge", "--world-size", "2"), capture_output=True, text=True
+    )
+    assert given.returncode == 2 and "give it no --rank / --world-size" in given.stderr
+
+
 def test_a_second_build_on_the_same_folder_fails_clearly(
     ingested: Path, tmp_path: Path, test_recipe: Path, sample_sources
 ) -> None:

@@ -110,11 +110,12 @@ def build(
         raise click.UsageError("--root names one modality's source; build one --modality at a time with it")
     try:
         config = load_recipe(recipe).with_seed(seed)
-        ranks = Rank.resolve(rank, world_size)
+        if merge and (rank is not None or world_size is not None):
+            raise click.UsageError("--merge runs once, after the ranks: give it no --rank / --world-size")
+        # the merge is one process even when submitted from inside an array task (its SLURM_ARRAY_* ignored)
+        ranks = Rank() if merge else Rank.resolve(rank, world_size)
     except (RecipeError, StageError) as exc:
         raise click.ClickException(str(exc)) from exc
-    if merge and not ranks.single:
-        raise click.UsageError("--merge runs once, after the ranks: give it no --rank / --world-size")
     layout = Layout.at(out)
     failed = False
     for modality in modalities:
