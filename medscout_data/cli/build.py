@@ -194,6 +194,18 @@ def _summary(report: dict, folder: Path, reports: Path) -> str:
                 f"  SHORT {task} {side} side: {short['made']} of {short['planned']} items "
                 f"({reasons}); to fill it: {short['advice']}"
             )
+    for task, sides in report.get("balance_short", {}).items():
+        for side, shorts in sides.items():
+            for short in shorts:
+                reasons = "; ".join(f"{r} ({n})" for r, n in list(short["reasons"].items())[:2])
+                lines.append(
+                    f"  UNBALANCED {task} {side} side: {short['choice']} made {short['made']} times, an even "
+                    f"share needs {short['needed']} ({reasons or 'its attempts went to other choices'}); "
+                    f"to fill it: {short['advice']}"
+                )
+    rejected = {t: r for t, r in report.get("rejected_attempts", {}).items() if r}
+    if rejected:
+        lines.append(f"  attempts rejected (and replaced), by rule: {rejected}")
     if report["skipped_by_reason"]:
         lines.append(f"  items not made: {report['skipped_by_reason']} (see {reports}/errors.parquet)")
     if report.get("ingest_skipped_by_reason"):

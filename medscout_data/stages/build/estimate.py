@@ -152,7 +152,7 @@ def _measure(cell: CellEstimate, specs: list[ItemSpec], cache: PixelReader, reci
         for index in np.sort(rng.permutation(len(pool))[:SAMPLE_PER_SIDE]).tolist():
             started = time.perf_counter()
             try:
-                row, attempt = make_item(pool[index], cache, recipe)
+                row, attempt, _ = make_item(pool[index], cache, recipe)
             except TaskRejected:
                 row, attempt = None, -1
             cell.seconds += time.perf_counter() - started
