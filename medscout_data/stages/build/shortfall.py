@@ -45,7 +45,8 @@ def rule_advice(rule: str, task: str, side: str, context: CellContext) -> str:
     recipe = context.recipe
     if rule == NOTHING_LEFT_RULE:
         return more_subjects(side, context) + _capacity_hint(task, recipe)
-    now = f"{rule} (now {rule_value(rule, recipe)})"
+    value = rule_value(rule, recipe)
+    now = f"{rule} (now {value:g})" if isinstance(value, float) else f"{rule} (now {value})"
     if rule == "scale.max_enlargement":
         return (
             f"the images are too small for the crops: raise {now}, lower scale.crop_size "
