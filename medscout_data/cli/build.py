@@ -208,6 +208,11 @@ def _summary(report: dict, folder: Path, reports: Path) -> str:
         lines.append(f"  attempts rejected (and replaced), by rule: {rejected}")
     if report["skipped_by_reason"]:
         lines.append(f"  items not made: {report['skipped_by_reason']} (see {reports}/errors.parquet)")
+    if report.get("duplicate_images"):
+        lines.append(
+            f"  duplicate images dropped at ingest (one kept of each): {report['duplicate_images']} "
+            "(both ids in the ingest report's errors.parquet)"
+        )
     if report.get("ingest_skipped_by_reason"):
         lines.append(f"  sources skipped at ingest: {report['ingest_skipped_by_reason']}")
     return "\n".join(lines)

@@ -36,6 +36,7 @@ from concurrent.futures.process import BrokenProcessPool
 from contextlib import ExitStack, contextmanager, suppress
 from pathlib import Path
 
+import pyarrow as pa
 import pyarrow.parquet as pq
 from tqdm import tqdm
 
@@ -433,6 +434,7 @@ def _assemble(
     (its unit changed, or its rank never ran it) stops the merge, naming it.
     """
     seen: set[str] = set()
+    first_of: dict[str, tuple[str, str]] = {}  # pixel digest -> (image id, subject) kept for it
     context = {k: info[k] for k in CONTEXT_KEYS}
     per_subject: dict[str, dict[str, int]] = {}
     with ShardWriter(path, CATALOGUE_SCHEMA, CATALOGUE_ROW_GROUP, metadata=info) as writer:
@@ -455,10 +457,36 @@ def _assemble(
             if duplicates or len(set(ids)) != len(ids):
                 raise IngestError(f"{part}: image ids repeat across units (e.g. {sorted(duplicates)[:3]})")
             seen.update(ids)
-            writer.write_table(table)
+            writer.write_table(drop_duplicates(table, first_of, report))
     if per_subject:
         report.info["slices_per_subject"] = per_subject
         report.info["slices_kept_summary"] = kept_summary(per_subject)
+
+
+def drop_duplicates(table: pa.Table, first_of: dict[str, tuple[str, str]], report: RunReport) -> pa.Table:
+    """The part's rows whose pixels no earlier row had; each dropped one is a `duplicate-image` skip
+    naming both ids (the first in unit order is kept: the same for any worker count or rank split).
+
+    One radiograph under two patient ids would otherwise make byte-identical
+    items, and put the same pixels on both sides of the subject partition.
+    """
+    keep = []
+    columns = ("image_id", "subject_id", "path", "pixel_sha256")
+    for image_id, subject, path, digest in zip(*(table.column(c).to_pylist() for c in columns), strict=True):
+        first = first_of.setdefault(digest, (image_id, subject)) if digest else (image_id, subject)
+        keep.append(first == (image_id, subject))
+        if keep[-1]:
+            continue
+        report.skips.append(
+            Skip(
+                path,
+                "duplicate-image",
+                f"{path}: image {image_id} (subject {subject}) has the same pixels as image {first[0]} "
+                f"(subject {first[1]}); kept {first[0]} only",
+            )
+        )
+        report.count("duplicate_images")
+    return table if all(keep) else table.filter(pa.array(keep))
 
 
 def _slice_counts(counts: Counter[str]) -> dict[str, int]:

@@ -44,7 +44,15 @@ from medscout_data.recipe import IngestConfig
 from medscout_data.report import Skip
 from medscout_data.seeding import stable_rank
 from medscout_data.sources import dicom
-from medscout_data.sources.base import InputError, Job, Listing, Unit, UnitResult, write_unit_part
+from medscout_data.sources.base import (
+    InputError,
+    Job,
+    Listing,
+    Unit,
+    UnitResult,
+    pixel_digest,
+    write_unit_part,
+)
 from medscout_data.sources.detect import JPG_METADATA, RECORD_LIST, SPLIT_CSV, SUFFIXES, image_folder
 from medscout_data.sources.masks import fill_holes, largest_component
 
@@ -426,4 +434,5 @@ def _row(
         "crop_x": 0,
         "crop_y": 0,
         "meta": json.dumps(meta, sort_keys=True, ensure_ascii=False),
+        "pixel_sha256": pixel_digest(image),
     }

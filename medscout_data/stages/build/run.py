@@ -382,6 +382,7 @@ class _Build:
         made_now = sum(r.items for r in self.results)
         report.info["items_per_second"] = round(made_now / max(report.info["make_seconds"], 1e-9), 1)
         report.info["ingest_skipped_by_reason"] = _ingest_skips(self.layout, self.options.modality)
+        report.info["duplicate_images"] = report.info["ingest_skipped_by_reason"].get("duplicate-image", 0)
 
     def _account(self, run: TaskRun) -> dict[str, int]:
         made = {BENCH: 0, TRAIN: 0}
