@@ -60,6 +60,7 @@ from medscout_data.sources.base import (
     unit_hash,
 )
 from medscout_data.sources.detect import check_source, detect_source, source_fingerprint
+from medscout_data.sources.releases import source_release
 from medscout_data.workers import process_pool
 
 log = logging.getLogger(__name__)
@@ -420,13 +421,21 @@ def _finish(
     """Assemble the catalogue from current parts, prune what ingest no longer needs, write the report."""
     catalogue = layout.catalogue(modality)
     report.info["catalogue"] = str(catalogue)
-    _assemble(listing, layout.catalogue_dir(modality) / "parts", catalogue, info, report, world)
+    release, evidence = source_release(Path(info["source_root"]), info["source_kind"], listing.keys)
+    report.info["source_release"] = {"release": release, "evidence": evidence}
+    _assemble(listing, layout.catalogue_dir(modality) / "parts", catalogue, info, report, world, release)
     _prune(layout.catalogue_dir(modality) / "parts", layout.cache_dir(modality), listing, report)
     report.write(layout.catalogue_dir(modality))
 
 
 def _assemble(
-    listing: Listing, parts: Path, path: Path, info: dict[str, str], report: RunReport, world: int
+    listing: Listing,
+    parts: Path,
+    path: Path,
+    info: dict[str, str],
+    report: RunReport,
+    world: int,
+    release: str = "",
 ) -> None:
     """Concatenate the parts in unit order into the catalogue, and gather their skips and counts.
 
@@ -457,10 +466,18 @@ def _assemble(
             if duplicates or len(set(ids)) != len(ids):
                 raise IngestError(f"{part}: image ids repeat across units (e.g. {sorted(duplicates)[:3]})")
             seen.update(ids)
-            writer.write_table(drop_duplicates(table, first_of, report))
+            writer.write_table(_with_release(drop_duplicates(table, first_of, report), release))
     if per_subject:
         report.info["slices_per_subject"] = per_subject
         report.info["slices_kept_summary"] = kept_summary(per_subject)
+
+
+def _with_release(table: pa.Table, release: str) -> pa.Table:
+    """The rows with the source's release, and an empty view source where a unit left none."""
+    column = pa.array([release] * table.num_rows, pa.string())
+    table = table.set_column(table.schema.get_field_index("source_release"), "source_release", column)
+    position = table.schema.get_field_index("view_source")
+    return table.set_column(position, "view_source", table.column(position).fill_null(""))
 
 
 def drop_duplicates(table: pa.Table, first_of: dict[str, tuple[str, str]], report: RunReport) -> pa.Table:
