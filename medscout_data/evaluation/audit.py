@@ -186,9 +186,10 @@ class ItemRecord:
     features: list[tuple[float, float]] = field(default_factory=list)  # scale: (sharpness, noise)
 
 
-def record_item(row: dict[str, Any]) -> ItemRecord:
+def record_item(row: dict[str, Any], classical: Any = None) -> ItemRecord:
     """Decode one bench row and run every probe on it; `UnsupportedItem` / `ImageDecodeError`
-    when it cannot be audited."""
+    when it cannot be audited. `classical` (evaluation/classical.py) answers the `classical`
+    row with the solver it learnt for the cell on the train side."""
     try:
         truth = Truth.from_item(row)
     except (KeyError, TypeError, ValueError) as exc:
@@ -204,6 +205,8 @@ def record_item(row: dict[str, Any]) -> ItemRecord:
         chance=chance_accuracy(shape, truth, row["id"]),
         answers=probe_answers(shape, images),
     )
+    if classical is not None:
+        record.answers["classical"] = classical.answer(row, shape, images)
     if row["task"] == "scale":
         record.levels = [int(v) for v in json.loads(row["target"])["levels"]]
         record.features = crop_features(images)
@@ -401,7 +404,8 @@ def audit_source(location: str | Path) -> BenchSource:
     path = Path(location)
     if (path / "manifest.json").is_file() and (path / "bench").is_dir():
         files = tuple(verified_shards(Layout.at(path), "bench"))
-        return BenchSource(str(location), files=files)
+        train = tuple(sorted((path / "train").glob("*/*/train-*.parquet")))  # `classical` learns there
+        return BenchSource(str(location), files=files, train_files=train)
     try:
         return resolve_bench(location)
     except ScoreError as exc:
@@ -415,12 +419,16 @@ def audit_bench(
     `report` and left out."""
     source = location if isinstance(location, BenchSource) else audit_source(location)
     report = report if report is not None else RunReport("audit")
+    from medscout_data.evaluation.classical import ClassicalBaseline  # it imports this module
+
+    classical = ClassicalBaseline.from_source(source)
+    report.info["classical_from"] = classical.origin
     by_cell: dict[str, list[ItemRecord]] = defaultdict(list)
     rows = iter_rows(source, [*META_COLUMNS, "images"])
     for where, row in tqdm(rows, desc="audit", unit="item", disable=not progress):
         report.count("items")
         try:
-            record = record_item(row)
+            record = record_item(row, classical)
         except (ImageDecodeError, UnsupportedItem, cv2.error) as exc:
             report.skip(f"{where}#{row['id']}", type(exc).__name__, f"{where}: item {row['id']}: {exc}")
             continue

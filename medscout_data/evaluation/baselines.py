@@ -9,8 +9,10 @@
   bench comes with one (`<shards>/train/`); otherwise from the bench's own
   truths, which is an ORACLE prior (it has seen the answers) and is reported
   as such.
-- `classical`: computer-vision solvers, no learning, each the strongest the
-  shortcut audit (evaluation/audit.py) measures for its task. Scale: OpenCV
+- `classical`: per modality x task x variant, the strongest of the shortcut
+  audit's solvers (evaluation/audit.py), chosen with its thresholds on the
+  train side (evaluation/classical.py); without a train side, the fixed
+  solvers below. Scale: OpenCV
   template matching of each crop, resized to every candidate level's size,
   in the full image; the best level and location win. Jigsaw: every
   non-identity permutation scored by the discontinuity of the seams it would
@@ -415,7 +417,10 @@ def decode_images(row: dict[str, Any]) -> list[np.ndarray]:
 
 
 def _answer(
-    row: dict[str, Any], options: BaselineOptions, prior: dict[tuple[str, str, str], str] | None
+    row: dict[str, Any],
+    options: BaselineOptions,
+    prior: dict[tuple[str, str, str], str] | None,
+    classical: Any = None,
 ) -> str:
     try:
         truth = Truth.from_item(row)  # counts and grid only: the question states them
@@ -431,7 +436,8 @@ def _answer(
         if prior is None or (key not in prior and fallback not in prior):
             raise UnsupportedItem(f"the prior has no {row['task']} {variant} items")
         return prior.get(key) or prior[fallback]
-    return classical_answer(shape, decode_images(row))
+    images = decode_images(row)
+    return classical.answer(row, shape, images) if classical else classical_answer(shape, images)
 
 
 def run_baseline(
@@ -450,11 +456,19 @@ def run_baseline(
     if options.name == "prior":
         prior, origin = load_prior(source)
         report.info["prior_from"] = origin
+    classical = None
+    if options.name == "classical":  # the strongest of the audit's solvers per cell, learnt on train
+        from medscout_data.evaluation.classical import ClassicalBaseline  # audit imports this module
+
+        classical = ClassicalBaseline.from_source(source)
+        report.info["classical_from"] = classical.origin
+        report.info["classical_choice"] = classical.summary()
     columns = META_COLUMNS + (["images"] if options.name == "classical" else [])
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     with atomic_writer(out) as handle:
-        _write_answers(handle, iter_rows(source, columns), count_rows(source), options, prior, report)
+        rows = iter_rows(source, columns)
+        _write_answers(handle, rows, count_rows(source), options, prior, report, classical)
     return report
 
 
@@ -465,12 +479,13 @@ def _write_answers(
     options: BaselineOptions,
     prior: dict[tuple[str, str, str], str] | None,
     report: RunReport,
+    classical: Any = None,
 ) -> None:
     bar = tqdm(rows, total=total, desc=f"baseline {options.name}", unit="item", disable=not options.progress)
     for where, row in bar:
         report.count("items")
         try:
-            response = _answer(row, options, prior)
+            response = _answer(row, options, prior, classical)
         except (ImageDecodeError, UnsupportedItem, cv2.error) as exc:
             report.skip(f"{where}#{row['id']}", type(exc).__name__, f"{where}: item {row['id']}: {exc}")
             continue
