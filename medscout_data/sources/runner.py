@@ -443,7 +443,7 @@ def _assemble(
     (its unit changed, or its rank never ran it) stops the merge, naming it.
     """
     seen: set[str] = set()
-    first_of: dict[str, tuple[str, str]] = {}  # pixel digest -> (image id, subject) kept for it
+    first_of: dict[str, tuple[str, str, str]] = {}  # pixel digest -> (image, subject, source) kept
     context = {k: info[k] for k in CONTEXT_KEYS}
     per_subject: dict[str, dict[str, int]] = {}
     with ShardWriter(path, CATALOGUE_SCHEMA, CATALOGUE_ROW_GROUP, metadata=info) as writer:
@@ -480,18 +480,23 @@ def _with_release(table: pa.Table, release: str) -> pa.Table:
     return table.set_column(position, "view_source", table.column(position).fill_null(""))
 
 
-def drop_duplicates(table: pa.Table, first_of: dict[str, tuple[str, str]], report: RunReport) -> pa.Table:
-    """The part's rows whose pixels no earlier row had; each dropped one is a `duplicate-image` skip
-    naming both ids (the first in unit order is kept: the same for any worker count or rank split).
+def drop_duplicates(
+    table: pa.Table, first_of: dict[str, tuple[str, str, str]], report: RunReport
+) -> pa.Table:
+    """The part's rows whose pixels no other source's earlier row had; each dropped one is a
+    `duplicate-image` skip naming both ids (the first in unit order is kept: the same for any
+    worker count or rank split).
 
-    One radiograph under two patient ids would otherwise make byte-identical
-    items, and put the same pixels on both sides of the subject partition.
+    One radiograph under two patient ids (or one volume under two) would otherwise make
+    byte-identical items, and could put the same pixels on both sides of the subject partition.
+    Identical slices of one volume (a phantom constant along z) are that volume's own and kept.
     """
     keep = []
-    columns = ("image_id", "subject_id", "path", "pixel_sha256")
-    for image_id, subject, path, digest in zip(*(table.column(c).to_pylist() for c in columns), strict=True):
-        first = first_of.setdefault(digest, (image_id, subject)) if digest else (image_id, subject)
-        keep.append(first == (image_id, subject))
+    columns = ("image_id", "subject_id", "source_id", "path", "pixel_sha256")
+    values = zip(*(table.column(c).to_pylist() for c in columns), strict=True)
+    for image_id, subject, source_id, path, digest in values:
+        first = first_of.setdefault(digest, (image_id, subject, source_id)) if digest else None
+        keep.append(first is None or first[0] == image_id or first[2] == source_id)
         if keep[-1]:
             continue
         report.skips.append(

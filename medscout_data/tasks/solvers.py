@@ -42,12 +42,12 @@ def pair_costs(pieces: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
     and the scanner's and the resampling's blur), across a false one they are
     not. Smoothing first would throw that evidence away.
     """
-    n = len(pieces)
-    lr, tb = np.zeros((n, n)), np.zeros((n, n))
-    for a in range(n):
-        for b in range(n):
-            lr[a, b] = float(np.abs(pieces[a][:, -1] - pieces[b][:, 0]).mean())
-            tb[a, b] = float(np.abs(pieces[a][-1] - pieces[b][0]).mean())
+    right = np.stack([p[:, -1] for p in pieces]).astype(np.float64)  # (tiles, height)
+    left = np.stack([p[:, 0] for p in pieces]).astype(np.float64)
+    bottom = np.stack([p[-1] for p in pieces]).astype(np.float64)  # (tiles, width)
+    top = np.stack([p[0] for p in pieces]).astype(np.float64)
+    lr = np.abs(right[:, None, :] - left[None, :, :]).mean(axis=2)
+    tb = np.abs(bottom[:, None, :] - top[None, :, :]).mean(axis=2)
     return lr, tb
 
 
@@ -113,7 +113,7 @@ def arrangement_costs(pieces: Sequence[np.ndarray], grid: int, candidates: np.nd
 def solution_margin(tiles_in_order: Sequence[np.ndarray], grid: int) -> float:
     """How much more the solver's best wrong arrangement of an image's tiles costs than the truth
     (tiles in reading order, as cut from the unshuffled image); <= 0: the solver prefers a wrong one."""
-    pieces = [np.asarray(t, np.float32) for t in tiles_in_order]
+    pieces = list(tiles_in_order)
     candidates = np.array(list(itertools.permutations(range(grid * grid))), np.int64)  # identity first
     costs = arrangement_costs(pieces, grid, candidates)
     return float(costs[1:].min() - costs[0])
