@@ -87,6 +87,9 @@ class IngestConfig:
     # X-ray subjects get one image each in a seeded order, then a second, ...
     max_images: int = 0
     slab_step_mm: float = 6.0
+    # Keep one of identical images of different sources (one radiograph under two patient ids);
+    # the others are recorded as `duplicate-image` (sources/runner.py).
+    drop_duplicates: bool = True
 
 
 @dataclass(frozen=True)

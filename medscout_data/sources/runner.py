@@ -194,7 +194,7 @@ def run_ingest(
         _run(jobs, workers, bar)
         bar.close()
         if rank.single:
-            _finish(layout, modality, listing, info, report)
+            _finish(layout, modality, listing, info, report, drop=recipe.ingest.drop_duplicates)
         else:
             marker = write_marker(
                 layout.catalogue_dir(modality), rank, _work_digest(info, listing), report.as_dict()
@@ -237,7 +237,7 @@ def merge_ranks(
         )
         require_all_ranks(folder, world, digest, rerun)
         report.info["world_size"] = world
-        _finish(layout, modality, listing, info, report, world)
+        _finish(layout, modality, listing, info, report, world, recipe.ingest.drop_duplicates)
     return report
 
 
@@ -416,14 +416,21 @@ def _collect(pending: set[Future[str]], bar: tqdm, when: str) -> set[Future[str]
 
 
 def _finish(
-    layout: Layout, modality: str, listing: Listing, info: dict[str, str], report: RunReport, world: int = 1
+    layout: Layout,
+    modality: str,
+    listing: Listing,
+    info: dict[str, str],
+    report: RunReport,
+    world: int = 1,
+    drop: bool = True,
 ) -> None:
     """Assemble the catalogue from current parts, prune what ingest no longer needs, write the report."""
     catalogue = layout.catalogue(modality)
     report.info["catalogue"] = str(catalogue)
     release, evidence = source_release(Path(info["source_root"]), info["source_kind"], listing.keys)
     report.info["source_release"] = {"release": release, "evidence": evidence}
-    _assemble(listing, layout.catalogue_dir(modality) / "parts", catalogue, info, report, world, release)
+    parts = layout.catalogue_dir(modality) / "parts"
+    _assemble(listing, parts, catalogue, info, report, world, release, drop)
     _prune(layout.catalogue_dir(modality) / "parts", layout.cache_dir(modality), listing, report)
     report.write(layout.catalogue_dir(modality))
 
@@ -436,6 +443,7 @@ def _assemble(
     report: RunReport,
     world: int,
     release: str = "",
+    drop: bool = True,
 ) -> None:
     """Concatenate the parts in unit order into the catalogue, and gather their skips and counts.
 
@@ -466,7 +474,9 @@ def _assemble(
             if duplicates or len(set(ids)) != len(ids):
                 raise IngestError(f"{part}: image ids repeat across units (e.g. {sorted(duplicates)[:3]})")
             seen.update(ids)
-            writer.write_table(_with_release(drop_duplicates(table, first_of, report), release))
+            if drop:
+                table = drop_duplicates(table, first_of, report)
+            writer.write_table(_with_release(table, release))
     if per_subject:
         report.info["slices_per_subject"] = per_subject
         report.info["slices_kept_summary"] = kept_summary(per_subject)
