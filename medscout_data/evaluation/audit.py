@@ -17,8 +17,9 @@ official accuracy) the answers of:
 - anomaly: `seams` (the most seam-like candidate cell, the classical
   solver) and `intensity` (the candidate whose border shows the most
   consistent brightness step: a pure intensity-jump cue);
-- `classical`: the `classical` baseline's own answers (template matching for
-  scale), the no-learning ceiling beside the shortcuts.
+- `classical`: the `classical` baseline's own answers: per cell the solver
+  above that scored best on the train side (evaluation/classical.py), the
+  no-learning ceiling beside the shortcuts.
 
 Learnt parts (the prior's constant, the probes' thresholds and direction)
 are cross-fitted: learnt on one half of the cell's items (alternate items in
