@@ -10,8 +10,8 @@ from pathlib import Path
 import numpy as np
 from benchfixture import bench_rows, write_manifest, write_side
 
-from medscout_data.evaluation.audit import audit_bench
-from medscout_data.evaluation.baselines import BaselineOptions, run_baseline
+from medscout_data.evaluation.baselines import BaselineOptions
+from medscout_data.evaluation.classical import audit, run_classical
 from medscout_data.evaluation.score import Truth, accuracy_reward
 from medscout_data.recipe import load_recipe
 from medscout_data.tasks.geometry import non_identity_permutations
@@ -65,13 +65,13 @@ def _accuracy(predictions: Path, bench: list[dict]) -> float:
 def test_classical_takes_the_centroid_where_seams_assemble_the_wrong_arrangement(tmp_path: Path) -> None:
     bench = _jigsaw_rows(8, seed=0)
     root = _write(tmp_path / "shards", bench, _jigsaw_rows(8, seed=100))
-    report = run_baseline(root, tmp_path / "classical.jsonl", BaselineOptions("classical", progress=False))
+    report = run_classical(root, tmp_path / "classical.jsonl", BaselineOptions("classical", progress=False))
     choice = report.info["classical_choice"]["ct/jigsaw"]
     assert report.info["classical_from"] == "train"
     assert choice["solver"] == "centroid" and choice["train_accuracy"]["seams"] < 0.5
     assert _accuracy(tmp_path / "classical.jsonl", bench) == 1.0
     # the audit's classical row is the same solver, and no probe beats it
-    probes = audit_bench(root, progress=False).cells["ct/jigsaw"].probes
+    probes = audit(root, progress=False).cells["ct/jigsaw"].probes
     assert probes["seams"].accuracy < 0.5
     assert probes["classical"].accuracy == 1.0
     assert all(probes["classical"].accuracy >= p.accuracy for p in probes.values())
@@ -83,6 +83,6 @@ def test_classical_learns_on_the_train_side_never_on_the_bench(tmp_path: Path) -
     bench = _jigsaw_rows(6, seed=0)
     phantom = bench_rows(("ct",), per_cell=6, seed=1)["ct"]["jigsaw"]
     root = _write(tmp_path / "shards", bench, phantom)
-    report = run_baseline(root, tmp_path / "classical.jsonl", BaselineOptions("classical", progress=False))
+    report = run_classical(root, tmp_path / "classical.jsonl", BaselineOptions("classical", progress=False))
     assert report.info["classical_choice"]["ct/jigsaw"]["solver"] == "seams"
     assert _accuracy(tmp_path / "classical.jsonl", bench) < 0.5

@@ -414,16 +414,17 @@ def audit_source(location: str | Path) -> BenchSource:
 
 
 def audit_bench(
-    location: str | Path | BenchSource, progress: bool = True, report: RunReport | None = None
+    location: str | Path | BenchSource,
+    progress: bool = True,
+    report: RunReport | None = None,
+    classical: Any = None,
 ) -> AuditResult:
     """Run every probe on every item of a bench; items that cannot be decoded are recorded in
-    `report` and left out."""
+    `report` and left out. `classical` (evaluation/classical.py: `audit` passes the solver choice
+    it learnt on the train side) answers the `classical` row; without it, the fixed solvers do."""
     source = location if isinstance(location, BenchSource) else audit_source(location)
     report = report if report is not None else RunReport("audit")
-    from medscout_data.evaluation.classical import ClassicalBaseline  # it imports this module
-
-    classical = ClassicalBaseline.from_source(source)
-    report.info["classical_from"] = classical.origin
+    report.info["classical_from"] = getattr(classical, "origin", "fixed")
     by_cell: dict[str, list[ItemRecord]] = defaultdict(list)
     rows = iter_rows(source, [*META_COLUMNS, "images"])
     for where, row in tqdm(rows, desc="audit", unit="item", disable=not progress):

@@ -441,9 +441,16 @@ def _answer(
 
 
 def run_baseline(
-    bench: str | Path, out: str | Path, options: BaselineOptions, report: RunReport | None = None
+    bench: str | Path | BenchSource,
+    out: str | Path,
+    options: BaselineOptions,
+    report: RunReport | None = None,
+    classical: Any = None,
 ) -> RunReport:
     """Write one JSONL prediction (`id`, `response`) per bench item to `out`, atomically.
+
+    `classical` is the per-cell solver choice of `evaluation.classical` (its `run_classical`
+    learns it on the train side and passes it); without it `classical` uses the fixed solvers.
 
     An item a baseline cannot answer (undecodable image, unsupported grid)
     is recorded in the report and gets no line; scoring counts it as missing.
@@ -451,18 +458,14 @@ def run_baseline(
     if options.name not in BASELINES:
         raise BaselineError(f"unknown baseline {options.name!r}; use one of {', '.join(BASELINES)}")
     report = report or RunReport(f"baseline-{options.name}")
-    source = resolve_bench(bench)
+    source = bench if isinstance(bench, BenchSource) else resolve_bench(bench)
     prior = None
     if options.name == "prior":
         prior, origin = load_prior(source)
         report.info["prior_from"] = origin
-    classical = None
-    if options.name == "classical":  # the strongest of the audit's solvers per cell, learnt on train
-        from medscout_data.evaluation.classical import ClassicalBaseline  # audit imports this module
-
-        classical = ClassicalBaseline.from_source(source)
-        report.info["classical_from"] = classical.origin
-        report.info["classical_choice"] = classical.summary()
+    if options.name == "classical":
+        report.info["classical_from"] = getattr(classical, "origin", "fixed")
+        report.info["classical_choice"] = classical.summary() if classical is not None else {}
     columns = META_COLUMNS + (["images"] if options.name == "classical" else [])
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -19,12 +19,16 @@ import logging
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import cv2
 import numpy as np
 
 from medscout_data.evaluation.audit import (
+    AuditResult,
+    audit_bench,
+    audit_source,
     crop_features,
     fit_threshold,
     probe_answers,
@@ -32,16 +36,19 @@ from medscout_data.evaluation.audit import (
 from medscout_data.evaluation.baselines import (
     META_COLUMNS,
     AnswerShape,
+    BaselineOptions,
     UnsupportedItem,
     answer_shape,
     classical_answer,
     constant_answer,
     decode_images,
     iter_rows,
+    run_baseline,
     tier_text,
 )
-from medscout_data.evaluation.score import BenchSource, Truth, accuracy_reward
+from medscout_data.evaluation.score import BenchSource, Truth, accuracy_reward, resolve_bench
 from medscout_data.imaging import ImageDecodeError
+from medscout_data.report import RunReport
 
 log = logging.getLogger(__name__)
 
@@ -177,3 +184,23 @@ class ClassicalBaseline:
             }
             for key, learnt in sorted(self.learnt.items())
         }
+
+
+def run_classical(
+    bench: str | Path | BenchSource,
+    out: str | Path,
+    options: BaselineOptions,
+    report: RunReport | None = None,
+) -> RunReport:
+    """`run_baseline` for any baseline, with `classical` learnt on the bench's train side first."""
+    source = bench if isinstance(bench, BenchSource) else resolve_bench(bench)
+    chooser = ClassicalBaseline.from_source(source) if options.name == "classical" else None
+    return run_baseline(source, out, options, report, classical=chooser)
+
+
+def audit(
+    location: str | Path | BenchSource, progress: bool = True, report: RunReport | None = None
+) -> AuditResult:
+    """The shortcut audit whose `classical` row is the solver learnt per cell on the train side."""
+    source = location if isinstance(location, BenchSource) else audit_source(location)
+    return audit_bench(source, progress, report, ClassicalBaseline.from_source(source))
