@@ -116,6 +116,17 @@ def test_build_reports_an_anomaly_cell_it_cannot_balance_and_split_names_it(
     assert any("ct/anomaly bench side" in w and "cell 10 0 times" in w for w in warnings), warnings
 
 
+def test_build_cli_prints_an_unbalanced_bench_side_and_fails(
+    tmp_path: Path, test_recipe: Path, sample_sources, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _posterior_fossa(monkeypatch)
+    args = ["build", "--modality", "ct", "--root", str(sample_sources["totalseg-ct"]), "--task", "anomaly"]
+    result = CliRunner().invoke(cli, [*args, "--recipe", str(test_recipe), "--out", str(tmp_path), "--quiet"])
+    assert result.exit_code == 1, result.output
+    assert "UNBALANCED anomaly bench side: cell 9 made 0 times, an even share needs 1" in result.output
+    assert "out of anomaly.cells (now [5, 6, 9, 10])" in result.output
+
+
 def test_a_balanced_build_reports_no_balance_shortfall(built_pool: Path) -> None:
     for modality in ("ct", "mri", "xray"):
         assert read_pool_record(Layout.at(built_pool), modality)["balance_short"] == {}

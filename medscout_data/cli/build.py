@@ -158,6 +158,8 @@ def build(
             continue
         click.echo(_summary(report.as_dict(), layout.pool_dir(modality), layout.build_report_dir(modality)))
         failed |= bool(report.info.get("shortfall"))
+        # a bench side that cannot be balanced fails `validate` later: say so now, as for a short cell
+        failed |= any("bench" in sides for sides in report.info.get("balance_short", {}).values())
     sys.exit(1 if failed else 0)
 
 
