@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from collections import Counter
 from pathlib import Path
 
@@ -130,3 +131,17 @@ def test_build_cli_prints_an_unbalanced_bench_side_and_fails(
 def test_a_balanced_build_reports_no_balance_shortfall(built_pool: Path) -> None:
     for modality in ("ct", "mri", "xray"):
         assert read_pool_record(Layout.at(built_pool), modality)["balance_short"] == {}
+
+
+def test_dry_run_names_the_rule_that_rejects_a_cell(
+    built_pool: Path, test_recipe: Path, tmp_path: Path
+) -> None:
+    root = tmp_path / "copy"
+    for folder in ("catalogue", "cache", "plan"):
+        shutil.copytree(built_pool / folder, root / folder)
+    recipe = recipe_variant(tmp_path, test_recipe, "crop_size = 256")
+    args = ["build", "--modality", "ct", "--out", str(root), "--recipe", str(recipe), "--dry-run"]
+    result = CliRunner().invoke(cli, [*args, "--task", "scale"])
+    assert result.exit_code == 0, result.output
+    assert "what rejected their attempts: scale.max_enlargement (now 3)" in result.output, result.output
+    assert "min_anatomy_fraction" not in result.output

@@ -40,13 +40,18 @@ def rule_value(rule: str, recipe: Recipe) -> Any:
     return list(value) if isinstance(value, tuple) else value
 
 
+def shown_value(rule: str, recipe: Recipe) -> str:
+    """The rule's current value as the recipe would write it (3, not 3.0)."""
+    value = rule_value(rule, recipe)
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
 def rule_advice(rule: str, task: str, side: str, context: CellContext) -> str:
     """What would let items through `rule`, with the rule's current value."""
     recipe = context.recipe
     if rule == NOTHING_LEFT_RULE:
         return more_subjects(side, context) + _capacity_hint(task, recipe)
-    value = rule_value(rule, recipe)
-    now = f"{rule} (now {value:g})" if isinstance(value, float) else f"{rule} (now {value})"
+    now = f"{rule} (now {shown_value(rule, recipe)})"
     if rule == "scale.max_enlargement":
         return (
             f"the images are too small for the crops: raise {now}, lower scale.crop_size "
