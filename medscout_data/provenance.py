@@ -14,12 +14,16 @@ import json
 
 
 def source_dataset(source: str | None) -> str | None:
-    """The `dataset` named in an item's `source` JSON, or None when absent or unreadable."""
+    """The `dataset` named in an item's `source` JSON with its `release` when known
+    (`totalseg v2`), or None when absent or unreadable."""
     try:
-        value = json.loads(source or "").get("dataset")
+        info = json.loads(source or "")
+        value, release = info.get("dataset"), info.get("release")
     except (ValueError, AttributeError):
         return None
-    return value if isinstance(value, str) and value else None
+    if not isinstance(value, str) or not value:
+        return None
+    return f"{value} {release}" if isinstance(release, str) and release else value
 
 
 def is_mimic_derived(modality: str, source: str | None) -> bool:

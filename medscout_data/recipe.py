@@ -87,6 +87,9 @@ class IngestConfig:
     # X-ray subjects get one image each in a seeded order, then a second, ...
     max_images: int = 0
     slab_step_mm: float = 6.0
+    # Keep one of identical images of different sources (one radiograph under two patient ids);
+    # the others are recorded as `duplicate-image` (sources/runner.py).
+    drop_duplicates: bool = True
 
 
 @dataclass(frozen=True)
@@ -107,6 +110,9 @@ class ScaleConfig:
     match_noise: bool = True
     max_enlargement: float = 3.0  # smallest level's native crop -> crop_size; more is rejected
     min_structure: float = 3.0  # grey levels (tasks/content.py); flatter crops are redrawn
+    # One answer: every crop's best match in the full image (tasks/solvers.py) overlaps its own box
+    # by at least this IoU, else the attempt is rejected; 0 turns the check off.
+    min_match_iou: float = 0.5
 
 
 @dataclass(frozen=True)
@@ -116,6 +122,10 @@ class JigsawConfig:
     grid: int = 2
     min_structure: float = 3.0  # every tile, grey levels (tasks/content.py)
     min_tile_difference: float = 3.0  # every pair of tiles, grey levels
+    # One answer: the classical solver's best wrong arrangement costs at least this much more than the
+    # truth (tasks/solvers.py; the cost is in units of the image's mean seam), else rejected; a
+    # negative value turns the check off.
+    min_solution_margin: float = 0.05
 
 
 @dataclass(frozen=True)

@@ -82,6 +82,9 @@ CATALOGUE_SCHEMA = pa.schema(
         ("crop_x", pa.int32()),  # the image's left column in the full resampled slice (body crop)
         ("crop_y", pa.int32()),  # its top row there; 0 for X-ray
         ("meta", pa.string()),  # JSON: the source's own metadata columns
+        ("view_source", pa.string()),  # X-ray: the field that gave `view` (sources/releases.py)
+        ("source_release", pa.string()),  # TotalSegmentator v1/v2, MIMIC-CXR-JPG 2.0.0/2.1.0
+        ("pixel_sha256", pa.string()),  # the decoded 8-bit image (shape + pixels): ingest drops duplicates
     ]
 )
 

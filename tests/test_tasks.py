@@ -140,7 +140,7 @@ def test_jigsaw_answer_reassembles_the_original_exactly(height: int, width: int,
     try:
         content = jigsaw_item(image, perm, RECIPE, "ct")
     except TaskRejected as exc:
-        assert "featureless" in str(exc) or "look alike" in str(exc)
+        assert any(why in str(exc) for why in ("featureless", "look alike", "another arrangement"))
         return
     shuffled = content.images[0]
     answer = tuple(int(k) for k in content.answer.split())

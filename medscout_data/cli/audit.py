@@ -41,13 +41,14 @@ def audit(bench: str, json_out: str | None, quiet: bool) -> None:
     from pathlib import Path
 
     from medscout_data.errors import StageError
-    from medscout_data.evaluation.audit import audit_bench, format_audit
+    from medscout_data.evaluation.audit import format_audit
+    from medscout_data.evaluation.classical import audit
     from medscout_data.report import RunReport
     from medscout_data.shards import write_json_atomic
 
     report = RunReport("audit")
     try:
-        result = audit_bench(bench, progress=not quiet, report=report)
+        result = audit(bench, progress=not quiet, report=report)
     except StageError as exc:
         raise click.ClickException(str(exc)) from exc
     click.echo(format_audit(result))

@@ -159,6 +159,8 @@ def build(
             continue
         click.echo(_summary(report.as_dict(), layout.pool_dir(modality), layout.build_report_dir(modality)))
         failed |= bool(report.info.get("shortfall"))
+        # a bench side that cannot be balanced fails `validate` later: say so now, as for a short cell
+        failed |= any("bench" in sides for sides in report.info.get("balance_short", {}).values())
     sys.exit(1 if failed else 0)
 
 
@@ -195,8 +197,25 @@ def _summary(report: dict, folder: Path, reports: Path) -> str:
                 f"  SHORT {task} {side} side: {short['made']} of {short['planned']} items "
                 f"({reasons}); to fill it: {short['advice']}"
             )
+    for task, sides in report.get("balance_short", {}).items():
+        for side, shorts in sides.items():
+            for short in shorts:
+                reasons = "; ".join(f"{r} ({n})" for r, n in list(short["reasons"].items())[:2])
+                lines.append(
+                    f"  UNBALANCED {task} {side} side: {short['choice']} made {short['made']} times, an even "
+                    f"share needs {short['needed']} ({reasons or 'its attempts went to other choices'}); "
+                    f"to fill it: {short['advice']}"
+                )
+    rejected = {t: r for t, r in report.get("rejected_attempts", {}).items() if r}
+    if rejected:
+        lines.append(f"  attempts rejected (and replaced), by rule: {rejected}")
     if report["skipped_by_reason"]:
         lines.append(f"  items not made: {report['skipped_by_reason']} (see {reports}/errors.parquet)")
+    if report.get("duplicate_images"):
+        lines.append(
+            f"  duplicate images dropped at ingest (one kept of each): {report['duplicate_images']} "
+            "(both ids in the ingest report's errors.parquet)"
+        )
     if report.get("ingest_skipped_by_reason"):
         lines.append(f"  sources skipped at ingest: {report['ingest_skipped_by_reason']}")
     return "\n".join(lines)

@@ -115,6 +115,14 @@ def ingest(
     click.echo(f"catalogue: {layout.catalogue(modality)}")
     if "slices_kept_summary" in report.info:
         click.echo(report.info["slices_kept_summary"])
+    release = report.info.get("source_release") or {}
+    if release:
+        click.echo(f"source release: {release.get('release') or 'unknown'} ({release.get('evidence')})")
+    if report.counts.get("duplicate_images"):
+        click.echo(
+            f"duplicate images dropped (one kept of each, both ids in errors.parquet): "
+            f"{report.counts['duplicate_images']}"
+        )
     if report.skips:
         click.echo(f"skipped inputs and reasons: {folder / 'errors.parquet'}")
     if root and report.info.get("source_kind", "").startswith("mimic"):

@@ -249,14 +249,17 @@ def baseline(name: str, bench: str, out: str, seed: int, quiet: bool) -> None:
     prior      one constant answer per modality x task (x variant), learnt
                from the train side (<shards>/train); without one, from the
                bench's own truths: an ORACLE prior, and said so
-    classical  template matching (scale), seam continuity (jigsaw), seam
-               detection (anomaly); decodes every image
+    classical  per modality x task x variant, the strongest of the audit's
+               solvers (template matching, crop sharpness / noise, seams,
+               centroid, intensity step, prior) on the train side; without
+               one, template matching and seams; decodes every image
     """
     from medscout_data.errors import StageError
-    from medscout_data.evaluation.baselines import BaselineOptions, run_baseline
+    from medscout_data.evaluation.baselines import BaselineOptions
+    from medscout_data.evaluation.classical import run_classical
 
     try:
-        report = run_baseline(bench, out, BaselineOptions(name, seed, progress=not quiet))
+        report = run_classical(bench, out, BaselineOptions(name, seed, progress=not quiet))
     except StageError as exc:
         raise click.ClickException(str(exc)) from exc
     for skip in report.skips:

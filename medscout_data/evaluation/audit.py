@@ -17,8 +17,9 @@ official accuracy) the answers of:
 - anomaly: `seams` (the most seam-like candidate cell, the classical
   solver) and `intensity` (the candidate whose border shows the most
   consistent brightness step: a pure intensity-jump cue);
-- `classical`: the `classical` baseline's own answers (template matching for
-  scale), the no-learning ceiling beside the shortcuts.
+- `classical`: the `classical` baseline's own answers: per cell the solver
+  above that scored best on the train side (evaluation/classical.py), the
+  no-learning ceiling beside the shortcuts.
 
 Learnt parts (the prior's constant, the probes' thresholds and direction)
 are cross-fitted: learnt on one half of the cell's items (alternate items in
@@ -186,9 +187,10 @@ class ItemRecord:
     features: list[tuple[float, float]] = field(default_factory=list)  # scale: (sharpness, noise)
 
 
-def record_item(row: dict[str, Any]) -> ItemRecord:
+def record_item(row: dict[str, Any], classical: Any = None) -> ItemRecord:
     """Decode one bench row and run every probe on it; `UnsupportedItem` / `ImageDecodeError`
-    when it cannot be audited."""
+    when it cannot be audited. `classical` (evaluation/classical.py) answers the `classical`
+    row with the solver it learnt for the cell on the train side."""
     try:
         truth = Truth.from_item(row)
     except (KeyError, TypeError, ValueError) as exc:
@@ -204,6 +206,8 @@ def record_item(row: dict[str, Any]) -> ItemRecord:
         chance=chance_accuracy(shape, truth, row["id"]),
         answers=probe_answers(shape, images),
     )
+    if classical is not None:
+        record.answers["classical"] = classical.answer(row, shape, images)
     if row["task"] == "scale":
         record.levels = [int(v) for v in json.loads(row["target"])["levels"]]
         record.features = crop_features(images)
@@ -401,7 +405,8 @@ def audit_source(location: str | Path) -> BenchSource:
     path = Path(location)
     if (path / "manifest.json").is_file() and (path / "bench").is_dir():
         files = tuple(verified_shards(Layout.at(path), "bench"))
-        return BenchSource(str(location), files=files)
+        train = tuple(sorted((path / "train").glob("*/*/train-*.parquet")))  # `classical` learns there
+        return BenchSource(str(location), files=files, train_files=train)
     try:
         return resolve_bench(location)
     except ScoreError as exc:
@@ -409,18 +414,23 @@ def audit_source(location: str | Path) -> BenchSource:
 
 
 def audit_bench(
-    location: str | Path | BenchSource, progress: bool = True, report: RunReport | None = None
+    location: str | Path | BenchSource,
+    progress: bool = True,
+    report: RunReport | None = None,
+    classical: Any = None,
 ) -> AuditResult:
     """Run every probe on every item of a bench; items that cannot be decoded are recorded in
-    `report` and left out."""
+    `report` and left out. `classical` (evaluation/classical.py: `audit` passes the solver choice
+    it learnt on the train side) answers the `classical` row; without it, the fixed solvers do."""
     source = location if isinstance(location, BenchSource) else audit_source(location)
     report = report if report is not None else RunReport("audit")
+    report.info["classical_from"] = getattr(classical, "origin", "fixed")
     by_cell: dict[str, list[ItemRecord]] = defaultdict(list)
     rows = iter_rows(source, [*META_COLUMNS, "images"])
     for where, row in tqdm(rows, desc="audit", unit="item", disable=not progress):
         report.count("items")
         try:
-            record = record_item(row)
+            record = record_item(row, classical)
         except (ImageDecodeError, UnsupportedItem, cv2.error) as exc:
             report.skip(f"{where}#{row['id']}", type(exc).__name__, f"{where}: item {row['id']}: {exc}")
             continue

@@ -9,8 +9,10 @@
   bench comes with one (`<shards>/train/`); otherwise from the bench's own
   truths, which is an ORACLE prior (it has seen the answers) and is reported
   as such.
-- `classical`: computer-vision solvers, no learning, each the strongest the
-  shortcut audit (evaluation/audit.py) measures for its task. Scale: OpenCV
+- `classical`: per modality x task x variant, the strongest of the shortcut
+  audit's solvers (evaluation/audit.py), chosen with its thresholds on the
+  train side (evaluation/classical.py); without a train side, the fixed
+  solvers below. Scale: OpenCV
   template matching of each crop, resized to every candidate level's size,
   in the full image; the best level and location win. Jigsaw: every
   non-identity permutation scored by the discontinuity of the seams it would
@@ -63,6 +65,7 @@ from medscout_data.tasks.geometry import (
     non_identity_permutations,
     tiles,
 )
+from medscout_data.tasks.solvers import FRAME_BAND, arrangement_costs, permutation_costs
 
 log = logging.getLogger(__name__)
 
@@ -71,8 +74,6 @@ META_COLUMNS = ["id", "modality", "task", "variant", "question", "target"]
 TRUTH_COLUMNS = ["modality", "task", "variant", "target"]
 SCALE_WORK_SIZE = 256  # template matching runs with the full image's longest side at most this
 MAX_JIGSAW_PERMUTATIONS = 400_000  # exhaustive search up to 3x3 grids
-FRAME_WEIGHT = 0.5  # jigsaw: weight of the "border is background" prior against the seams
-FRAME_BAND = 3  # jigsaw: pixels along a tile side whose brightness counts
 
 
 class BaselineError(StageError):
@@ -237,44 +238,6 @@ def solve_scale(
 # ---------------------------------------------------------------- classical: jigsaw
 
 
-def pair_costs(pieces: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
-    """(left-right, top-bottom) seam costs: [a, b] for tile b right of / below tile a.
-
-    The mean absolute difference of the two touching pixel lines, on the raw
-    pixels: across a true seam neighbouring pixels are correlated (anatomy,
-    and the scanner's and the resampling's blur), across a false one they are
-    not. Smoothing first would throw that evidence away.
-    """
-    n = len(pieces)
-    lr, tb = np.zeros((n, n)), np.zeros((n, n))
-    for a in range(n):
-        for b in range(n):
-            lr[a, b] = float(np.abs(pieces[a][:, -1] - pieces[b][:, 0]).mean())
-            tb[a, b] = float(np.abs(pieces[a][-1] - pieces[b][0]).mean())
-    return lr, tb
-
-
-def frame_costs(pieces: Sequence[np.ndarray], grid: int, band: int = FRAME_BAND) -> np.ndarray:
-    """(tiles, positions) cost of the bright pixels a tile would put on the reassembly's outer frame.
-
-    A medical image's border is mostly background (air, collimation), its
-    middle anatomy: the mean grey level in a band along each tile side that
-    would lie on the frame, relative to the image's mean, summed per position.
-    This breaks the ties a seam search leaves when background borders match
-    each other as well as anatomy does (air against air).
-    """
-    mean = float(np.mean([p.mean() for p in pieces])) + 1.0
-    sides = np.array(
-        [[p[:band].mean(), p[-band:].mean(), p[:, :band].mean(), p[:, -band:].mean()] for p in pieces]
-    )
-    place = np.zeros((len(pieces), grid * grid))
-    for k in range(grid * grid):
-        row, col = divmod(k, grid)
-        on_frame = [row == 0, row == grid - 1, col == 0, col == grid - 1]
-        place[:, k] = sides[:, on_frame].sum(axis=1) / mean
-    return place
-
-
 def centroid_costs(pieces: Sequence[np.ndarray], grid: int) -> np.ndarray:
     """(tiles, positions) moment of a tile's grey levels about the image centre if placed there.
 
@@ -297,28 +260,9 @@ def centroid_costs(pieces: Sequence[np.ndarray], grid: int) -> np.ndarray:
 def best_permutation(
     grid: int, place: np.ndarray, seams: tuple[np.ndarray, np.ndarray] | None = None, seam_weight: float = 1.0
 ) -> tuple[int, ...]:
-    """The non-identity permutation of least cost: `place[t, k]` for shuffled tile t at original
-    position k, plus `seam_weight` x the mean seam cost (pair costs relative to their own mean).
-
-    The answer's permutation p says the tile at shuffled position s is
-    original tile p[s]; the reassembly's original position k then holds
-    shuffled tile inverse(p)[k].
-    """
-    n = grid * grid
-    candidates = np.array(non_identity_permutations(n), np.int64)
-    at = np.argsort(candidates, axis=1)  # at[:, k] = shuffled tile placed at original position k
-    cost = place[at, np.arange(n)].sum(axis=1)
-    if seams is not None:
-        lr, tb = seams
-        scale = (lr.mean() + tb.mean()) / 2 + 1e-6
-        total = np.zeros(len(candidates))
-        for k in range(n):
-            row, col = divmod(k, grid)
-            if col < grid - 1:
-                total += lr[at[:, k], at[:, k + 1]]
-            if row < grid - 1:
-                total += tb[at[:, k], at[:, k + grid]]
-        cost = cost + seam_weight * total / (scale * 2 * grid * (grid - 1))
+    """The non-identity permutation of least cost (`tasks.solvers.permutation_costs`)."""
+    candidates = np.array(non_identity_permutations(grid * grid), np.int64)
+    cost = permutation_costs(grid, candidates, place, seams, seam_weight)
     return tuple(int(v) for v in candidates[int(np.argmin(cost))])
 
 
@@ -340,7 +284,8 @@ def solve_jigsaw(shuffled: np.ndarray, grid: int) -> tuple[int, ...]:
     (`pair_costs`), with FRAME_WEIGHT x the frame's brightness (`frame_costs`) against
     background borders that match each other."""
     pieces = jigsaw_pieces(shuffled, grid)
-    return best_permutation(grid, FRAME_WEIGHT * frame_costs(pieces, grid) / (4 * grid), pair_costs(pieces))
+    candidates = np.array(non_identity_permutations(grid * grid), np.int64)
+    return tuple(int(v) for v in candidates[int(np.argmin(arrangement_costs(pieces, grid, candidates)))])
 
 
 def solve_jigsaw_centroid(shuffled: np.ndarray, grid: int) -> tuple[int, ...]:
@@ -472,7 +417,10 @@ def decode_images(row: dict[str, Any]) -> list[np.ndarray]:
 
 
 def _answer(
-    row: dict[str, Any], options: BaselineOptions, prior: dict[tuple[str, str, str], str] | None
+    row: dict[str, Any],
+    options: BaselineOptions,
+    prior: dict[tuple[str, str, str], str] | None,
+    classical: Any = None,
 ) -> str:
     try:
         truth = Truth.from_item(row)  # counts and grid only: the question states them
@@ -488,13 +436,21 @@ def _answer(
         if prior is None or (key not in prior and fallback not in prior):
             raise UnsupportedItem(f"the prior has no {row['task']} {variant} items")
         return prior.get(key) or prior[fallback]
-    return classical_answer(shape, decode_images(row))
+    images = decode_images(row)
+    return classical.answer(row, shape, images) if classical else classical_answer(shape, images)
 
 
 def run_baseline(
-    bench: str | Path, out: str | Path, options: BaselineOptions, report: RunReport | None = None
+    bench: str | Path | BenchSource,
+    out: str | Path,
+    options: BaselineOptions,
+    report: RunReport | None = None,
+    classical: Any = None,
 ) -> RunReport:
     """Write one JSONL prediction (`id`, `response`) per bench item to `out`, atomically.
+
+    `classical` is the per-cell solver choice of `evaluation.classical` (its `run_classical`
+    learns it on the train side and passes it); without it `classical` uses the fixed solvers.
 
     An item a baseline cannot answer (undecodable image, unsupported grid)
     is recorded in the report and gets no line; scoring counts it as missing.
@@ -502,16 +458,20 @@ def run_baseline(
     if options.name not in BASELINES:
         raise BaselineError(f"unknown baseline {options.name!r}; use one of {', '.join(BASELINES)}")
     report = report or RunReport(f"baseline-{options.name}")
-    source = resolve_bench(bench)
+    source = bench if isinstance(bench, BenchSource) else resolve_bench(bench)
     prior = None
     if options.name == "prior":
         prior, origin = load_prior(source)
         report.info["prior_from"] = origin
+    if options.name == "classical":
+        report.info["classical_from"] = getattr(classical, "origin", "fixed")
+        report.info["classical_choice"] = classical.summary() if classical is not None else {}
     columns = META_COLUMNS + (["images"] if options.name == "classical" else [])
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     with atomic_writer(out) as handle:
-        _write_answers(handle, iter_rows(source, columns), count_rows(source), options, prior, report)
+        rows = iter_rows(source, columns)
+        _write_answers(handle, rows, count_rows(source), options, prior, report, classical)
     return report
 
 
@@ -522,12 +482,13 @@ def _write_answers(
     options: BaselineOptions,
     prior: dict[tuple[str, str, str], str] | None,
     report: RunReport,
+    classical: Any = None,
 ) -> None:
     bar = tqdm(rows, total=total, desc=f"baseline {options.name}", unit="item", disable=not options.progress)
     for where, row in bar:
         report.count("items")
         try:
-            response = _answer(row, options, prior)
+            response = _answer(row, options, prior, classical)
         except (ImageDecodeError, UnsupportedItem, cv2.error) as exc:
             report.skip(f"{where}#{row['id']}", type(exc).__name__, f"{where}: item {row['id']}: {exc}")
             continue

@@ -185,10 +185,13 @@ def _stage(layout: Layout, manifest: dict[str, Any], stage_dir: Path, options: P
 
 def _audit_of(files: list[StagedFile], layout: Layout, options: PushOptions) -> dict:
     """The shortcut audit of the bench shards being staged, for the card (evaluation/audit.py)."""
-    from medscout_data.evaluation.audit import audit_files
+    from medscout_data.evaluation.classical import audit
+    from medscout_data.evaluation.score import BenchSource
 
-    bench = [f.source for f in files if f.split == "test"]
-    return audit_files(bench, str(layout.root / "bench"), progress=options.progress).as_dict()
+    bench = tuple(f.source for f in files if f.split == "test")
+    train = tuple(sorted((layout.root / "train").glob("*/*/train-*.parquet")))  # `classical` learns there
+    source = BenchSource(str(layout.root / "bench"), files=bench, train_files=train)
+    return audit(source, progress=options.progress).as_dict()
 
 
 def _check_valid(layout: Layout, options: PushOptions) -> dict[str, Any]:

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
@@ -31,7 +32,7 @@ from medscout_data.shards import write_table_atomic
 log = logging.getLogger(__name__)
 
 # Bump when the rendering changes, so parts and catalogues of older code count as stale.
-INGEST_VERSION = "2"
+INGEST_VERSION = "3"  # 3: pixel_sha256 per image
 SOURCE_KINDS = ("totalseg", "mimic-cxr-jpg", "mimic-cxr")
 # Reasons that are a recipe's filter at work, not a problem with the file: logged at debug level only.
 FILTER_REASONS = frozenset({"view-filtered"})
@@ -94,6 +95,13 @@ class UnitResult:
         """Record an input this unit does not use; problems are logged where they happen."""
         self.skips.append(Skip(path, reason, message))
         log.log(logging.DEBUG if reason in FILTER_REASONS else logging.WARNING, "skipped %s", message)
+
+
+def pixel_digest(image: np.ndarray) -> str:
+    """sha256 of a decoded image's shape and pixels: identical images, identical digests."""
+    digest = hashlib.sha256(f"{image.dtype.str}{image.shape}".encode())
+    digest.update(np.ascontiguousarray(image).tobytes())
+    return digest.hexdigest()
 
 
 def config_digest(config: IngestConfig) -> str:

@@ -36,6 +36,7 @@ from concurrent.futures.process import BrokenProcessPool
 from contextlib import ExitStack, contextmanager, suppress
 from pathlib import Path
 
+import pyarrow as pa
 import pyarrow.parquet as pq
 from tqdm import tqdm
 
@@ -59,6 +60,7 @@ from medscout_data.sources.base import (
     unit_hash,
 )
 from medscout_data.sources.detect import check_source, detect_source, source_fingerprint
+from medscout_data.sources.releases import source_release
 from medscout_data.workers import process_pool
 
 log = logging.getLogger(__name__)
@@ -192,7 +194,7 @@ def run_ingest(
         _run(jobs, workers, bar)
         bar.close()
         if rank.single:
-            _finish(layout, modality, listing, info, report)
+            _finish(layout, modality, listing, info, report, drop=recipe.ingest.drop_duplicates)
         else:
             marker = write_marker(
                 layout.catalogue_dir(modality), rank, _work_digest(info, listing), report.as_dict()
@@ -235,7 +237,7 @@ def merge_ranks(
         )
         require_all_ranks(folder, world, digest, rerun)
         report.info["world_size"] = world
-        _finish(layout, modality, listing, info, report, world)
+        _finish(layout, modality, listing, info, report, world, recipe.ingest.drop_duplicates)
     return report
 
 
@@ -414,18 +416,34 @@ def _collect(pending: set[Future[str]], bar: tqdm, when: str) -> set[Future[str]
 
 
 def _finish(
-    layout: Layout, modality: str, listing: Listing, info: dict[str, str], report: RunReport, world: int = 1
+    layout: Layout,
+    modality: str,
+    listing: Listing,
+    info: dict[str, str],
+    report: RunReport,
+    world: int = 1,
+    drop: bool = True,
 ) -> None:
     """Assemble the catalogue from current parts, prune what ingest no longer needs, write the report."""
     catalogue = layout.catalogue(modality)
     report.info["catalogue"] = str(catalogue)
-    _assemble(listing, layout.catalogue_dir(modality) / "parts", catalogue, info, report, world)
+    release, evidence = source_release(Path(info["source_root"]), info["source_kind"], listing.keys)
+    report.info["source_release"] = {"release": release, "evidence": evidence}
+    parts = layout.catalogue_dir(modality) / "parts"
+    _assemble(listing, parts, catalogue, info, report, world, release, drop)
     _prune(layout.catalogue_dir(modality) / "parts", layout.cache_dir(modality), listing, report)
     report.write(layout.catalogue_dir(modality))
 
 
 def _assemble(
-    listing: Listing, parts: Path, path: Path, info: dict[str, str], report: RunReport, world: int
+    listing: Listing,
+    parts: Path,
+    path: Path,
+    info: dict[str, str],
+    report: RunReport,
+    world: int,
+    release: str = "",
+    drop: bool = True,
 ) -> None:
     """Concatenate the parts in unit order into the catalogue, and gather their skips and counts.
 
@@ -433,6 +451,7 @@ def _assemble(
     (its unit changed, or its rank never ran it) stops the merge, naming it.
     """
     seen: set[str] = set()
+    first_of: dict[str, tuple[str, str, str]] = {}  # pixel digest -> (image, subject, source) kept
     context = {k: info[k] for k in CONTEXT_KEYS}
     per_subject: dict[str, dict[str, int]] = {}
     with ShardWriter(path, CATALOGUE_SCHEMA, CATALOGUE_ROW_GROUP, metadata=info) as writer:
@@ -455,10 +474,51 @@ def _assemble(
             if duplicates or len(set(ids)) != len(ids):
                 raise IngestError(f"{part}: image ids repeat across units (e.g. {sorted(duplicates)[:3]})")
             seen.update(ids)
-            writer.write_table(table)
+            if drop:
+                table = drop_duplicates(table, first_of, report)
+            writer.write_table(_with_release(table, release))
     if per_subject:
         report.info["slices_per_subject"] = per_subject
         report.info["slices_kept_summary"] = kept_summary(per_subject)
+
+
+def _with_release(table: pa.Table, release: str) -> pa.Table:
+    """The rows with the source's release, and an empty view source where a unit left none."""
+    column = pa.array([release] * table.num_rows, pa.string())
+    table = table.set_column(table.schema.get_field_index("source_release"), "source_release", column)
+    position = table.schema.get_field_index("view_source")
+    return table.set_column(position, "view_source", table.column(position).fill_null(""))
+
+
+def drop_duplicates(
+    table: pa.Table, first_of: dict[str, tuple[str, str, str]], report: RunReport
+) -> pa.Table:
+    """The part's rows whose pixels no other source's earlier row had; each dropped one is a
+    `duplicate-image` skip naming both ids (the first in unit order is kept: the same for any
+    worker count or rank split).
+
+    One radiograph under two patient ids (or one volume under two) would otherwise make
+    byte-identical items, and could put the same pixels on both sides of the subject partition.
+    Identical slices of one volume (a phantom constant along z) are that volume's own and kept.
+    """
+    keep = []
+    columns = ("image_id", "subject_id", "source_id", "path", "pixel_sha256")
+    values = zip(*(table.column(c).to_pylist() for c in columns), strict=True)
+    for image_id, subject, source_id, path, digest in values:
+        first = first_of.setdefault(digest, (image_id, subject, source_id)) if digest else None
+        keep.append(first is None or first[0] == image_id or first[2] == source_id)
+        if keep[-1]:
+            continue
+        report.skips.append(
+            Skip(
+                path,
+                "duplicate-image",
+                f"{path}: image {image_id} (subject {subject}) has the same pixels as image {first[0]} "
+                f"(subject {first[1]}); kept {first[0]} only",
+            )
+        )
+        report.count("duplicate_images")
+    return table if all(keep) else table.filter(pa.array(keep))
 
 
 def _slice_counts(counts: Counter[str]) -> dict[str, int]:

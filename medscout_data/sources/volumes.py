@@ -47,7 +47,15 @@ from medscout_data.cache import STACK_SUFFIX, StackWriter
 from medscout_data.imaging import resize
 from medscout_data.recipe import IngestConfig, Window
 from medscout_data.report import Skip
-from medscout_data.sources.base import InputError, Job, Listing, Unit, UnitResult, write_unit_part
+from medscout_data.sources.base import (
+    InputError,
+    Job,
+    Listing,
+    Unit,
+    UnitResult,
+    pixel_digest,
+    write_unit_part,
+)
 from medscout_data.sources.detect import TOTALSEG_META, VOLUME_NAMES, volume_file
 from medscout_data.sources.masks import fill_holes
 from medscout_data.sources.nifti import read_canonical
@@ -415,11 +423,14 @@ def _store(job: Job, record: dict[str, Any], slices: Slices, result: UnitResult)
     y0, y1, x0, x1 = slices.box
     writers = [StackWriter(job.cache_dir / file, "image") for file in files]
     masks = StackWriter(job.cache_dir / mask_file, "mask")
+    digests: dict[tuple[int, str], str] = {}
     try:
         for k in slices.kept:
             values = slices.values(k)[y0:y1, x0:x1]
-            for writer, (_, render) in zip(writers, slices.intensity.channels, strict=True):
-                writer.add(render(values))
+            for writer, (name, render) in zip(writers, slices.intensity.channels, strict=True):
+                image = render(values)
+                digests[k, name] = pixel_digest(image)
+                writer.add(image)
             masks.add(slices.mask(k)[y0:y1, x0:x1])
         for writer in [*writers, masks]:
             writer.close()
@@ -457,6 +468,7 @@ def _store(job: Job, record: dict[str, Any], slices: Slices, result: UnitResult)
                     "crop_x": x0,
                     "crop_y": y0,
                     "meta": meta,
+                    "pixel_sha256": digests[k, name],
                 }
             )
     result.counts.update(used=1, images=len(result.rows), slices_kept=len(slices.kept))

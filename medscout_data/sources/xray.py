@@ -44,9 +44,18 @@ from medscout_data.recipe import IngestConfig
 from medscout_data.report import Skip
 from medscout_data.seeding import stable_rank
 from medscout_data.sources import dicom
-from medscout_data.sources.base import InputError, Job, Listing, Unit, UnitResult, write_unit_part
+from medscout_data.sources.base import (
+    InputError,
+    Job,
+    Listing,
+    Unit,
+    UnitResult,
+    pixel_digest,
+    write_unit_part,
+)
 from medscout_data.sources.detect import JPG_METADATA, RECORD_LIST, SPLIT_CSV, SUFFIXES, image_folder
 from medscout_data.sources.masks import fill_holes, largest_component
+from medscout_data.sources.releases import view_of_dataset, view_of_row
 
 INDEX_COLUMNS = {
     "mimic-cxr-jpg": (JPG_METADATA, ("dicom_id", "subject_id", "study_id", "ViewPosition")),
@@ -89,7 +98,8 @@ def list_xray(root: Path, kind: str, config: IngestConfig) -> Listing:
     split = _read_split(root / SPLIT_CSV, kind, skips)
     if split is not None:
         frame = frame.join(split, on="dicom_id", how="left")
-    missing_columns = [c for c in ("m_subject", "m_study", "m_view", "m_meta") if c not in frame.columns]
+    wanted = ("m_subject", "m_study", "m_view", "m_view_source", "m_meta")
+    missing_columns = [c for c in wanted if c not in frame.columns]
     frame = frame.with_columns([pl.lit(None, pl.String).alias(c) for c in missing_columns]).sort("path")
     if config.max_images:
         frame = _within_budget(frame, kind, config, skips, counts)
@@ -163,8 +173,11 @@ def _read_index(path: Path, kind: str, skips: list[Skip]) -> pl.DataFrame | None
     if missing:
         skips.append(Skip(name, "bad-metadata", f"{name}: missing column(s) {', '.join(missing)}"))
         return None
-    view = pl.col("ViewPosition") if "ViewPosition" in table.columns else pl.lit(None, pl.String)
-    table = table.with_columns(m_view=view)
+    views = [view_of_row(row) for row in table.iter_rows(named=True)]
+    table = table.with_columns(
+        m_view=pl.Series([v or None for v, _ in views], dtype=pl.String),
+        m_view_source=pl.Series([f for _, f in views], dtype=pl.String),
+    )
     return (
         table.unique("dicom_id", keep="first", maintain_order=True)
         .select(
@@ -172,7 +185,8 @@ def _read_index(path: Path, kind: str, skips: list[Skip]) -> pl.DataFrame | None
             m_subject=pl.col("subject_id"),
             m_study=pl.col("study_id"),
             m_view=pl.col("m_view"),
-            m_meta=pl.struct(table.drop("m_view").columns).struct.json_encode(),
+            m_view_source=pl.col("m_view_source"),
+            m_meta=pl.struct(table.drop("m_view", "m_view_source").columns).struct.json_encode(),
         )
         .join(_conflicts(table), on="dicom_id", how="left")
     )
@@ -225,6 +239,7 @@ def _record(row: dict[str, Any]) -> dict[str, Any]:
         "subject_id": row.get("m_subject") or subject,
         "study_id": row.get("m_study") or study,
         "view": (row.get("m_view") or "").strip().upper(),
+        "view_source": row.get("m_view_source") or "",
         "has_metadata": row.get("m_meta") is not None,
         "official_split": row.get("m_split") or "",
         "meta": row.get("m_meta") or "{}",
@@ -301,7 +316,7 @@ def xray_body_mask(image: np.ndarray) -> np.ndarray:
 def _load(job: Job, record: dict[str, Any]) -> tuple[np.ndarray, dict[str, Any]]:
     """One input's display image (full size) and facts; `InputError` when it is not used."""
     path, views = job.root / record["path"], job.config.xray_views
-    facts = {k: record[k] for k in ("subject_id", "study_id", "view")}
+    facts = {k: record.get(k, "") for k in ("subject_id", "study_id", "view", "view_source")}
     facts["pixel_spacing_mm"] = math.nan
     facts["format"] = "DICOM"
     if job.kind == "mimic-cxr-jpg":
@@ -311,7 +326,7 @@ def _load(job: Job, record: dict[str, Any]) -> tuple[np.ndarray, dict[str, Any]]
         image, facts["format"] = load_jpg(path, job.config.max_size)
         return image, facts
     ds = dicom.open_dicom(path)
-    facts["view"] = dicom.view_position(ds)
+    facts["view"], facts["view_source"] = view_of_dataset(ds)
     _check_view(facts["view"], views)
     facts["subject_id"] = facts["subject_id"] or str(ds.get("PatientID", "") or "").strip()
     if not facts["subject_id"]:
@@ -324,7 +339,11 @@ def _load(job: Job, record: dict[str, Any]) -> tuple[np.ndarray, dict[str, Any]]
 
 def _check_view(view: str, views: tuple[str, ...]) -> None:
     if not view:
-        raise InputError("no-view", "no ViewPosition")
+        raise InputError(
+            "no-view",
+            "no ViewPosition, no known ViewCodeSequence code meaning and no procedure description "
+            "naming one view",
+        )
     if view not in views:
         raise InputError("view-filtered", f"view {view} is not one of {', '.join(views)} (recipe.ingest)")
 
@@ -389,6 +408,7 @@ def _add(
     masks.add(mask)
     spacing = facts["pixel_spacing_mm"] * full.shape[1] / image.shape[1]
     result.rows.append(_row(job, record, facts, image, float(mask.mean()), spacing, index))
+    result.counts[f"views_from_{facts['view_source']}"] += 1
 
 
 def _row(
@@ -416,6 +436,7 @@ def _row(
         "slice_spacing_mm": math.nan,
         "window": "",
         "view": facts["view"],
+        "view_source": facts["view_source"],
         "official_split": record["official_split"],
         "body_fraction": fraction,
         "height": image.shape[0],
@@ -426,4 +447,5 @@ def _row(
         "crop_x": 0,
         "crop_y": 0,
         "meta": json.dumps(meta, sort_keys=True, ensure_ascii=False),
+        "pixel_sha256": pixel_digest(image),
     }

@@ -354,4 +354,17 @@ def _shortfall_notes(records: dict[str, dict[str, Any]], cells: dict[str, CellCo
                         f"{modality}/{task} {side} side: the build made {entry['made']} of the "
                         f"{entry['planned']} items it planned ({_reasons_text(entry)})"
                     )
+                for short in _balance_short(record, task, side):
+                    if f"{modality}/{task}" in cells:
+                        notes.append(
+                            f"{modality}/{task} {side} side cannot be balanced: the build made "
+                            f"{short.get('choice')} {short.get('made')} times, an even share is "
+                            f"{short.get('needed')} ({_reasons_text(short)}); {short.get('advice')}"
+                        )
     return notes
+
+
+def _balance_short(record: dict[str, Any], task: str, side: str) -> list[dict[str, Any]]:
+    """The build's balance shortfalls of one task and side (build/shortfall.py), when well formed."""
+    entries = ((record.get("balance_short") or {}).get(task) or {}).get(side)
+    return [e for e in entries if isinstance(e, dict)] if isinstance(entries, list) else []

@@ -96,27 +96,28 @@ def _white_noise_scale() -> float:
 # ---------------------------------------------------------------- the rules
 
 
-def check_structure(patch: np.ndarray, minimum: float, what: str) -> None:
-    """TaskRejected when `patch` is featureless (structure below `minimum`)."""
-    check_structure_value(structure(patch), minimum, what)
+def check_structure(patch: np.ndarray, minimum: float, what: str, rule: str = "min_structure") -> None:
+    """TaskRejected when `patch` is featureless (structure below `minimum`, the recipe's `rule`)."""
+    check_structure_value(structure(patch), minimum, what, rule)
 
 
-def check_structure_value(value: float, minimum: float, what: str) -> None:
+def check_structure_value(value: float, minimum: float, what: str, rule: str = "min_structure") -> None:
     if value < minimum:
-        raise TaskRejected(f"{what} is featureless (structure {value:.1f} < {minimum:g})")
+        raise TaskRejected(f"{what} is featureless (structure {value:.1f} < {rule} {minimum:g})")
 
 
 def check_tiles(pieces: list[np.ndarray], min_structure: float, min_difference: float) -> None:
     """Every tile carries structure and no two tiles look alike (else the answer is not unique)."""
     for index, tile in enumerate(pieces):
-        check_structure(tile, min_structure, f"tile {index}")
+        check_structure(tile, min_structure, f"tile {index}", "jigsaw.min_structure")
     means = [block_means(tile) for tile in pieces]
     for i in range(len(pieces)):
         for j in range(i + 1, len(pieces)):
             difference = float(np.abs(means[i] - means[j]).mean())
             if difference < min_difference:
                 raise TaskRejected(
-                    f"tiles {i} and {j} look alike (difference {difference:.1f} < {min_difference:g})"
+                    f"tiles {i} and {j} look alike (difference {difference:.1f} < "
+                    f"jigsaw.min_tile_difference {min_difference:g})"
                 )
 
 
@@ -131,14 +132,14 @@ def check_cell(
         x0, y0, x1, y1 = boxes[k]
         return structure(image[y0:y1, x0:x1])
 
-    check_structure_value(value(cell), minimum, f"cell {cell}")
+    check_structure_value(value(cell), minimum, f"cell {cell}", "anomaly.min_structure")
     neighbours = edge_neighbours(cell, grid)
     flat = {k: v for k in neighbours if (v := value(k)) < minimum}
     if len(flat) > len(neighbours) // 2:
         values = ", ".join(f"{v:.1f}" for v in flat.values())
         raise TaskRejected(
             f"cell {cell}'s neighbourhood is featureless: neighbour cells "
-            f"{', '.join(map(str, flat))} (structure {values} < {minimum:g})"
+            f"{', '.join(map(str, flat))} (structure {values} < anomaly.min_structure {minimum:g})"
         )
 
 

@@ -145,12 +145,12 @@ def _anatomical_box(
     if featureless:
         raise TaskRejected(
             f"no crop of area {area:g} with >= {config.min_anatomy_fraction:.0%} anatomy carries "
-            f"structure >= {config.min_structure:g} in {config.max_tries} draws "
+            f"structure >= scale.min_structure {config.min_structure:g} in {config.max_tries} draws "
             f"({featureless} were featureless)"
         )
     raise TaskRejected(
         f"no crop of area {area:g} with >= {config.min_anatomy_fraction:.0%} anatomy "
-        f"in {config.max_tries} draws"
+        f"(scale.min_anatomy_fraction {config.min_anatomy_fraction:g}) in {config.max_tries} draws"
     )
 
 

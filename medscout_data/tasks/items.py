@@ -29,6 +29,7 @@ from medscout_data.tasks.geometry import (
     shuffle_tiles,
     tiles,
 )
+from medscout_data.tasks.solvers import best_match, box_iou, solution_margin
 
 
 @dataclass(frozen=True)
@@ -48,6 +49,7 @@ def scale_item(
     """Full image + N crops; the answer lists tiers or 0-1000 boxes in crop order."""
     config = recipe.scale
     result = make_scale(image, mask, rng, config)
+    check_best_match(image, result.crops, result.boxes, config.min_match_iou)
     height, width = image.shape
     grid_boxes = [box_to_grid(b, height, width) for b in result.boxes]
     answer = prompts.tier_answer(result.levels) if variant == "tier" else prompts.box_answer(grid_boxes)
@@ -66,6 +68,23 @@ def scale_item(
             "resampling": _chain_provenance(result),
         },
     )
+
+
+def check_best_match(
+    image: np.ndarray, crops: list[np.ndarray], boxes: list[tuple[int, int, int, int]], min_iou: float
+) -> None:
+    """`TaskRejected` when a crop's best match in the full image is not its own box (IoU below
+    `min_iou`): the truth would not be the best answer (0 turns the check off)."""
+    if min_iou <= 0:
+        return
+    for number, (crop, box) in enumerate(zip(crops, boxes, strict=True)):
+        found = best_match(image, crop, box)
+        overlap = box_iou(found, box)
+        if overlap < min_iou:
+            raise TaskRejected(
+                f"crop {number + 1} matches another place of the image better than its box "
+                f"(IoU {overlap:.2f} < scale.min_match_iou {min_iou:g})"
+            )
 
 
 def _chain_provenance(result: ScaleResult) -> dict[str, Any]:
@@ -87,12 +106,14 @@ def jigsaw_item(
 ) -> ItemContent:
     """The image shuffled by `permutation`; the answer is the permutation.
 
-    `TaskRejected` when a tile is featureless or two tiles look alike: the
-    answer would not be unique.
+    `TaskRejected` when a tile is featureless, two tiles look alike or another
+    arrangement fits as well: the answer would not be unique.
     """
     config = recipe.jigsaw
     grid = config.grid
-    check_tiles(tiles(fit_to_grid(image, grid), grid), config.min_structure, config.min_tile_difference)
+    pieces = tiles(fit_to_grid(image, grid), grid)
+    check_tiles(pieces, config.min_structure, config.min_tile_difference)
+    check_one_arrangement(pieces, grid, config.min_solution_margin)
     shuffled = shuffle_tiles(image, permutation, grid)
     return ItemContent(
         images=[shuffled],
@@ -101,6 +122,19 @@ def jigsaw_item(
         target={"grid": grid, "permutation": list(permutation)},
         provenance={"fitted_shape": list(shuffled.shape)},
     )
+
+
+def check_one_arrangement(pieces: list[np.ndarray], grid: int, min_margin: float) -> None:
+    """`TaskRejected` when another arrangement of the tiles fits (classical seam score) within
+    `min_margin` of the truth: e.g. the 180-degree turn of a symmetric head (negative: off)."""
+    if min_margin < 0:
+        return
+    margin = solution_margin(pieces, grid)
+    if margin < min_margin:
+        raise TaskRejected(
+            f"another arrangement of the tiles fits as well as the truth (seam-score margin "
+            f"{margin:.3f} < jigsaw.min_solution_margin {min_margin:g})"
+        )
 
 
 def fit_reference(image: np.ndarray, reference: np.ndarray, grid: int) -> tuple[np.ndarray, np.ndarray]:
@@ -146,7 +180,7 @@ def anomaly_item(
     if difference < config.min_cell_difference:
         raise TaskRejected(
             f"the {config.paste} paste of cell {cell} is not visible "
-            f"(difference {difference:.1f} < min_cell_difference {config.min_cell_difference:g})"
+            f"(difference {difference:.1f} < anomaly.min_cell_difference {config.min_cell_difference:g})"
         )
     row, col = divmod(cell, grid)
     return ItemContent(

@@ -43,6 +43,8 @@ class ImageRef:
     cache_index: int
     height: int
     width: int
+    view_source: str = ""  # X-ray: the metadata field that gave `view`
+    source_release: str = ""  # the source dataset's release (sources/releases.py)
 
     def pixels(self, cache: ImageCache) -> np.ndarray:
         """The 8-bit image from the cache."""
@@ -59,6 +61,8 @@ class ImageRef:
     def provenance(self) -> dict[str, Any]:
         """The source description stored in an item's `source` column."""
         info: dict[str, Any] = {"dataset": self.source_kind, "path": self.path, "image_id": self.image_id}
+        if self.source_release:
+            info["release"] = self.source_release
         if self.is_slice:
             info.update(
                 plane=self.plane or "axial",
@@ -68,6 +72,8 @@ class ImageRef:
             )
         else:
             info.update(view=self.view)
+            if self.view_source and self.view_source != "ViewPosition":
+                info["view_from"] = self.view_source
         if not math.isnan(self.pixel_spacing_mm):
             info["pixel_spacing_mm"] = round(self.pixel_spacing_mm, 4)
         if self.official_split:

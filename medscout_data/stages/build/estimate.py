@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -23,9 +24,10 @@ from medscout_data.layout import Layout
 from medscout_data.recipe import Recipe
 from medscout_data.seeding import rng_for
 from medscout_data.stages.build.catalog import CellContext, read_catalogue
-from medscout_data.stages.build.making import PixelReader, make_item
+from medscout_data.stages.build.making import NoAttemptWorked, PixelReader, make_item
 from medscout_data.stages.build.planning import BuildError, ItemSpec, Planner, image_capacity, plan_cell
 from medscout_data.stages.build.run import BuildOptions, _index_folder, _neighbour_lookup
+from medscout_data.stages.build.shortfall import rule_of, shown_value
 from medscout_data.stages.plan import BENCH, TRAIN, load_plan, make_plan
 from medscout_data.tasks.geometry import TaskRejected
 
@@ -44,6 +46,7 @@ class CellEstimate:
     first_attempt_ok: int = 0
     seconds: float = 0.0
     bytes: int = 0
+    rejected: Counter = field(default_factory=Counter)  # rejected attempts of the sample, by rule
 
     @property
     def success_rate(self) -> float:
@@ -152,9 +155,13 @@ def _measure(cell: CellEstimate, specs: list[ItemSpec], cache: PixelReader, reci
         for index in np.sort(rng.permutation(len(pool))[:SAMPLE_PER_SIDE]).tolist():
             started = time.perf_counter()
             try:
-                row, attempt = make_item(pool[index], cache, recipe)
+                row, attempt, rejected = make_item(pool[index], cache, recipe)
+            except NoAttemptWorked as exc:
+                row, attempt, rejected = None, -1, exc.rejected
             except TaskRejected:
-                row, attempt = None, -1
+                row, attempt, rejected = None, -1, {}
+            for reason, count in rejected.items():
+                cell.rejected[rule_of(reason)] += count
             cell.seconds += time.perf_counter() - started
             cell.sampled += 1
             if row is not None:
@@ -184,9 +191,11 @@ def _warnings(modality: str, cell: CellEstimate, recipe: Recipe) -> list[str]:
                 f"about {int(room * cell.success_rate)} of {asked} items can be made; expect a short cell"
             )
     if cell.sampled and cell.made == 0:
+        rules = sorted(cell.rejected, key=lambda r: (-cell.rejected[r], r))
+        named = ", ".join(f"{rule} (now {shown_value(rule, recipe)})" for rule in rules) or "no rule"
         out.append(
-            f"{modality}/{cell.task}: none of {cell.sampled} sampled items could be made; check the "
-            f"recipe's thresholds for {cell.task} before building"
+            f"{modality}/{cell.task}: none of {cell.sampled} sampled items could be made; what rejected "
+            f"their attempts: {named}; see the recipe before building"
         )
     return out
 

@@ -93,8 +93,11 @@ class PixelReader:
         return self._memo[key]
 
 
-def make_item(spec: ItemSpec, pixels: PixelReader, recipe: Recipe) -> tuple[dict[str, Any], int]:
-    """The item's row from its first attempt that works, and that attempt's index; `TaskRejected` if none."""
+def make_item(
+    spec: ItemSpec, pixels: PixelReader, recipe: Recipe
+) -> tuple[dict[str, Any], int, dict[str, int]]:
+    """The item's row from its first attempt that works, that attempt's index and why the attempts
+    before it were rejected (reason -> count); `NoAttemptWorked` if none works."""
     reasons: Counter[str] = Counter()
     for index, attempt in enumerate(spec.attempts):
         try:
@@ -115,8 +118,10 @@ def make_item(spec: ItemSpec, pixels: PixelReader, recipe: Recipe) -> tuple[dict
         source = attempt.image.provenance() | {"attempt": index, "round": spec.round}
         if attempt.reference is not None:
             source["reference"] = _reference_provenance(attempt)
-        return to_row(content, key, source, recipe.png), index
-    raise NoAttemptWorked(reasons.most_common(1)[0][0] if reasons else NOTHING_LEFT, len(spec.attempts))
+        return to_row(content, key, source, recipe.png), index, dict(reasons)
+    raise NoAttemptWorked(
+        reasons.most_common(1)[0][0] if reasons else NOTHING_LEFT, len(spec.attempts), dict(reasons)
+    )
 
 
 NOTHING_LEFT = "no image and choice of its side was left to try"
@@ -125,9 +130,9 @@ NOTHING_LEFT = "no image and choice of its side was left to try"
 class NoAttemptWorked(TaskRejected):
     """Every attempt of an item failed; `reason` is the most common failure."""
 
-    def __init__(self, reason: str, tried: int) -> None:
+    def __init__(self, reason: str, tried: int, rejected: dict[str, int] | None = None) -> None:
         super().__init__(reason)
-        self.reason, self.tried = reason, tried
+        self.reason, self.tried, self.rejected = reason, tried, rejected or {}
 
 
 def _content(spec: ItemSpec, attempt: Attempt, pixels: PixelReader, recipe: Recipe) -> ItemContent:
@@ -141,7 +146,7 @@ def _content(spec: ItemSpec, attempt: Attempt, pixels: PixelReader, recipe: Reci
     reference = pixels.image(attempt.reference.image)
     if anomaly_difference(image, reference, cell, grid) < recipe.anomaly.min_cell_difference:
         raise TaskRejected(
-            f"the reference does not differ visibly in the cell (min_cell_difference "
+            f"the reference does not differ visibly in the cell (anomaly.min_cell_difference "
             f"{recipe.anomaly.min_cell_difference:g})"
         )
     return anomaly_item(image, reference, cell, recipe, spec.modality)
@@ -203,11 +208,11 @@ def make_chunk(specs: tuple[ItemSpec, ...], cache_dir: Path, recipe: Recipe) -> 
         pixels = PixelReader(cache)
         for spec in specs:
             try:
-                row, index = make_item(spec, pixels, recipe)
+                row, index, rejected = make_item(spec, pixels, recipe)
             except NoAttemptWorked as exc:
-                outcomes[spec.id] = Outcome(-1, exc.reason, exc.tried)
+                outcomes[spec.id] = Outcome(-1, exc.reason, exc.tried, exc.rejected)
                 continue
-            outcomes[spec.id] = Outcome(index)
+            outcomes[spec.id] = Outcome(index, rejected=rejected)
             rows.append(row)
     columns = {name: [row[name] for row in rows] for name in ITEM_SCHEMA.names}
     return Chunk(pa.Table.from_pydict(columns, schema=ITEM_SCHEMA), outcomes)
@@ -260,7 +265,9 @@ class ShardAssembly:
 
 
 def encode_outcomes(outcomes: dict[str, Outcome]) -> str:
-    return json.dumps({item: [o.index, o.reason, o.tried] for item, o in outcomes.items()}, sort_keys=True)
+    return json.dumps(
+        {item: [o.index, o.reason, o.tried, o.rejected] for item, o in outcomes.items()}, sort_keys=True
+    )
 
 
 def read_outcomes(path: Path) -> dict[str, Outcome] | None:
@@ -271,9 +278,15 @@ def read_outcomes(path: Path) -> dict[str, Outcome] | None:
         raw = (pq.read_metadata(path).metadata or {}).get(OUTCOMES_KEY.encode())
         if not raw:
             return None
-        return {item: Outcome(int(i), str(r), int(n)) for item, (i, r, n) in json.loads(raw).items()}
+        return {item: _outcome(value) for item, value in json.loads(raw).items()}
     except Exception:  # an unreadable or foreign file is simply not a finished shard
         return None
+
+
+def _outcome(value: list) -> Outcome:
+    """An outcome as `encode_outcomes` wrote it (shards of earlier versions have no rejections)."""
+    rejected = value[3] if len(value) > 3 else {}
+    return Outcome(int(value[0]), str(value[1]), int(value[2]), {str(k): int(n) for k, n in rejected.items()})
 
 
 def shard_jobs(specs: list[ItemSpec], folder: Path, stem: str, recipe: Recipe) -> list[ShardJob]:

@@ -386,6 +386,7 @@ class Outcome:
     index: int
     reason: str = ""
     tried: int = 0
+    rejected: dict[str, int] = field(default_factory=dict)  # attempts rejected, by reason, before this
 
     def describe(self) -> str:
         return f"no attempt worked ({self.tried} tried); most often: {self.reason}"

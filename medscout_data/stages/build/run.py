@@ -59,6 +59,7 @@ from medscout_data.stages.build.planning import (
     plan_replacements,
     record_outcomes,
 )
+from medscout_data.stages.build.shortfall import Rejections, balance_short, count_shortfall
 from medscout_data.stages.plan import BENCH, TRAIN, ensure_plan
 from medscout_data.stages.pool import read_pool_record, write_pool_record
 from medscout_data.workers import process_pool
@@ -96,6 +97,7 @@ class TaskRun:
     pending: set[str] = field(default_factory=set)  # shard names of the current round not back yet
     jobs: list[ShardJob] = field(default_factory=list)  # every job of every round
     round_made: int = 0
+    rejections: Rejections = field(default_factory=Rejections)  # rejected attempts of every round
 
 
 def build_modality(layout: Layout, recipe: Recipe, options: BuildOptions) -> RunReport:
@@ -299,6 +301,8 @@ class _Build:
 
     def _take(self, run: TaskRun, job: ShardJob, outcomes: dict[str, Outcome]) -> None:
         run.outcomes.update(outcomes)
+        for item, outcome in outcomes.items():
+            run.rejections.add(run.specs[item], outcome)
         made = sum(o.index >= 0 for o in outcomes.values())
         run.round_made += made
         self.rows[job.path.name] = made
@@ -355,12 +359,16 @@ class _Build:
         report, record = self.report, self.record
         for name, info in record["shards"].items():
             info["rows"] = self.rows[name]
-        record["made"], record["shortfall"] = {}, {}
+        record["made"], record["shortfall"], record["balance_short"] = {}, {}, {}
         for task, run in self.runs.items():
             record["made"][task] = self._account(run)
-            shortfall = _shortfall(run, context)
+            shortfall = count_shortfall(task, run.specs.values(), run.outcomes, context)
             if shortfall:
                 record["shortfall"][task] = shortfall
+            unbalanced = balance_short(task, run.specs.values(), run.outcomes, run.rejections, context)
+            if unbalanced:
+                record["balance_short"][task] = unbalanced
+            report.info.setdefault("rejected_attempts", {})[task] = run.rejections.by_rule()
         record["complete"] = True
         write_pool_record(self.layout, self.options.modality, record)
         self._prune()
@@ -369,10 +377,12 @@ class _Build:
         report.info["planned"] = dict(record["planned"])
         report.info["made"] = record["made"]
         report.info["shortfall"] = record["shortfall"]
+        report.info["balance_short"] = record["balance_short"]
         report.info["items"] = sum(report.counts[f"items_{t}"] for t in self.runs)
         made_now = sum(r.items for r in self.results)
         report.info["items_per_second"] = round(made_now / max(report.info["make_seconds"], 1e-9), 1)
         report.info["ingest_skipped_by_reason"] = _ingest_skips(self.layout, self.options.modality)
+        report.info["duplicate_images"] = report.info["ingest_skipped_by_reason"].get("duplicate-image", 0)
 
     def _account(self, run: TaskRun) -> dict[str, int]:
         made = {BENCH: 0, TRAIN: 0}
@@ -430,42 +440,6 @@ def _checked(job: ShardJob, future: Future) -> Chunk:
         raise BuildError(
             f"{job.path.name} failed: {type(exc).__name__}: {exc}; finished shards are kept, rerun to resume"
         ) from exc
-
-
-def _shortfall(run: TaskRun, context: CellContext) -> dict[str, Any]:
-    """Per side of a short cell: planned, made, why, and what would fill it."""
-    out = {}
-    for side in (BENCH, TRAIN):
-        specs = [s for s in run.specs.values() if s.side == side]
-        failed = [s for s in specs if run.outcomes[s.id].index < 0]
-        if not failed:
-            continue
-        reasons = Counter(run.outcomes[s.id].reason for s in failed)
-        out[side] = {
-            "planned": len(specs),
-            "made": len(specs) - len(failed),
-            "reasons": dict(reasons.most_common()),
-            "advice": _advice(run.task, side, context),
-        }
-    return out
-
-
-def _advice(task: str, side: str, context: CellContext) -> str:
-    recipe = context.recipe
-    subjects = len(context.subjects(side))
-    more = f"more {side}-side subjects (it has {subjects}; the plan puts about " + (
-        f"{recipe.pool.bench_fraction:.0%} of all subjects on the bench)"
-    )
-    knobs = {
-        "scale": f"scale.min_anatomy_fraction (now {recipe.scale.min_anatomy_fraction:g})",
-        "jigsaw": "the jigsaw content thresholds",
-        "anomaly": (
-            f"anomaly.min_cell_difference (now {recipe.anomaly.min_cell_difference:g}), a wider "
-            f"anomaly.ref_distance_mm (now {list(recipe.anomaly.ref_distance_mm)}) or a larger "
-            f"anomaly.max_references (now {recipe.anomaly.max_references})"
-        ),
-    }
-    return f"add {more}, or relax {knobs[task]} in the recipe"
 
 
 def _ingest_skips(layout: Layout, modality: str) -> dict[str, int]:
