@@ -78,7 +78,7 @@ def judge_endpoint(
     if not base_url or not model:
         raise click.UsageError("--extract judge needs --judge-base-url and --judge-model")
     try:
-        return Endpoint(base_url, model, key_env, concurrency=concurrency)
+        return Endpoint(base_url, model, key_env, concurrency=concurrency, flag="--judge-")
     except ValueError as exc:
         raise click.UsageError(str(exc)) from exc
 
