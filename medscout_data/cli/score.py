@@ -206,6 +206,9 @@ def score(
             columns.append(Column(label, result, is_baseline))
             for skip in report.skips:
                 click.echo(f"skipped {skip.message}", err=True)
+            if report.dropped:
+                more = ", ".join(f"{r}: {n}" for r, n in sorted(report.dropped.items()))
+                click.echo(f"skipped {sum(report.dropped.values())} more lines of {path} ({more})", err=True)
     except StageError as exc:
         raise click.ClickException(str(exc)) from exc
     if len(columns) == 1:
