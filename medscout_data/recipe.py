@@ -347,7 +347,7 @@ def _check_ranges(node: Any, path: Path, where: str = "") -> None:
             elif isinstance(element, int | float) and not isinstance(element, bool):
                 low, high = RANGES[f"{type(node).__name__}.{spec.name}"]
                 if not low <= element <= high:  # NaN fails too
-                    raise RecipeError(f"{path}: {name} = {element!r} is out of range; use [{low}, {high}]")
+                    raise RecipeError(f"{path}: {name} must be in [{low}, {high}], got {element!r}")
 
 
 def _check(recipe: Recipe, path: Path) -> None:
