@@ -6,6 +6,7 @@ failure into one line is the CLI group (medscout_data/cli/__init__.py)."""
 from __future__ import annotations
 
 import errno
+import re
 import shlex
 from pathlib import Path
 
@@ -15,6 +16,11 @@ from faultkit import cli, fail_on_call, no_traceback, on_small_disk, read_only
 
 from medscout_data.integrations import vendor
 
+RUNTIMES = {  # the modules whose scorer copy each export ships in OUT/_medscout/
+    "export swift": "medscout_data.integrations.swift",
+    "export lmms-eval": "medscout_data.integrations.lmms_eval",
+    "export vlmeval": "medscout_data.integrations.vlmeval",
+}
 WRITERS = {
     "export swift": ["export", "--format", "swift", "--split", "bench"],
     "export jsonl": ["export", "--format", "jsonl", "--split", "train", "--modality", "ct"],
@@ -69,12 +75,16 @@ def test_a_full_disk_is_one_line(split_shards: Path, tmp_path: Path, name: str) 
     script = (
         f"head -c {fill} /dev/zero > {shlex.quote(str(mount))}/filler || true\n"
         f"set +e\n$CLI {shlex.join(args)}\necho EXIT=$?\n"
-        f"find {shlex.quote(str(mount))} -path '*_medscout*' -name '*.py' | wc -l | sed 's/^/VENDORED=/'\n"
+        f"find {shlex.quote(str(mount))} -path '*/_medscout/*' -name '*.py' | wc -l | sed 's/^/VENDORED=/'\n"
+        f"find {shlex.quote(str(mount))} -name '._medscout-*' | sed 's/^/STAGING /'\n"
     )
     result = on_small_disk(script, mount, size_kib=128)
     assert "EXIT=0" not in result.stdout, result.stdout
     line = one_error_line(result.stdout)
     assert "No space left on device" in line, line
+    assert "STAGING" not in result.stdout  # no half-made scorer copy left beside it
+    whole = len(vendor.closure([RUNTIMES[name]])) if name in RUNTIMES else 0
+    assert re.search(r"VENDORED=(\d+)", result.stdout)[1] in ("0", str(whole)), result.stdout  # type: ignore[index]
 
 
 def test_the_scorer_copy_is_whole_or_absent_when_a_write_fails(
