@@ -248,3 +248,14 @@ def test_a_judge_refusal_names_the_judge_options(
     assert result.returncode != 0
     no_traceback(result.stdout)
     assert names in result.stdout and not_names not in result.stdout, result.stdout
+
+
+def test_secrets_in_the_base_url_are_hidden_too(monkeypatch: pytest.MonkeyPatch) -> None:
+    from medscout_data.evaluation.chat import redactor_for
+
+    monkeypatch.setenv("K", "sk-the-env-key-0123456789")
+    endpoint = Endpoint("http://me:url-password-42@127.0.0.1:9/v1?api-key=query-key-abcdef&v=1", MODEL, "K")
+    redact = redactor_for(endpoint)
+    text = redact("sk-the-env-key-0123456789 url-password-42 query-key-abcdef v=1")
+    assert text == "<api-key> <api-key> <api-key> v=1"
+    assert "url-password" not in endpoint.public_url and "query-key" not in endpoint.public_url

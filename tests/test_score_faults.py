@@ -126,3 +126,35 @@ def test_a_file_with_no_usable_line_exits_non_zero_with_one_line(
     no_traceback(result.stdout)
     errors = [line for line in result.stdout.splitlines() if line.startswith("Error:")]
     assert len(errors) == 1 and f"{path}: no usable prediction line" in errors[0], result.stdout
+
+
+def test_an_overlong_line_is_skipped_unread_and_the_rest_scored(
+    shards: Path, rows: list[dict], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from medscout_data.evaluation import predictions as module
+    from medscout_data.report import RunReport
+
+    monkeypatch.setattr(module, "MAX_LINE_BYTES", 4096)
+    huge = json.dumps({"id": rows[0]["id"], "response": "9" * 100_000})
+    path = swift_file(tmp_path / "p.jsonl", rows[1:], {2: huge})
+    report = RunReport("score")
+    read = module.read_predictions(path, report)
+    assert set(read) == {r["id"] for r in rows[1:]}
+    assert [(s.path, s.reason) for s in report.skips] == [(f"{path}:2", "line-too-long")]
+
+
+def test_duplicate_ids_are_counted_and_a_few_named(shards: Path, rows: list[dict], tmp_path: Path) -> None:
+    path = tmp_path / "p.jsonl"
+    line = json.dumps({"id": rows[0]["id"], "response": "1"}) + "\n"
+    path.write_text(line * 100_001)
+    result = cli("score", "--predictions", str(path), "--bench", str(shards))
+    assert result.returncode != 0
+    line = one_line_error(result.stdout)
+    assert "duplicate prediction ids (100000)" in line and "(99990 more)" in line and len(line) < 500
+
+
+def one_line_error(output: str) -> str:
+    no_traceback(output)
+    errors = [line for line in output.splitlines() if line.startswith("Error:")]
+    assert len(errors) == 1, output
+    return errors[0]

@@ -35,7 +35,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import parse_qsl, urlsplit, urlunsplit
 
 from medscout_data.evaluation.errors import ScoreError
 
@@ -146,8 +146,12 @@ class Redactor(logging.Filter):
 
 
 def redactor_for(*endpoints: Endpoint) -> Redactor:
-    """A redactor of every real key these endpoints use."""
+    """A redactor of every secret these endpoints carry: the key, and a password or query
+    values in the base URL (`http://user:KEY@host/v1?api-key=KEY`)."""
     keys = {e.api_key() for e in endpoints} - {NO_KEY}
+    for endpoint in endpoints:
+        parts = urlsplit(endpoint.base_url)
+        keys |= {parts.password or ""} | {v for _, v in parse_qsl(parts.query) if len(v) >= MIN_FRAGMENT}
     return Redactor(tuple(sorted(k for k in keys if len(k) >= 4)))
 
 

@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path, PurePosixPath
 from typing import Any
 
@@ -43,6 +43,7 @@ UTF8_BOM = b"\xef\xbb\xbf"
 # The exported image name: `<id>-<k>.png` (integrations/export.py `image_relpath`).
 _IMAGE_NAME = re.compile(r"(?P<id>.+)-(?P<k>\d+)\.png")
 MAX_EXAMPLES = 20  # bad lines listed per reason (all are counted)
+MAX_LINE_BYTES = 64 << 20  # a longer line is skipped unread (`line-too-long`): memory stays flat
 
 
 class BadLine(ValueError):
@@ -80,17 +81,20 @@ def read_predictions(path: str | Path, report: RunReport) -> dict[str, str]:
     usable = 0
     predictions: dict[str, str] = {}
     failures: dict[str, str] = {}
-    duplicates: list[str] = []
+    duplicates: list[str] = []  # the first few
+    duplicated = 0
     models: set[str] = set()
     try:
         with open(path, "rb") as handle:
-            for number, raw in enumerate(handle, 1):
+            for number, raw in enumerate(_lines(handle), 1):
                 if number == 1 and raw.startswith(UTF8_BOM):
                     raw = raw[len(UTF8_BOM) :]
                 if not raw.strip():
                     continue
                 where = f"{path}:{number}"
                 try:
+                    if raw is _TOO_LONG:
+                        raise BadLine("line-too-long", f"longer than {MAX_LINE_BYTES >> 20} MiB; not read")
                     record = parse_line(raw)
                     item_id, response, error = parse_record(record)
                 except BadLine as exc:
@@ -103,12 +107,15 @@ def read_predictions(path: str | Path, report: RunReport) -> dict[str, str]:
                     failures[item_id] = f"{where}: request failed ({error})"
                     continue
                 if item_id in predictions:
-                    duplicates.append(item_id)
+                    duplicated += 1
+                    if len(duplicates) < 10:
+                        duplicates.append(item_id)
                 predictions[item_id] = response
     except OSError as exc:
         raise ScoreError(f"{path}: cannot read predictions ({exc.strerror or exc})") from exc
-    if duplicates:
-        raise ScoreError(f"{path}: duplicate prediction ids ({len(duplicates)}): {preview(duplicates)}")
+    if duplicated:
+        more = f", ... ({duplicated - len(duplicates)} more)" if duplicated > len(duplicates) else ""
+        raise ScoreError(f"{path}: duplicate prediction ids ({duplicated}): {', '.join(duplicates)}{more}")
     if not usable:
         reasons = ", ".join(f"{r}: {n}" for r, n in report.skipped_by_reason().items())
         raise ScoreError(
@@ -122,6 +129,21 @@ def read_predictions(path: str | Path, report: RunReport) -> dict[str, str]:
     report.info.setdefault("models", [])
     report.info["models"] = sorted(set(report.info["models"]) | models)
     return predictions
+
+
+_TOO_LONG = b"\0too long"  # stands for a line over MAX_LINE_BYTES (compared by identity)
+
+
+def _lines(handle: Any) -> Iterator[bytes]:
+    """The file's lines; a line over `MAX_LINE_BYTES` is passed over in chunks and given as
+    `_TOO_LONG`, so no line is ever held whole beyond that size."""
+    while raw := handle.readline(MAX_LINE_BYTES + 1):
+        if len(raw) > MAX_LINE_BYTES and not raw.endswith(b"\n"):
+            while (rest := handle.readline(MAX_LINE_BYTES)) and not rest.endswith(b"\n"):
+                pass
+            yield _TOO_LONG
+            continue
+        yield raw
 
 
 def parse_line(raw: bytes) -> Any:
