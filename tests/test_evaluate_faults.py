@@ -1,10 +1,12 @@
-"""evaluate and the judge against misbehaving servers (a real HTTP server on 127.0.0.1,
-tests/chatserver.py): no run of 8 characters of a key in any output, whatever the server echoes
-and wherever the cut falls; a run that never reached the server stops with one line; a null
-message, a deeply nested reply and a reset mid-reply are failed requests, named as such."""
+"""evaluate and the judge against misbehaving servers, real ones on 127.0.0.1 (aiohttp for the
+servers that echo the key, tests/chatserver.py for the rest): no run of 8 characters of a key in
+any output, whatever the server echoes and wherever the cut falls; a run that never reached the
+server stops with one line; a null message, a deeply nested reply and a reset mid-reply are
+failed requests, named as such."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import random
 import string
@@ -90,6 +92,49 @@ def echo_header(pads: list[int]):
     return respond
 
 
+class AiohttpServer:
+    """A real aiohttp server on 127.0.0.1 (its own event loop in a thread) answering
+    POST /v1/chat/completions with `respond(body, headers) -> Answer`, as a hosted API would."""
+
+    def __init__(self, respond) -> None:
+        self.respond = respond
+        self.loop = asyncio.new_event_loop()
+        self.ready = threading.Event()
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+
+    def _serve(self) -> None:
+        from aiohttp import web
+
+        async def handle(request: web.Request) -> web.Response:
+            body = await request.json()
+            answer = self.respond(body, {k.lower(): v for k, v in request.headers.items()})
+            return web.Response(status=answer.status, text=answer.text, content_type="application/json")
+
+        app = web.Application()
+        app.router.add_post("/v1/chat/completions", handle)
+        self.runner = web.AppRunner(app, access_log=None)
+        self.loop.run_until_complete(self.runner.setup())
+        site = web.TCPSite(self.runner, "127.0.0.1", 0)
+        self.loop.run_until_complete(site.start())
+        self.port = self.runner.addresses[0][1]
+        self.ready.set()
+        self.loop.run_forever()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/v1"
+
+    def __enter__(self) -> AiohttpServer:
+        self.thread.start()
+        assert self.ready.wait(30), "the aiohttp server did not start"
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        asyncio.run_coroutine_threadsafe(self.runner.cleanup(), self.loop).result(30)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(30)
+
+
 def spread(length: int, n: int) -> list[int]:
     """`n` pads that put the echoed key from wholly before the cut to past it, at evenly
     spread offsets (the key comes 77 characters after the pad: error kind, status, echo text)."""
@@ -104,7 +149,7 @@ def test_evaluate_writes_no_key_fragment_when_the_server_echoes_it_across_the_cu
     key = make_key(length, seed=1)
     monkeypatch.setenv("MY_KEY", key)
     out = tmp_path / "run"
-    with ChatServer(echo_header(spread(length, len(rows)))) as server:
+    with AiohttpServer(echo_header(spread(length, len(rows)))) as server:
         result = cli("-v", "evaluate", "--bench", str(shards), "--base-url", server.url, "--model", MODEL,
                      "--api-key-env", "MY_KEY", "--retries", "0", "--concurrency", "4", "--out", str(out),
                      "--quiet")  # fmt: skip
@@ -127,7 +172,7 @@ def test_the_judge_writes_no_key_fragment_when_its_server_echoes_it_across_the_c
     predictions = tmp_path / "predictions.jsonl"
     lines = [{"id": r["id"], "response": "I think it is the one near the middle."} for r in rows]
     predictions.write_text("".join(json.dumps(line) + "\n" for line in lines))
-    with ChatServer(echo_header(spread(length, len(rows)))) as judge:
+    with AiohttpServer(echo_header(spread(length, len(rows)))) as judge:
         result = cli("-v", "score", "--predictions", str(predictions), "--bench", str(shards),
                      "--extract", "judge", "--judge-base-url", judge.url, "--judge-model", JUDGE_MODEL,
                      "--judge-api-key-env", "JUDGE_KEY", "--json", str(tmp_path / "scores.json"),
