@@ -1,8 +1,10 @@
 """Recipes: every count, seed, size, window and threshold of a run, from TOML.
 
 A recipe is a tree of frozen dataclasses. Loading is strict: an unknown key, a
-missing required key or a value of the wrong type is a `RecipeError` that names
-the file and the key, never a silently ignored setting. `Recipe.digest` is a
+missing required key, a value of the wrong type or a number outside its range
+(`RANGES`: every number has one, so a window width of 0 or a count in the
+quintillions is refused when the recipe loads, not when a stage crashes on it)
+is a `RecipeError` that names the file and the key, never a silently ignored setting. `Recipe.digest` is a
 stable hash of the whole recipe, recorded in every output it shapes.
 """
 
@@ -189,6 +191,57 @@ class Recipe:
         return self if seed is None else dataclasses.replace(self, seed=seed)
 
 
+SEEDS = (0, 2**63 - 1)
+COUNTS = (1, 100_000_000)  # items or images: a hundred million is far beyond any real run
+GREY = (0.0, 255.0)  # thresholds on 8-bit grey levels
+FRACTION = (0.0, 1.0)
+# Inclusive range of every number in a recipe, by `Class.field` (a tuple's elements share it).
+RANGES: dict[str, tuple[float, float]] = {
+    "Recipe.seed": SEEDS,
+    "Window.width": (1.0, 100_000.0),
+    "Window.level": (-100_000.0, 100_000.0),
+    "SampleConfig.subjects": (1, 10_000),
+    "SampleConfig.size": (32, 4096),
+    "SampleConfig.slices": (1, 4096),
+    "SampleConfig.seed": SEEDS,
+    "PoolConfig.items_per_cell": COUNTS,
+    "PoolConfig.bench_per_cell": COUNTS,
+    "PoolConfig.shard_max_items": COUNTS,
+    "PoolConfig.row_group_items": COUNTS,
+    "IngestConfig.ct_body_threshold_hu": (-2000.0, 4000.0),
+    "IngestConfig.mri_percentiles": (0.0, 100.0),
+    "IngestConfig.min_body_fraction": FRACTION,
+    "IngestConfig.max_size": (8, 65_536),
+    "IngestConfig.xray_chunk_images": (1, 1_000_000),
+    "IngestConfig.min_image_size": (1, 65_536),
+    "IngestConfig.plane_anisotropy": (1.0, 1000.0),
+    "IngestConfig.body_crop_margin": FRACTION,
+    "IngestConfig.max_images": (0, COUNTS[1]),
+    "IngestConfig.slab_step_mm": (0.01, 1000.0),
+    "ScaleConfig.n_crops": (1, 64),
+    "ScaleConfig.level_areas": FRACTION,
+    "ScaleConfig.centre_range": FRACTION,
+    "ScaleConfig.crop_size": (8, 4096),
+    "ScaleConfig.min_anatomy_fraction": FRACTION,
+    "ScaleConfig.max_tries": (1, 1_000_000),
+    "ScaleConfig.resample_blur": (0.3, 4.0),
+    "ScaleConfig.max_enlargement": (1.0, 100.0),
+    "ScaleConfig.min_structure": GREY,
+    "JigsawConfig.grid": (2, 16),
+    "JigsawConfig.min_structure": GREY,
+    "JigsawConfig.min_tile_difference": GREY,
+    "AnomalyConfig.grid": (2, 32),
+    "AnomalyConfig.cells": (0, 32 * 32 - 1),
+    "AnomalyConfig.ref_distance_mm": (0.0, 1000.0),
+    "AnomalyConfig.min_cell_difference": GREY,
+    "AnomalyConfig.max_references": (1, 10_000),
+    "AnomalyConfig.min_structure": GREY,
+    "IndexConfig.k": (1, 10_000),
+    "IndexConfig.batch_size": (1, 65_536),
+    "PngConfig.compression": (0, 3),
+}
+
+
 def recipe_dirs() -> list[Path]:
     """Where recipe names are looked up: the source tree's recipes/, then the install's."""
     return [
@@ -220,6 +273,7 @@ def load_recipe(name_or_path: str | Path = "sample") -> Recipe:
     except tomllib.TOMLDecodeError as exc:
         raise RecipeError(f"{path}: not valid TOML: {exc}") from exc
     recipe = _build(Recipe, data, path, "")
+    _check_ranges(recipe, path)
     _check(recipe, path)
     return recipe
 
@@ -227,6 +281,7 @@ def load_recipe(name_or_path: str | Path = "sample") -> Recipe:
 def recipe_from_dict(data: dict[str, Any], where: str = "<stored recipe>") -> Recipe:
     """A recipe from its `to_dict()` form (e.g. stored beside a pool), validated like a file."""
     recipe = _build(Recipe, _lists(data), Path(where), "")
+    _check_ranges(recipe, Path(where))
     _check(recipe, Path(where))
     return recipe
 
@@ -287,6 +342,22 @@ def _convert(hint: Any, value: Any, path: Path, key: str) -> Any:
     if hint in (int, str, bool) and type(value) is hint:
         return value
     raise RecipeError(f"{path}: {key} must be {hint.__name__}, got {value!r}")
+
+
+def _check_ranges(node: Any, path: Path, where: str = "") -> None:
+    """Every number of a built recipe (defaults included) against `RANGES`, naming the key."""
+    for spec in dataclasses.fields(node):
+        key = f"{where}.{spec.name}".lstrip(".")
+        value = getattr(node, spec.name)
+        values = enumerate(value) if isinstance(value, tuple) else [(None, value)]
+        for index, element in values:
+            name = key if index is None else f"{key}[{index}]"
+            if dataclasses.is_dataclass(element):
+                _check_ranges(element, path, name)
+            elif isinstance(element, int | float) and not isinstance(element, bool):
+                low, high = RANGES[f"{type(node).__name__}.{spec.name}"]
+                if not low <= element <= high:  # NaN fails too
+                    raise RecipeError(f"{path}: {name} must be in [{low}, {high}], got {element!r}")
 
 
 def _check(recipe: Recipe, path: Path) -> None:

@@ -2,7 +2,10 @@
 
 Nothing is dropped silently. A stage records each bad or filtered input with
 `skip(path, reason, message)`, counts what it found and used, and ends with
-`summary()` logged and `write()` to `errors.parquet` + `report.json`.
+`summary()` logged and `write()` to `errors.parquet` + `report.json`. A report
+of user-written lines (a predictions file may hold a million bad ones) keeps
+at most `max_examples` skips per reason, with their log lines, and counts the
+rest: memory and output stay flat, the totals stay exact.
 """
 
 from __future__ import annotations
@@ -38,12 +41,21 @@ class RunReport:
     skips: list[Skip] = field(default_factory=list)
     info: dict[str, Any] = field(default_factory=dict)
     started: float = field(default_factory=time.monotonic)
+    max_examples: int | None = None  # skips kept (and logged) per reason; None: all
+    dropped: Counter[str] = field(default_factory=Counter)  # skips counted beyond max_examples
+    _kept: Counter[str] = field(default_factory=Counter)
 
     def count(self, key: str, n: int = 1) -> None:
         self.counts[key] += n
 
     def skip(self, path: str, reason: str, message: str) -> None:
         """Record a skipped input; the message must name the file and the reason."""
+        if self.max_examples is not None and self._kept[reason] >= self.max_examples:
+            if not self.dropped[reason]:
+                log.warning("further %s skips are counted, not listed", reason)
+            self.dropped[reason] += 1
+            return
+        self._kept[reason] += 1
         self.skips.append(Skip(str(path), reason, message))
         log.warning("skipped %s: %s", path, message)
 
@@ -52,7 +64,12 @@ class RunReport:
             self.skip(item.path, item.reason, item.message)
 
     def skipped_by_reason(self) -> dict[str, int]:
-        return dict(sorted(Counter(s.reason for s in self.skips).items()))
+        return dict(sorted((Counter(s.reason for s in self.skips) + self.dropped).items()))
+
+    @property
+    def skipped(self) -> int:
+        """Every skip, listed or only counted."""
+        return len(self.skips) + sum(self.dropped.values())
 
     @property
     def seconds(self) -> float:
@@ -63,7 +80,7 @@ class RunReport:
             "stage": self.stage,
             "counts": dict(sorted(self.counts.items())),
             "skipped_by_reason": self.skipped_by_reason(),
-            "skipped": len(self.skips),
+            "skipped": self.skipped,
             "seconds": round(self.seconds, 3),
             **self.info,
         }
@@ -73,7 +90,7 @@ class RunReport:
         parts = [f"{k}={v}" for k, v in sorted(self.counts.items())]
         reasons = ", ".join(f"{r}: {n}" for r, n in self.skipped_by_reason().items())
         text = f"{self.stage}: {' '.join(parts) or 'nothing counted'}"
-        text += f"; skipped {len(self.skips)}" + (f" ({reasons})" if reasons else "")
+        text += f"; skipped {self.skipped}" + (f" ({reasons})" if reasons else "")
         return text + f"; {self.seconds:.1f} s"
 
     def write(self, folder: Path) -> None:

@@ -14,6 +14,8 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import socket
+import struct
 import threading
 import time
 from collections import Counter
@@ -33,13 +35,15 @@ DATA_URL = "data:image/png;base64,"
 
 @dataclass(frozen=True)
 class Answer:
-    """What the server sends back: a status, a JSON (or raw) body, headers, after a delay."""
+    """What the server sends back: a status, a JSON (or raw) body, headers, after a delay; with
+    `reset`, the body's first bytes and then a TCP reset (the connection dies mid-reply)."""
 
     status: int = 200
     text: str = ""
     delay: float = 0.0
     headers: tuple[tuple[str, str], ...] = ()
     raw: bytes | None = None
+    reset: bool = False
 
 
 def completion(text: str, model: str) -> dict[str, Any]:
@@ -94,11 +98,17 @@ class ChatServer:
                 try:
                     self.send_response(answer.status)
                     self.send_header("Content-Type", "application/json")
-                    self.send_header("Content-Length", str(len(payload)))
+                    self.send_header("Content-Length", str(len(payload) + 1000 * answer.reset))
                     for name, value in answer.headers:
                         self.send_header(name, value)
                     self.end_headers()
                     self.wfile.write(payload)
+                    if answer.reset:  # SO_LINGER 0: close() sends RST, not FIN
+                        self.wfile.flush()
+                        linger = struct.pack("ii", 1, 0)
+                        self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, linger)
+                        self.connection.close()
+                        self.close_connection = True
                 except OSError:  # the client gave up (a timeout): nothing to answer
                     pass
 

@@ -79,7 +79,19 @@ def test_a_leading_bom_does_not_cost_the_first_line(rows: list[dict], tmp_path: 
         ('{"id": "x", "messages": [{"role": "assistant", "content": 3.5}]}', "bad-content", "float"),
         ('{"id": "x", "messages": [{"role": "user", "content": "q"}]}', "no-response", "no assistant"),
         ('{"id": "x"}', "no-response", "no `response`"),
-        ('{"response": "9", "images": ["elsewhere/photo.jpg"]}', "no-id", "recover"),
+        ('{"response": "9", "images": ["elsewhere/photo.jpg"]}', "bad-image-path", "not an exported image"),
+        ('{"response": "9", "images": []}', "no-id", "recover"),
+        (
+            '{"response": "9", "images": ["images/ct/scale/../../../../etc/passwd-0.png"]}',
+            "bad-image-path",
+            "leaves the export",
+        ),
+        ('{"response": "9", "images": ["/srv/ct/scale/ct-scale-0001-0.png"]}', "bad-image-path", "not under"),
+        (
+            '{"response": "9", "images": ["images/ct/scale/ct-scale-0000-0.png", "images/ct/scale/x-1.png"]}',
+            "images-disagree",
+            "name 2 items",
+        ),
     ],
 )
 def test_each_bad_line_is_named_and_the_rest_is_read(
@@ -190,11 +202,12 @@ def test_unrecoverable_ids_are_reported_not_skipped_silently(rows: list[dict], t
         swift_line(row, ["images/ct/scale/a-0.png", "images/ct/scale/b-1.png"]),  # two ids
         swift_line(row, ["images/ct/scale/a-1.png"]),  # not the first image
         {"response": "9", "messages": [{"role": "assistant", "content": "9"}]},  # no images at all
+        {"id": rows[1]["id"], "response": "9"},  # a usable line: the rest is scored
     ]
     path = write_lines(tmp_path / "p.jsonl", lines)
     predictions, report = read(path)
-    assert predictions == {}
-    assert [s.reason for s in report.skips] == ["no-id"] * 4
+    assert predictions == {rows[1]["id"]: "9"}
+    assert [s.reason for s in report.skips] == ["no-id", "images-disagree", "bad-image-path", "no-id"]
     assert [s.path for s in report.skips] == [f"{path}:{n}" for n in range(1, 5)]
 
 

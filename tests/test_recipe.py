@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -61,3 +62,114 @@ def test_missing_required_key(tmp_path: Path) -> None:
 def test_unknown_recipe_name_lists_known_ones() -> None:
     with pytest.raises(RecipeError, match="sample"):
         load_recipe("no-such-recipe")
+
+
+def _number_fields(cls: type, seen: set[str] | None = None) -> set[str]:
+    """`Class.field` of every number in the recipe tree (tuple elements included)."""
+    import dataclasses
+    import typing
+
+    seen = set() if seen is None else seen
+    for name, hint in typing.get_type_hints(cls).items():
+        args = typing.get_args(hint) if typing.get_origin(hint) is tuple else (hint,)
+        for arg in args:
+            if dataclasses.is_dataclass(arg):
+                _number_fields(arg, seen)
+            elif arg in (int, float):
+                seen.add(f"{cls.__name__}.{name}")
+    return seen
+
+
+def test_every_number_in_a_recipe_has_a_range() -> None:
+    from medscout_data.recipe import RANGES, Recipe
+
+    assert _number_fields(Recipe) == set(RANGES)
+
+
+# Where each `Class.field` lives in a recipe file (a window is an element of ingest.ct_windows).
+TABLES = {
+    "Recipe": "",
+    "Window": "ingest",
+    "SampleConfig": "sample",
+    "PoolConfig": "pool",
+    "IngestConfig": "ingest",
+    "ScaleConfig": "scale",
+    "JigsawConfig": "jigsaw",
+    "AnomalyConfig": "anomaly",
+    "IndexConfig": "index",
+    "PngConfig": "png",
+}
+
+
+def _recipe_with(tmp_path: Path, spec: str, value: object) -> tuple[Path, str]:
+    """The sample recipe with one number (every element of a tuple) set to `value`; the key named."""
+    import tomllib
+
+    from medscout_data.recipe import load_recipe as load
+    from medscout_data.recipe import resolve_recipe_path
+
+    data = tomllib.loads(resolve_recipe_path("sample").read_text())
+    recipe = load("sample").to_dict()
+    cls, name = spec.split(".")
+    table = TABLES[cls]
+    if cls == "Window":
+        data.setdefault("ingest", {})["ct_windows"] = [{"name": "w", "width": 400.0, "level": 40.0}]
+        data["ingest"]["ct_windows"][0][name] = value
+        key = f"ingest.ct_windows[0].{name}"
+    else:
+        section = data if not table else data.setdefault(table, {})
+        current = recipe[name] if not table else recipe[table][name]
+        section[name] = [value] * len(current) if isinstance(current, tuple | list) else value
+        key = f"{table}.{name}".lstrip(".") + ("[0]" if isinstance(current, tuple | list) else "")
+    path = tmp_path / f"{spec}.toml"
+    path.write_text(_toml(data))
+    return path, key
+
+
+def _toml(data: dict, prefix: str = "") -> str:
+    import json
+
+    def value(v: object) -> str:
+        if isinstance(v, dict):
+            return "{ " + ", ".join(f"{k} = {value(x)}" for k, x in v.items()) + " }"
+        if isinstance(v, list):
+            return "[" + ", ".join(value(x) for x in v) + "]"
+        if isinstance(v, bool):
+            return "true" if v else "false"
+        if isinstance(v, float) and v != v:
+            return "nan"
+        return json.dumps(v)
+
+    plain = [f"{k} = {value(v)}" for k, v in data.items() if not isinstance(v, dict)]
+    tables = [
+        f"\n[{prefix}{k}]\n" + _toml(v, f"{prefix}{k}.") for k, v in data.items() if isinstance(v, dict)
+    ]
+    return "\n".join(plain) + "\n" + "".join(tables)
+
+
+def _ranges() -> list[tuple[str, float, float]]:
+    from medscout_data.recipe import RANGES
+
+    return [(spec, low, high) for spec, (low, high) in sorted(RANGES.items())]
+
+
+def _naming(key: str) -> str:
+    """A refusal naming `key` and its range."""
+    return re.escape(key) + r" must be in \[.*\], got "
+
+
+@pytest.mark.parametrize(("spec", "low", "high"), _ranges())
+def test_a_number_just_outside_its_range_is_refused_naming_the_key(
+    tmp_path: Path, spec: str, low: float, high: float
+) -> None:
+    is_int = isinstance(low, int) and isinstance(high, int)
+    for value in (low - 1 if is_int else low - 0.5, high + 1 if is_int else high * 2 + 1):
+        if is_int and not -(2**63) <= value < 2**63:
+            continue  # beyond what TOML can hold
+        path, key = _recipe_with(tmp_path, spec, value)
+        with pytest.raises(RecipeError, match=_naming(key)):
+            load_recipe(path)
+    path, key = _recipe_with(tmp_path, spec, float("nan") if not is_int else low)
+    if not is_int:
+        with pytest.raises(RecipeError, match=_naming(key)):
+            load_recipe(path)

@@ -6,8 +6,11 @@ stage (and torch, faiss, datasets) when it runs, so `--help` stays fast.
 
 from __future__ import annotations
 
+import errno
 import importlib
 import logging
+import traceback
+from typing import Any
 
 import click
 
@@ -32,7 +35,45 @@ COMMANDS = {
 }
 
 
+class OneLineErrors(click.Group):
+    """The one place where a failure becomes one line on stderr and exit status 1, for every
+    command: a stage's own error (StageError, RecipeError) as its message; an OSError (a
+    read-only folder, a full disk, a missing file) as the file and the system's reason; anything
+    else as its type and message, with the traceback only under -vv."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except (click.exceptions.ClickException, click.exceptions.Exit, click.exceptions.Abort):
+            raise
+        except Exception as exc:  # every command's last word, see the docstring
+            if ctx.params.get("verbose", 0) >= 2:
+                traceback.print_exc()
+            raise click.ClickException(one_line(exc)) from None
+
+
+def one_line(exc: BaseException) -> str:
+    """The message of a failure, on one line."""
+    from medscout_data.errors import StageError
+    from medscout_data.recipe import RecipeError
+
+    if isinstance(exc, StageError | RecipeError):
+        text = str(exc)
+    elif isinstance(exc, OSError):
+        where = " -> ".join(str(f) for f in (exc.filename, exc.filename2) if f is not None)
+        reason = exc.strerror or str(exc) or type(exc).__name__
+        hint = "; free space or choose another folder" if exc.errno in (errno.ENOSPC, errno.EDQUOT) else ""
+        hint = hint or ("; choose a folder you can write" if exc.errno in (errno.EROFS, errno.EACCES) else "")
+        text = f"{where}: {reason}{hint}" if where else f"{reason}{hint}"
+    elif isinstance(exc, RecursionError):
+        text = "input nested too deeply to read (RecursionError); rerun with -vv to see where"
+    else:
+        text = f"unexpected {type(exc).__name__}: {exc}; rerun with -vv for the traceback, and report it"
+    return " ".join(text.split())
+
+
 @click.group(
+    cls=OneLineErrors,
     context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
     help="""Regenerate, publish and score Med-Scout-Bench.
 

@@ -85,7 +85,7 @@ def judge_endpoint(
     if not base_url or not model:
         raise click.UsageError("--extract judge needs --judge-base-url and --judge-model")
     try:
-        return Endpoint(base_url, model, key_env, concurrency=concurrency)
+        return Endpoint(base_url, model, key_env, concurrency=concurrency, flag="--judge-")
     except ValueError as exc:
         raise click.UsageError(str(exc)) from exc
 
@@ -215,6 +215,9 @@ def score(
             columns.append(Column(label, result, is_baseline))
             for skip in report.skips:
                 click.echo(f"skipped {skip.message}", err=True)
+            if report.dropped:
+                more = ", ".join(f"{r}: {n}" for r, n in sorted(report.dropped.items()))
+                click.echo(f"skipped {sum(report.dropped.values())} more lines of {path} ({more})", err=True)
     except StageError as exc:
         raise click.ClickException(str(exc)) from exc
     if len(columns) == 1:

@@ -120,7 +120,7 @@ class EvaluateOptions:
         prompt = SYSTEM_PROMPTS[self.mode].encode("utf-8")
         return {
             "created_by": f"medscout-data {__version__}",
-            "bench": self.bench,
+            "bench": bench_identity(self.bench),
             "model": self.endpoint.model,
             "base_url": self.endpoint.public_url,
             "mode": self.mode,
@@ -230,6 +230,13 @@ def prediction_record(item_id: str, reply: Reply, options: EvaluateOptions) -> d
 # ---------------------------------------------------------------- the folder
 
 
+def bench_identity(bench: str) -> str:
+    """What a run pins of `--bench`: a local bench's absolute path (so `shards`, `./shards` and
+    `/abs/shards` are one bench), a Hub repo id as given."""
+    path = Path(str(bench)).expanduser()
+    return str(path.resolve()) if path.exists() else str(bench)
+
+
 def check_folder(out: Path, record: dict[str, Any]) -> None:
     """Refuse a folder that is not ours, or ours with other pinned settings; write run.json."""
     path = out / RUN_RECORD
@@ -245,6 +252,8 @@ def check_folder(out: Path, record: dict[str, Any]) -> None:
         previous = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
         raise ScoreError(f"{path}: unreadable ({exc}); choose another --out") from exc
+    if isinstance(previous, dict) and isinstance(previous.get("bench"), str):
+        previous["bench"] = bench_identity(previous["bench"])  # a record from before absolute paths
     changed = (
         [key for key in PINNED if previous.get(key) != record[key]] if isinstance(previous, dict) else []
     )

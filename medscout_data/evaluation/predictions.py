@@ -10,7 +10,10 @@ Accepted lines:
   dataset columns survived. Without an `id` column (ms-swift drops it by
   default) the id is recovered from the exported image paths,
   `images/<modality>/<task>/<id>-<k>.png`, given as strings or as
-  `{"path": ...}` dicts (or as image parts of the user message).
+  `{"path": ...}` dicts (or as image parts of the user message). A path not of
+  that form (one with `..`, another folder, image k named other than `-k`) is a
+  bad line (`bad-image-path`), and so is a line whose images name two items
+  (`images-disagree`).
 - A line of `evaluate` whose request failed (`error` set, no `response`) is
   not a prediction; it is reported only when no later line answers the item.
 
@@ -19,17 +22,20 @@ too deeply, or holding an integer too long to convert), not an object, has
 an unusable `id`, a `response` that is not a string, `messages` that are not
 a list, or content parts whose text is not a string is recorded in the run
 report with `FILE:LINE` and the reason, and its item counts as missing.
-Two answers for one id are an error: scoring either would be a guess.
+Every bad line is counted; the first `MAX_EXAMPLES` of each reason are listed.
+Two answers for one id are an error: scoring either would be a guess, and so
+is a file with no usable line.
 """
 
 from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path, PurePosixPath
 from typing import Any
 
+from medscout_data import MODALITIES, TASKS
 from medscout_data.evaluation.errors import ScoreError
 from medscout_data.evaluation.reward import message_text  # noqa: F401  (moved to reward; importable here as before)
 from medscout_data.report import RunReport
@@ -37,6 +43,8 @@ from medscout_data.report import RunReport
 UTF8_BOM = b"\xef\xbb\xbf"
 # The exported image name: `<id>-<k>.png` (integrations/export.py `image_relpath`).
 _IMAGE_NAME = re.compile(r"(?P<id>.+)-(?P<k>\d+)\.png")
+MAX_EXAMPLES = 20  # bad lines listed per reason (all are counted)
+MAX_LINE_BYTES = 64 << 20  # a longer line is skipped unread (`line-too-long`): memory stays flat
 
 
 class BadLine(ValueError):
@@ -54,36 +62,52 @@ def read_predictions(path: str | Path, report: RunReport) -> dict[str, str]:
     are a `ScoreError`. `report.info["models"]` lists the `model` fields seen.
     """
     path = Path(path)
+    if report.max_examples is None:
+        report.max_examples = MAX_EXAMPLES
+    usable = 0
     predictions: dict[str, str] = {}
     failures: dict[str, str] = {}
-    duplicates: list[str] = []
+    duplicates: list[str] = []  # the first few
+    duplicated = 0
     models: set[str] = set()
     try:
         with open(path, "rb") as handle:
-            for number, raw in enumerate(handle, 1):
+            for number, raw in enumerate(_lines(handle), 1):
                 if number == 1 and raw.startswith(UTF8_BOM):
                     raw = raw[len(UTF8_BOM) :]
                 if not raw.strip():
                     continue
                 where = f"{path}:{number}"
                 try:
+                    if raw is _TOO_LONG:
+                        raise BadLine("line-too-long", f"longer than {MAX_LINE_BYTES >> 20} MiB; not read")
                     record = parse_line(raw)
                     item_id, response, error = parse_record(record)
                 except BadLine as exc:
                     report.skip(where, exc.reason, f"{where}: {exc}")
                     continue
+                usable += 1
                 if isinstance(record.get("model"), str):
                     models.add(record["model"])
                 if response is None:
                     failures[item_id] = f"{where}: request failed ({error})"
                     continue
                 if item_id in predictions:
-                    duplicates.append(item_id)
+                    duplicated += 1
+                    if len(duplicates) < 10:
+                        duplicates.append(item_id)
                 predictions[item_id] = response
     except OSError as exc:
         raise ScoreError(f"{path}: cannot read predictions ({exc.strerror or exc})") from exc
-    if duplicates:
-        raise ScoreError(f"{path}: duplicate prediction ids ({len(duplicates)}): {preview(duplicates)}")
+    if duplicated:
+        more = f", ... ({duplicated - len(duplicates)} more)" if duplicated > len(duplicates) else ""
+        raise ScoreError(f"{path}: duplicate prediction ids ({duplicated}): {', '.join(duplicates)}{more}")
+    if not usable:
+        reasons = ", ".join(f"{r}: {n}" for r, n in report.skipped_by_reason().items())
+        raise ScoreError(
+            f"{path}: no usable prediction line"
+            + (f" ({reasons}; first: {report.skips[0].message})" if report.skips else " (the file is empty)")
+        )
     for item_id, message in failures.items():
         if item_id not in predictions:
             report.skip(message.split(": ", 1)[0], "request-failed", message)
@@ -91,6 +115,21 @@ def read_predictions(path: str | Path, report: RunReport) -> dict[str, str]:
     report.info.setdefault("models", [])
     report.info["models"] = sorted(set(report.info["models"]) | models)
     return predictions
+
+
+_TOO_LONG = b"\0too long"  # stands for a line over MAX_LINE_BYTES (compared by identity)
+
+
+def _lines(handle: Any) -> Iterator[bytes]:
+    """The file's lines; a line over `MAX_LINE_BYTES` is passed over in chunks and given as
+    `_TOO_LONG`, so no line is ever held whole beyond that size."""
+    while raw := handle.readline(MAX_LINE_BYTES + 1):
+        if len(raw) > MAX_LINE_BYTES and not raw.endswith(b"\n"):
+            while (rest := handle.readline(MAX_LINE_BYTES)) and not rest.endswith(b"\n"):
+                pass
+            yield _TOO_LONG
+            continue
+        yield raw
 
 
 def parse_line(raw: bytes) -> Any:
@@ -129,7 +168,7 @@ def record_id(record: Mapping[str, Any]) -> str:
         raise BadLine("bad-id", f"`id` must be a string, got {type(value).__name__}")
     if value not in (None, ""):
         return str(value)
-    recovered = id_from_images(image_paths(record))
+    recovered = id_from_images(image_paths(record), strict=True)
     if recovered is None:
         raise BadLine(
             "no-id",
@@ -165,16 +204,38 @@ def _image_path(image: Any) -> str:
     return ""
 
 
-def id_from_images(paths: Iterable[str]) -> str | None:
-    """The item id shared by exported image names `<id>-0.png`, `<id>-1.png`, ... (in that order);
-    None when there are none, a name is not of that form, or they disagree."""
-    ids = []
-    for k, path in enumerate(paths):
-        match = _IMAGE_NAME.fullmatch(PurePosixPath(path.replace("\\", "/")).name)
-        if match is None or int(match["k"]) != k:
-            return None
-        ids.append(match["id"])
-    return ids[0] if ids and len(set(ids)) == 1 else None
+def id_from_images(paths: Iterable[str], strict: bool = False) -> str | None:
+    """The item id shared by exported image paths `.../images/<modality>/<task>/<id>-0.png`,
+    `<id>-1.png`, ... (in that order); None when there are none. A path not of that form, or
+    paths naming two items: None, or with `strict` a `BadLine` saying which."""
+    try:
+        ids = [_exported_image_id(path, k) for k, path in enumerate(paths)]
+        if len(set(ids)) > 1:
+            named = preview(sorted(set(ids)))
+            raise BadLine("images-disagree", f"its images name {len(set(ids))} items ({named}), not one")
+    except BadLine:
+        if strict:
+            raise
+        return None
+    return ids[0] if ids else None
+
+
+def _exported_image_id(path: str, k: int) -> str:
+    """The item id of image `k` of an export (`images/<modality>/<task>/<id>-<k>.png`);
+    `BadLine` (`bad-image-path`) when the path is not one."""
+    parts = PurePosixPath(path.replace("\\", "/")).parts
+    match = _IMAGE_NAME.fullmatch(parts[-1]) if parts else None
+    if ".." in parts:
+        problem = "leaves the export (`..`)"
+    elif match is None:
+        problem = "is not an exported image name (<id>-<k>.png)"
+    elif int(match["k"]) != k:
+        problem = f"is named as image {match['k']}"
+    elif len(parts) < 4 or parts[-4] != "images" or parts[-3] not in MODALITIES or parts[-2] not in TASKS:
+        problem = "is not under images/<modality>/<task>/ of an export"
+    else:
+        return match["id"]
+    raise BadLine("bad-image-path", f"image {k} ({path[:200]!r}) {problem}")
 
 
 def response_of(record: Mapping[str, Any]) -> str:

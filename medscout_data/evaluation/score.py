@@ -263,5 +263,6 @@ def scores_document(
         predictions=str(predictions),
         extraction=dict(extraction or {"method": "strict"}),
         skipped=[{"where": s.path, "reason": s.reason, "message": s.message} for s in report.skips],
+        skipped_by_reason=report.skipped_by_reason(),  # every skip; `skipped` lists the first of each
     )
     return figures

@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import ast
 import importlib.util
+import os
+import shutil
 from pathlib import Path
 
 from medscout_data import __version__
@@ -77,18 +79,41 @@ def closure(roots: list[str]) -> list[str]:
 
 
 def write_vendored(out: Path, roots: list[str]) -> list[Path]:
-    """Copy the sources `roots` need under `out/_medscout/`; returns the files written."""
+    """Copy the sources `roots` need under `out/_medscout/`; returns the files written.
+
+    The copy is made whole in a hidden folder beside it and then renamed into place, so a full
+    disk or a read-only folder leaves the earlier copy (or none), never half a scorer.
+    """
+    final = Path(out) / VENDOR_DIR
+    staging = Path(out) / f".{VENDOR_DIR}-new-{os.getpid()}"
     written = []
-    for name in closure(roots):
-        source = module_file(name)
-        relative = Path(*name.split("."))
-        relative = relative / "__init__.py" if source.name == "__init__.py" else relative.with_suffix(".py")
-        target = Path(out) / VENDOR_DIR / relative
-        write_bytes_atomic(source.read_bytes(), target)
-        written.append(target)
-    note = f"Copied by `medscout-data export` {__version__}: the scorer the exported tool files import.\n"
-    write_bytes_atomic(note.encode("utf-8"), Path(out) / VENDOR_DIR / "README.txt")
+    try:
+        for name in closure(roots):
+            source = module_file(name)
+            package = source.name == "__init__.py"
+            relative = Path(*name.split("."))
+            relative = relative / "__init__.py" if package else relative.with_suffix(".py")
+            write_bytes_atomic(source.read_bytes(), staging / relative)
+            written.append(final / relative)
+        note = f"Copied by `medscout-data export` {__version__}: the scorer the exported tool files import.\n"
+        write_bytes_atomic(note.encode("utf-8"), staging / "README.txt")
+        _replace_folder(staging, final)
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging, ignore_errors=True)
     return written
+
+
+def _replace_folder(new: Path, final: Path) -> None:
+    """Put folder `new` at `final`, the earlier one (if any) out of the way first, then deleted."""
+    old = final.with_name(f".{final.name}-old-{os.getpid()}")
+    if final.is_symlink() or final.exists():
+        final.rename(old)
+    new.rename(final)
+    if old.is_symlink():
+        old.unlink()
+    elif old.exists():
+        shutil.rmtree(old)
 
 
 BOOTSTRAP = f'''import os as _os

@@ -94,8 +94,17 @@ def read_catalogue(path: Path) -> list[ImageRef]:
     """Catalogue rows as `ImageRef`s, in a stable order."""
     import polars as pl  # here, not at the top: build workers import this module and never read tables
 
+    from medscout_data.errors import StageError
+
     columns = [f.name for f in fields(ImageRef)]
-    frame = pl.read_parquet(path, columns=columns).sort(["subject_id", "source_id", "z_mm", "image_id"])
+    try:
+        frame = pl.read_parquet(path, columns=columns)
+    except (pl.exceptions.PolarsError, OSError) as exc:
+        raise StageError(
+            f"{path}: the catalogue is damaged or unreadable ({' '.join(str(exc).split())[:200]}); "
+            "rerun `medscout-data ingest` for this modality"
+        ) from None
+    frame = frame.sort(["subject_id", "source_id", "z_mm", "image_id"])
     return [ImageRef(**row) for row in frame.iter_rows(named=True)]
 
 

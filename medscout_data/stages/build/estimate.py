@@ -98,7 +98,13 @@ def estimate_modality(layout: Layout, recipe: Recipe, options: BuildOptions) -> 
             planned={side: sum(s.side == side for s in specs) for side in (BENCH, TRAIN)},
             capacity={side: _capacity(planner, side) for side in (BENCH, TRAIN)},
         )
-        _measure(cell, specs, cache, recipe)
+        try:
+            _measure(cell, specs, cache, recipe)
+        except OSError as exc:
+            raise BuildError(
+                f"{exc.filename or layout.cache_dir(options.modality)}: {exc.strerror or exc}: the image "
+                f"cache is incomplete; rerun `medscout-data ingest --modality {options.modality}`"
+            ) from None
         estimate.cells.append(cell)
         estimate.warnings.extend(_warnings(options.modality, cell, recipe))
     return estimate
