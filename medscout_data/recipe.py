@@ -227,9 +227,11 @@ RANGES: dict[str, tuple[float, float]] = {
     "ScaleConfig.resample_blur": (0.3, 4.0),
     "ScaleConfig.max_enlargement": (1.0, 100.0),
     "ScaleConfig.min_structure": GREY,
+    "ScaleConfig.min_match_iou": FRACTION,
     "JigsawConfig.grid": (2, 16),
     "JigsawConfig.min_structure": GREY,
     "JigsawConfig.min_tile_difference": GREY,
+    "JigsawConfig.min_solution_margin": (-1.0, 10.0),  # negative: the check is off
     "AnomalyConfig.grid": (2, 32),
     "AnomalyConfig.cells": (0, 32 * 32 - 1),
     "AnomalyConfig.ref_distance_mm": (0.0, 1000.0),
