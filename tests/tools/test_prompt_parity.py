@@ -1,0 +1,267 @@
+"""One model, one score, whatever the path (issue 20).
+
+A tiny random-weight Qwen2.5-VL (built here: a config, a byte-level BPE tokenizer trained on the
+bench questions; nothing downloaded) is served by ms-swift's `swift deploy` on 127.0.0.1 behind a
+loopback proxy that records every request as the server receives it. The bench is then answered
+greedily, Direct and CoT, through
+
+    (a) `medscout-data evaluate` against the server,
+    (b) `swift infer` on the exported JSONL (ms-swift's infer has no client for a server, so it
+        loads the same model folder itself, transformers backend) + `medscout-data score`,
+    (c) lmms-eval's own evaluator with its OpenAI-compatible model on the exported task.
+
+Every item's answer, the Avg, and (for the two paths that ask the server) the requests are the same.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import socket
+import subprocess
+import threading
+import time
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+from promptparity import canonical_request
+from splitfixture import cli_ok, read_jsonl, side_rows
+from toolrun import run_driver
+
+from medscout_data.evaluation.predictions import id_from_images, image_paths
+from medscout_data.tasks.messages import system_prompt
+
+MODEL = "tiny-qwen"
+MAX_TOKENS = 12
+START_TIMEOUT_S = 300
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+class Recorder:
+    """A loopback HTTP proxy in front of the server: forwards every request as it is and keeps the
+    bodies of chat requests under the current `label`."""
+
+    def __init__(self, upstream: int) -> None:
+        self.upstream = upstream
+        self.label = ""
+        self.bodies: dict[str, list[bytes]] = {}
+        recorder = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args: object) -> None:
+                pass
+
+            def _forward(self) -> None:
+                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                if self.path.endswith("/chat/completions"):
+                    recorder.bodies.setdefault(recorder.label, []).append(body)
+                connection = http.client.HTTPConnection("127.0.0.1", recorder.upstream, timeout=600)
+                headers = {k: v for k, v in self.headers.items() if k.lower() not in ("host", "connection")}
+                connection.request(self.command, self.path, body or None, headers)
+                reply = connection.getresponse()
+                data = reply.read()
+                self.send_response(reply.status)
+                for key, value in reply.getheaders():
+                    if key.lower() not in ("transfer-encoding", "connection", "content-length"):
+                        self.send_header(key, value)
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+                connection.close()
+
+            do_GET = do_POST = _forward
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.port = self.server.server_address[1]
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def tool_env(workdir: Path) -> dict[str, str]:
+    """The environment of a tool subprocess: offline, caches under `workdir`, no proxies."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTHON", "VIRTUAL_ENV"))}
+    env = {k: v for k, v in env.items() if "proxy" not in k.lower()}
+    env.update(
+        {
+            "HF_HUB_OFFLINE": "1",
+            "HF_DATASETS_OFFLINE": "1",
+            "HF_HOME": str(workdir / "hf"),
+            "MODELSCOPE_CACHE": str(workdir / "modelscope"),
+            "NO_PROXY": "127.0.0.1,localhost",
+            "OMP_NUM_THREADS": "1",  # the same float sums in every process
+        }
+    )
+    return env
+
+
+def swift_args(model: Path) -> list[str]:
+    return ["--model", str(model), "--model_type", "qwen2_5_vl", "--template", "qwen2_5_vl"]
+
+
+@pytest.fixture(scope="module")
+def tiny_model(swift4_python: str, split_shards: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny Qwen2.5-VL folder; its tokenizer learnt from the bench questions."""
+    work = tmp_path_factory.mktemp("tiny")
+    rows = side_rows(split_shards)
+    texts = [row[key] for row in rows.values() for key in ("question", "question_cot")]
+    texts += [system_prompt(mode) for mode in ("direct", "cot")]
+    got = run_driver(swift4_python, "tiny_qwen.py", {"out": str(work / "model"), "texts": texts}, work)
+    assert "model.safetensors" in got["files"]
+    return work / "model"
+
+
+@pytest.fixture(scope="module")
+def server(
+    swift4_python: str, tiny_model: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Recorder]:
+    """`swift deploy` of the tiny model on 127.0.0.1 behind the recording proxy; always stopped."""
+    work = tmp_path_factory.mktemp("deploy")
+    port = free_port()
+    swift = str(Path(swift4_python).parent / "swift")
+    command = [swift, "deploy", *swift_args(tiny_model), "--infer_backend", "transformers"]
+    command += ["--host", "127.0.0.1", "--port", str(port), "--served_model_name", MODEL]
+    command += ["--max_batch_size", "1"]
+    log = open(work / "deploy.log", "wb")  # noqa: SIM115 - closed below, after the process
+    process = subprocess.Popen(command, cwd=work, env=tool_env(work), stdout=log, stderr=subprocess.STDOUT)
+    recorder = None
+    try:
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while True:
+            assert process.poll() is None, (
+                f"swift deploy exited:\n{(work / 'deploy.log').read_text()[-4000:]}"
+            )
+            assert time.monotonic() < deadline, f"swift deploy not up in {START_TIMEOUT_S} s"
+            try:
+                connection = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+                connection.request("GET", "/v1/models")
+                if connection.getresponse().status == 200:
+                    break
+            except OSError:
+                pass
+            time.sleep(2)
+        recorder = Recorder(port)
+        yield recorder
+    finally:
+        if recorder is not None:
+            recorder.close()
+        process.terminate()
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+        log.close()
+
+
+def evaluate_path(bench: Path, recorder: Recorder, mode: str, out: Path) -> tuple[dict, float]:
+    recorder.label = f"evaluate-{mode}"
+    cli_ok(
+        "evaluate", "--bench", str(bench), "--base-url", f"http://127.0.0.1:{recorder.port}/v1",
+        "--model", MODEL, "--mode", mode, "--max-tokens", str(MAX_TOKENS), "--concurrency", "1",
+        "--out", str(out), "--quiet",
+    )  # fmt: skip
+    answers = {r["id"]: r["response"] for r in read_jsonl(out / "predictions.jsonl")}
+    return answers, 100 * json.loads((out / "scores.json").read_text())["overall"]["accuracy"]
+
+
+def swift_infer_path(
+    swift4_python: str, bench: Path, model: Path, mode: str, work: Path
+) -> tuple[dict, float, list[dict]]:
+    export = work / "export"
+    cli_ok(
+        "export", "--split", "bench", "--mode", mode, "--shards", str(bench), "--out", str(export), "--quiet"
+    )
+    jsonl = export / f"bench-{mode}-swift.jsonl"
+    result = work / "infer.jsonl"
+    swift = str(Path(swift4_python).parent / "swift")
+    command = [
+        swift,
+        "infer",
+        *swift_args(model),
+        "--infer_backend",
+        "transformers",
+        "--val_dataset",
+        str(jsonl),
+    ]
+    command += ["--temperature", "0", "--max_new_tokens", str(MAX_TOKENS), "--max_batch_size", "1"]
+    command += ["--result_path", str(result)]
+    env = {**tool_env(work), "ROOT_IMAGE_DIR": str(export)}
+    process = subprocess.run(command, cwd=export, env=env, capture_output=True, text=True, timeout=900)
+    assert process.returncode == 0, f"swift infer failed:\n{process.stdout[-3000:]}\n{process.stderr[-3000:]}"
+    figures = work / "score.json"
+    cli_ok(
+        "score", "--predictions", str(result), "--bench", str(bench), "--mode", mode, "--json", str(figures)
+    )
+    lines = read_jsonl(result)
+    answers = {id_from_images(image_paths(line)): line["response"] for line in lines}
+    return answers, 100 * json.loads(figures.read_text())["overall"]["accuracy"], lines
+
+
+def lmms_path(swift4_python: str, bench: Path, recorder: Recorder, work: Path) -> dict:
+    folder = work / "lmms"
+    cli_ok("export", "--format", "lmms-eval", "--shards", str(bench), "--out", str(folder))
+    got = {}
+    for mode in ("direct", "cot"):
+        recorder.label = f"lmms-{mode}"
+        ask = {
+            "include_path": str(folder),
+            "tasks": [f"med_scout_bench_{mode}"],
+            "base_url": f"http://127.0.0.1:{recorder.port}/v1",
+            "model": MODEL,
+            "max_new_tokens": MAX_TOKENS,
+        }
+        got[mode] = run_driver(swift4_python, "lmms_run.py", ask, work / f"run-{mode}", tool_env(work))[
+            f"med_scout_bench_{mode}"
+        ]
+    return got
+
+
+def test_every_path_gives_the_same_answers_score_and_requests(
+    swift4_python: str, split_shards: Path, tiny_model: Path, server: Recorder, tmp_path: Path
+) -> None:
+    rows = side_rows(split_shards)
+    lmms = lmms_path(swift4_python, split_shards, server, tmp_path / "lmms")
+    table = []
+    for mode in ("direct", "cot"):
+        evaluated, evaluated_avg = evaluate_path(split_shards, server, mode, tmp_path / f"evaluate-{mode}")
+        inferred, inferred_avg, lines = swift_infer_path(
+            swift4_python, split_shards, tiny_model, mode, tmp_path / f"swift-{mode}"
+        )
+        listed, listed_avg = lmms[mode]["responses"], lmms[mode]["metrics"]["avg"]
+        assert sorted(evaluated) == sorted(inferred) == sorted(listed) == sorted(rows)
+        assert len(set(evaluated.values())) > len(rows) // 2  # the answers depend on the prompt
+        same = {
+            "swift infer": sum(inferred[i] == evaluated[i] for i in rows),
+            "lmms-eval": sum(listed[i] == evaluated[i] for i in rows),
+        }
+        table.append((mode, len(rows), evaluated_avg, inferred_avg, listed_avg, same))
+        assert inferred == evaluated, (
+            f"{mode}: swift infer differs on {len(rows) - same['swift infer']} items"
+        )
+        assert listed == evaluated, f"{mode}: lmms-eval differs on {len(rows) - same['lmms-eval']} items"
+        assert inferred_avg == pytest.approx(evaluated_avg) and listed_avg == pytest.approx(evaluated_avg)
+        # the two paths that ask the server sent it the same requests (texts byte for byte, same pixels)
+        sent = sorted(canonical_request(b) for b in server.bodies[f"evaluate-{mode}"])
+        assert len(sent) == len(rows)
+        assert sorted(canonical_request(b) for b in server.bodies[f"lmms-{mode}"]) == sent
+        first = json.loads(server.bodies[f"evaluate-{mode}"][0])["messages"][0]
+        assert first == {"role": "system", "content": system_prompt(mode)}
+        assert lines[0]["messages"][0] == first  # swift infer read the same system prompt
+    print("\nmode    items  Avg evaluate  Avg swift-infer  Avg lmms-eval  same answers (infer, lmms)")
+    for mode, n, a, b, c, same in table:
+        print(
+            f"{mode:<7} {n:>5}  {a:>12.2f}  {b:>15.2f}  {c:>13.2f}  "
+            f"{same['swift infer']}/{n}, {same['lmms-eval']}/{n}"
+        )
