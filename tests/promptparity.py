@@ -53,5 +53,5 @@ def canonical_request(body: bytes | str) -> str:
     """A recorded chat request body as canonical JSON text: its messages (canonical form), model
     settings that change an answer (temperature, max tokens) beside them."""
     request = json.loads(body)
-    keep = {k: request.get(k) for k in ("temperature", "max_tokens")}
+    keep = {"temperature": float(request.get("temperature", 1.0)), "max_tokens": request.get("max_tokens")}
     return json.dumps({"messages": canonical(request["messages"]), **keep}, sort_keys=True)

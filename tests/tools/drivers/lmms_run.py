@@ -39,10 +39,8 @@ def main():
         metrics = {k.split(",")[0]: v for k, v in results["results"][task].items() if "," in k}
         responses = {}
         for sample in results["samples"][task]:
-            record = sample[request.get("id_metric", "avg")]  # process_results' record names its item
-            responses[record["id"]] = (
-                sample["resps"][0][0] if isinstance(sample["resps"][0], list) else sample["resps"][0]
-            )
+            response = sample["filtered_resps"][0]  # what process_results scored
+            responses[sample["doc"]["id"]] = response[0] if isinstance(response, list) else response
         out[task] = {"metrics": metrics, "responses": responses}
     print(json.dumps(out, default=str))
 
