@@ -80,20 +80,23 @@ def vlmeval_messages(question: str, image_paths: Sequence[str], mode: str) -> li
 
 
 def dataset_class(tsv: str, profile: str = "official") -> type:
-    """The VLMEvalKit dataset class reading `tsv`; needs VLMEvalKit installed.
-
-    `build_prompt` carries the system prompt (`vlmeval_messages`); VLMEvalKit's models take a
-    `role: system` entry as their system message. Images: local models open the PNG files
-    `dump_image` writes (the shard's bytes). VLMEvalKit's OpenAI API wrapper (`vlmeval/api/gpt.py`,
-    `OpenAIWrapper`) does not send them as they are: it reopens each file and re-encodes it as JPEG,
-    shrunk to `img_size` (512 px by default; JPEG is lossy, so the model sees other pixels), and it
-    appends a newline to the system prompt. VLMEvalKit has no switch for either; to ask an
-    OpenAI-compatible server with the PNGs and the prompt byte for byte, use `medscout-data
-    evaluate`, which sends these same messages (docs/notes/prompts.md)."""
+    """The VLMEvalKit dataset class reading `tsv` (see its docstring); needs VLMEvalKit installed."""
     from vlmeval.dataset.image_base import ImageBaseDataset
     from vlmeval.smp import dump, load
 
     class MedScoutBench(ImageBaseDataset):
+        """Med-Scout-Bench for VLMEvalKit (`MedScoutBench`: Direct, `MedScoutBench_CoT`: CoT).
+
+        `build_prompt` carries the system prompt (`vlmeval_messages`: the messages `evaluate`
+        sends); VLMEvalKit's models take a `role: system` entry as their system message. Images:
+        local models open the PNG files `dump_image` writes (the shard's bytes). VLMEvalKit's OpenAI
+        API wrapper (`vlmeval/api/gpt.py`, `OpenAIWrapper`) does not send them as they are: it
+        reopens each file and re-encodes it as JPEG, shrunk to `img_size` (512 px by default; JPEG
+        is lossy, so the model sees other pixels), and appends a newline to the system prompt.
+        VLMEvalKit has no switch for either. To keep the PNGs (and the prompt byte for byte) with an
+        OpenAI-compatible server, ask it with `medscout-data evaluate`, which sends these same
+        messages with the shard's PNG bytes (docs/notes/prompts.md)."""
+
         TYPE = "VQA"
         MODALITY = "IMAGE"
         DATASET_URL = dict.fromkeys(DATASETS, "")
