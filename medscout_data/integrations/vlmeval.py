@@ -88,14 +88,16 @@ def dataset_class(tsv: str, profile: str = "official") -> type:
         """Med-Scout-Bench for VLMEvalKit (`MedScoutBench`: Direct, `MedScoutBench_CoT`: CoT).
 
         `build_prompt` carries the system prompt (`vlmeval_messages`: the messages `evaluate`
-        sends); VLMEvalKit's models take a `role: system` entry as their system message. Images:
-        local models open the PNG files `dump_image` writes (the shard's bytes). VLMEvalKit's OpenAI
-        API wrapper (`vlmeval/api/gpt.py`, `OpenAIWrapper`) does not send them as they are: it
-        reopens each file and re-encodes it as JPEG, shrunk to `img_size` (512 px by default; JPEG
-        is lossy, so the model sees other pixels), and appends a newline to the system prompt.
-        VLMEvalKit has no switch for either. To keep the PNGs (and the prompt byte for byte) with an
-        OpenAI-compatible server, ask it with `medscout-data evaluate`, which sends these same
-        messages with the shard's PNG bytes (docs/notes/prompts.md)."""
+        sends) as a text entry with `role: system`. What a model makes of it is VLMEvalKit's model
+        class's choice: its API models (`BaseAPI`) send it as the system message, with a newline
+        appended; some local models (`Qwen2VLChat`, for one) ignore the role and read it as the
+        first text of the user turn. Images: local models open the PNG files `dump_image` writes
+        (the shard's bytes). The OpenAI API wrapper (`vlmeval/api/gpt.py`, `OpenAIWrapper`) does not
+        send them as they are: it reopens each file and re-encodes it as JPEG, shrunk to `img_size`
+        (512 px by default; JPEG is lossy, so the model sees other pixels). VLMEvalKit has no switch
+        for this. To keep the PNGs (and the prompt byte for byte) with an OpenAI-compatible server,
+        ask it with `medscout-data evaluate`, which sends these same messages with the shard's PNG
+        bytes (docs/notes/prompts.md)."""
 
         TYPE = "VQA"
         MODALITY = "IMAGE"
