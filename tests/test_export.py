@@ -19,15 +19,14 @@ from medscout_data.cli import export as export_cli
 from medscout_data.integrations.export import (
     EXPORT_SPLITS,
     FORMATS,
-    IMAGE_TAG,
     MODES,
     PREVIEW_SPLITS,
-    SYSTEM_PROMPTS,
     ExportOptions,
     export_split,
 )
 from medscout_data.layout import Layout
 from medscout_data.schema import ITEM_SCHEMA
+from medscout_data.tasks.messages import IMAGE_TAG, system_prompt
 
 
 @pytest.fixture(scope="module")
@@ -59,7 +58,8 @@ def test_swift_rows_follow_the_grpo_format(split_shards: Path, bench_direct: Pat
     assert {r["id"] for r in records} == set(shards)
     for record in records:
         row = shards[record["id"]]
-        (message,) = record["messages"]
+        system, message = record["messages"]
+        assert system == {"role": "system", "content": system_prompt("direct")}  # every row carries it
         assert message["role"] == "user"
         content = message["content"]
         assert content.count(IMAGE_TAG) == len(record["images"]) == len(row["images"])
@@ -76,7 +76,8 @@ def test_swift_rows_follow_the_grpo_format(split_shards: Path, bench_direct: Pat
             file = jsonl.parent / path
             assert file.is_file(), path
             assert file.read_bytes() == row["images"][k]["bytes"]  # written as-is, no re-encode
-    assert (bench_direct / "system-direct.txt").read_text().strip() == SYSTEM_PROMPTS["direct"]
+    # byte for byte what the rows (and evaluate) send: ms-swift's --system sends a file verbatim
+    assert (bench_direct / "system-direct.txt").read_bytes() == system_prompt("direct").encode("utf-8")
     report = json.loads((bench_direct / "_reports" / "bench-direct-swift" / "report.json").read_text())
     assert report["counts"] == {"images": sum(len(r["images"]) for r in records), "items": 54}
     assert report["skipped"] == 0 and report["split_manifest"]["seed"] == manifest["seed"]
@@ -126,8 +127,10 @@ def test_cot_export_uses_the_cot_question_and_scores_the_maximum(split_shards: P
     shards = side_rows(split_shards, "bench")
     for record in records:
         row = shards[record["id"]]
-        assert record["messages"][0]["content"] == IMAGE_TAG * len(row["images"]) + row["question_cot"]
-    assert "<think>" in (out / "system-cot.txt").read_text()
+        assert record["messages"][0] == {"role": "system", "content": system_prompt("cot")}
+        assert record["messages"][1]["content"] == IMAGE_TAG * len(row["images"]) + row["question_cot"]
+    assert (out / "system-cot.txt").read_bytes() == system_prompt("cot").encode("utf-8")
+    assert "<think>" in system_prompt("cot")
     predictions = tmp_path / "cot.jsonl"
     lines = [
         json.dumps({"id": r["id"], "response": "<think>reasoning</think>" + r["solution"]}) for r in records
@@ -172,6 +175,7 @@ def test_generic_jsonl_of_a_train_cell_with_absolute_paths(split_shards: Path, t
     for record in records:
         row = shards[record["id"]]
         assert (record["question"], record["answer"]) == (row["question"], row["answer"])
+        assert record["system"] == system_prompt("direct")
         assert record["task"] == "jigsaw" and len(record["images"]) == 1
         path = Path(record["images"][0])
         assert path.is_absolute() and path.read_bytes() == row["images"][0]["bytes"]

@@ -177,7 +177,7 @@ def test_printed_command_sets_the_image_root_or_uses_absolute_paths(
     assert f"ROOT_IMAGE_DIR={out.resolve()} swift rlhf --rlhf_type grpo" in text
     assert f"--external_plugins {(out / 'plugin.py').resolve()}" in text
     assert "--reward_funcs medscout_accuracy medscout_format \\" in text  # direct: no CoT reward
-    assert f"--system {(out / 'system-direct.txt').resolve()}" in text
+    assert "\n    --system" not in text  # the rows carry the system prompt
     assert f"--dataset {(out / 'bench-direct-swift.jsonl').resolve()}" in text
     text = cli_ok(*base, "--out", str(tmp_path / "abs"), "--absolute-paths", "--mode", "cot")
     assert "ROOT_IMAGE_DIR" not in text and "medscout_format medscout_cot" in text

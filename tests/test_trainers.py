@@ -29,7 +29,7 @@ from medscout_data.integrations.trainer_rewards import (
     trl_reward_funcs,
     verl_compute_score,
 )
-from medscout_data.tasks.prompts import SYSTEM_PROMPTS
+from medscout_data.tasks.messages import system_prompt
 
 
 def _export(shards: Path, out: Path, fmt: str, mode: str = "direct", *extra: str) -> str:
@@ -65,7 +65,7 @@ def test_trl_folder_loads_with_datasets_as_conversational_rows(split_shards: Pat
     for example in data.select(range(0, len(data), 7)):
         row = rows[example["id"]]
         system, user = example["prompt"]
-        assert system == {"role": "system", "content": [{"type": "text", "text": SYSTEM_PROMPTS["cot"]}]}
+        assert system == {"role": "system", "content": [{"type": "text", "text": system_prompt("cot")}]}
         assert user["role"] == "user"
         parts = user["content"]
         assert [p["type"] for p in parts] == ["image"] * len(row["images"]) + ["text"]
@@ -93,7 +93,7 @@ def test_verl_rows_follow_verls_layout(split_shards: Path, tmp_path: Path) -> No
     for record in table:
         row = rows[record["extra_info"]["id"]]
         assert record["data_source"] == "med_scout_bench"
-        assert record["prompt"][0] == {"role": "system", "content": SYSTEM_PROMPTS["direct"]}
+        assert record["prompt"][0] == {"role": "system", "content": system_prompt("direct")}
         assert record["prompt"][1] == {
             "role": "user",
             "content": "<image>" * len(row["images"]) + row["question"],
@@ -254,3 +254,27 @@ def test_trainer_scorer_copy_is_the_pure_reward_only(split_shards: Path, tmp_pat
         "medscout_data/integrations/__init__.py",
         "medscout_data/integrations/trainer_rewards.py",
     ]
+
+
+@pytest.mark.parametrize("mode", ["direct", "cot"])
+def test_trainer_rows_carry_evaluates_prompt(split_shards: Path, tmp_path: Path, mode: str) -> None:
+    """TRL's and verl's prompts are evaluate's messages with the images as placeholders (the one message
+    builder); EasyR1's problem is its user turn (EasyR1 builds no system turn)."""
+    from medscout_data.evaluation.evaluate import request_messages
+    from medscout_data.tasks.messages import tagged_messages
+
+    rows = side_rows(split_shards)
+    for fmt in ("trl", "verl", "easyr1"):
+        _export(split_shards, tmp_path / fmt, fmt, mode)
+    trl = {r["id"]: r for r in datasets.load_dataset(str(tmp_path / "trl"), split="test")}
+    verl = {r["extra_info"]["id"]: r for r in pq.read_table(tmp_path / "verl" / "test.parquet").to_pylist()}
+    easy = {r["id"]: r for r in pq.read_table(tmp_path / "easyr1" / "test.parquet").to_pylist()}
+    for item_id, row in rows.items():
+        sent = request_messages(row, mode)
+        tagged = tagged_messages(sent)
+        assert verl[item_id]["prompt"] == tagged
+        assert easy[item_id]["problem"] == tagged[1]["content"]
+        trl_tagged = tagged_messages(
+            [{**m, "content": [{**p} for p in m["content"]]} for m in trl[item_id]["prompt"]]
+        )
+        assert trl_tagged == tagged

@@ -148,7 +148,7 @@ def _jsonl(layout, out: Path, settings: dict, modalities, tasks, quiet: bool) ->
     for cell, count in result.cells.items():
         click.echo(f"  {cell:<14} {count:>7}")
     if result.system is not None:
-        click.echo(f"system prompt: {result.system} (pass it to ms-swift as --system)")
+        click.echo(f"system prompt: in every row's messages (also in {result.system}; no --system needed)")
     if result.plugin is not None:
         from medscout_data.integrations.grpo_settings import RELEASED_SCRIPT_NOTE
 

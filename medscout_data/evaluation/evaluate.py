@@ -1,10 +1,11 @@
 """evaluate: ask a model every bench item over an OpenAI-compatible server, then score it.
 
-For each item, one chat request: the mode's system prompt (the text `export`
-writes, `tasks.prompts.SYSTEM_PROMPTS`), then one user message with every
-image of the item in prompt order as a `data:image/png;base64,` URL of the
-shard's own PNG bytes (no decode, no re-encode), then the question (`question`
-or `question_cot`). Requests run concurrently with backpressure (chat.py).
+For each item, one chat request: the messages of `tasks.messages.row_messages`
+(the one prompt every exporter writes too): the mode's system prompt, then one
+user message with every image of the item in prompt order as a
+`data:image/png;base64,` URL of the shard's own PNG bytes (no decode, no
+re-encode), then the question (`question` or `question_cot`). Requests run
+concurrently with backpressure (chat.py).
 
 `DIR/predictions.jsonl` gets one line per finished request, written with a
 single append and so flushed per answer: id, model, mode, response, error,
@@ -70,7 +71,7 @@ from medscout_data.locking import stage_lock
 from medscout_data.provenance import is_mimic_derived
 from medscout_data.report import RunReport
 from medscout_data.shards import write_json_atomic
-from medscout_data.tasks.prompts import SYSTEM_PROMPTS
+from medscout_data.tasks.messages import question_of, row_messages, system_prompt
 
 log = logging.getLogger(__name__)
 
@@ -117,7 +118,7 @@ class EvaluateOptions:
 
     def run_record(self) -> dict[str, Any]:
         """The settings a rerun must share, and where the answers came from."""
-        prompt = SYSTEM_PROMPTS[self.mode].encode("utf-8")
+        prompt = system_prompt(self.mode).encode("utf-8")
         return {
             "created_by": f"medscout-data {__version__}",
             "bench": bench_identity(self.bench),
@@ -164,13 +165,14 @@ def data_url(png: bytes) -> str:
     return "data:image/png;base64," + base64.b64encode(png).decode("ascii")
 
 
+def image_url_part(image: dict[str, Any]) -> dict[str, Any]:
+    """An image of a row (its PNG bytes as they are) as an OpenAI `image_url` part."""
+    return {"type": "image_url", "image_url": {"url": data_url(image["bytes"])}}
+
+
 def request_messages(row: dict[str, Any], mode: str) -> list[dict[str, Any]]:
-    """System prompt, then one user turn: every image in prompt order, then the question."""
-    parts: list[dict[str, Any]] = [
-        {"type": "image_url", "image_url": {"url": data_url(image["bytes"])}} for image in row["images"]
-    ]
-    parts.append({"type": "text", "text": row["question_cot"] if mode == "cot" else row["question"]})
-    return [{"role": "system", "content": SYSTEM_PROMPTS[mode]}, {"role": "user", "content": parts}]
+    """The item's messages (`tasks.messages.row_messages`), images as PNG data URLs."""
+    return row_messages(row, mode, image_url_part)
 
 
 def request_body(row: dict[str, Any], options: EvaluateOptions) -> bytes:
@@ -180,7 +182,7 @@ def request_body(row: dict[str, Any], options: EvaluateOptions) -> bytes:
     head: dict[str, Any] = {"model": options.endpoint.model, "temperature": options.temperature}
     if options.max_tokens is not None:
         head["max_tokens"] = options.max_tokens
-    question = row["question_cot"] if options.mode == "cot" else row["question"]
+    question = question_of(row, options.mode)
     images = b",".join(
         b'{"type":"image_url","image_url":{"url":"data:image/png;base64,'
         + base64.b64encode(image["bytes"])
@@ -191,7 +193,7 @@ def request_body(row: dict[str, Any], options: EvaluateOptions) -> bytes:
         [
             json.dumps(head)[:-1].encode("ascii"),
             b',"messages":[{"role":"system","content":',
-            json.dumps(SYSTEM_PROMPTS[options.mode]).encode("ascii"),
+            json.dumps(system_prompt(options.mode)).encode("ascii"),
             b'},{"role":"user","content":[',
             images,
             b',{"type":"text","text":',

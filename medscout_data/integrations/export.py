@@ -2,18 +2,22 @@
 
 Two formats:
 
-- `swift`: ms-swift GRPO rows (the format the paper's training used). One line
-  per item: `messages` (one user turn: one `<image>` tag per image, in order,
-  then the question), `images` (PNG paths, same order), `solution`
-  (`<answer>...</answer>`, for accuracy rewards), and extra columns `id`,
-  `modality`, `task`, `variant` and `target` (JSON text), which ms-swift hands
-  to reward functions as keyword lists (what `score.DenseGeometricReward`
-  reads). The system prompt goes to `system-<mode>.txt`, for `--system`, and
+- `swift`: ms-swift GRPO and `swift infer` rows (the format the paper's
+  training used). One line per item: `messages` (`tasks.messages`: the mode's
+  system prompt, then one user turn of one `<image>` tag per image, in order,
+  then the question: what ms-swift's server makes of `evaluate`'s request),
+  `images` (PNG paths, same order), `solution` (`<answer>...</answer>`, for
+  accuracy rewards), and extra columns `id`, `modality`, `task`, `variant` and
+  `target` (JSON text), which ms-swift hands to reward functions as keyword
+  lists (what `score.DenseGeometricReward` reads). Each row carries its system
+  prompt, so no `--system` is needed; `system-<mode>.txt` holds the same text,
+  byte for byte (no trailing newline), for tools that take a file.
   `plugin.py` registers the Dense Geometric Reward components in ms-swift's
   `orms` (`integrations.swift`) for `--external_plugins`; it carries its own
   copy of the scorer (`_medscout/`), so the training box needs no medscout-data.
 - `jsonl`: a generic row for other trainers: `id`, `modality`, `task`,
-  `variant`, `question`, `answer`, `images`, `target`.
+  `variant`, `system` (the mode's system prompt), `question`, `answer`,
+  `images`, `target`.
 
 Images are the shards' PNG bytes written as they are (no re-encode) to
 `<out>/images/<modality>/<task>/<id>-<k>.png`. Paths in the JSONL are
@@ -56,7 +60,7 @@ from medscout_data.report import RunReport
 from medscout_data.shards import atomic_writer, write_bytes_atomic
 from medscout_data.stages.manifest import ManifestError, read_manifest, verified_shards
 from medscout_data.stages.pool import listed_shards
-from medscout_data.tasks.prompts import SYSTEM_PROMPTS
+from medscout_data.tasks.messages import item_messages, question_of, system_prompt, tagged_messages
 
 log = logging.getLogger(__name__)
 
@@ -68,7 +72,6 @@ TOOL_FORMATS = ("lmms-eval", "vlmeval")  # bench only; see lmms_export.py and vl
 FORMATS = JSONL_FORMATS + TRAINER_FORMATS + TOOL_FORMATS
 MODES = ("direct", "cot")
 FILE_TAGS = {"swift": "swift", "jsonl": "generic"}
-IMAGE_TAG = "<image>"
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 EXPORT_COLUMNS = [
     "id",
@@ -223,14 +226,10 @@ def image_relpath(modality: str, task: str, item_id: str, k: int) -> str:
     return f"images/{safe_name(modality)}/{safe_name(task)}/{safe_name(item_id)}-{k}.png"
 
 
-def question_of(row: dict[str, Any], mode: str) -> str:
-    """The Direct or CoT question of a row."""
-    return row["question_cot"] if mode == "cot" else row["question"]
-
-
-def user_content(question: str, n_images: int) -> str:
-    """One `<image>` tag per image, in order, then the question."""
-    return IMAGE_TAG * n_images + question
+def swift_messages(row: dict[str, Any], paths: list[str], mode: str) -> list[dict[str, str]]:
+    """The item's messages (`tasks.messages`) in ms-swift's form: system prompt, then one user turn
+    of one `<image>` tag per image (the paths go to `images`, in the same order), then the question."""
+    return tagged_messages(item_messages(question_of(row, mode), paths, mode, lambda _: {"type": "image"}))
 
 
 def solution_text(answer: str) -> str:
@@ -240,7 +239,7 @@ def solution_text(answer: str) -> str:
 def swift_record(row: dict[str, Any], paths: list[str], mode: str) -> dict[str, Any]:
     """An ms-swift GRPO row: user turn, image paths, solution, and the columns rewards need."""
     return {
-        "messages": [{"role": "user", "content": user_content(question_of(row, mode), len(paths))}],
+        "messages": swift_messages(row, paths, mode),
         "images": paths,
         "solution": solution_text(row["answer"]),
         "id": row["id"],
@@ -258,6 +257,7 @@ def generic_record(row: dict[str, Any], paths: list[str], mode: str) -> dict[str
         "modality": row["modality"],
         "task": row["task"],
         "variant": row["variant"] or "",
+        "system": system_prompt(mode),
         "question": question_of(row, mode),
         "answer": row["answer"],
         "images": paths,
@@ -349,7 +349,8 @@ def export_split(layout: Layout, out: Path, options: ExportOptions) -> ExportRes
     out.mkdir(parents=True, exist_ok=True)
     result = ExportResult(jsonl, system if options.format == "swift" else None, 0, 0, report=report)
     if result.system is not None:  # before the JSONL: a JSONL in place means everything is there
-        write_bytes_atomic((SYSTEM_PROMPTS[options.mode] + "\n").encode("utf-8"), result.system)
+        # exactly the prompt the rows carry: ms-swift's --system sends a file's text verbatim
+        write_bytes_atomic(system_prompt(options.mode).encode("utf-8"), result.system)
         result.plugin = write_swift_plugin(out, options.mode, options.profile)
         result.command = swift_command(result, options)
     bar = tqdm(total=total, desc=f"export {options.split}", unit="item", disable=not options.progress)
@@ -409,7 +410,7 @@ def write_swift_plugin(out: Path, mode: str, profile: str = "official") -> Path:
 def swift_command(result: ExportResult, options: ExportOptions) -> str:
     """A `swift rlhf` GRPO command for the export with the paper's settings (MODEL is the user's).
     Relative image paths are opened under ROOT_IMAGE_DIR, so it is set to the export folder and the
-    command runs from anywhere."""
+    command runs from anywhere. The rows carry the system prompt, so there is no --system."""
     root = result.jsonl.parent.resolve()
     env = "" if options.absolute_paths else f"ROOT_IMAGE_DIR={shlex.quote(str(root))} "
     parts = [
@@ -417,7 +418,6 @@ def swift_command(result: ExportResult, options: ExportOptions) -> str:
         f"--dataset {shlex.quote(str(result.jsonl.resolve()))}",
         f"--external_plugins {shlex.quote(str(Path(result.plugin or root / 'plugin.py').resolve()))}",
         f"--reward_funcs {' '.join(reward_names(options.mode))}",
-        f"--system {shlex.quote(str(Path(result.system or root).resolve()))}",
         *swift_flags(),
     ]
     return " \\\n    ".join(parts)

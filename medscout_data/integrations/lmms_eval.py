@@ -7,7 +7,13 @@ request and how an answer is scored:
 - `doc_to_visual`: the item's images in prompt order, as RGB (the grey
   values copied to three channels; nothing resized or re-encoded);
 - `doc_to_text`: the Direct or CoT question, with lmms-eval's optional
-  `pre_prompt` / `post_prompt`;
+  `pre_prompt` / `post_prompt` (what lmms-eval's simple models read);
+- `doc_to_messages`: the item's messages (`tasks.messages`, the prompt
+  `evaluate` sends): the mode's system turn, then one user turn of the images
+  in prompt order (as decoded, not converted: lmms-eval's OpenAI-compatible
+  model sends them as lossless PNG) and the question. lmms-eval's chat models
+  read these; its OpenAI-compatible model ignores `--system_instruction`, so
+  the task carries the system turn itself;
 - `process_results`: the Dense Geometric Reward of the response (the
   project's scorer) as one record per item, carrying the item id, so logged
   samples name their item; the record goes to the item's cell metric
@@ -25,6 +31,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from medscout_data.evaluation.reward import Truth, completion_text, reward
+from medscout_data.tasks.messages import item_messages, question_of
 
 AVG_METRIC = "avg"
 TOTAL_METRIC = "total"
@@ -43,8 +50,24 @@ def doc_to_visual(doc: Mapping[str, Any]) -> list[Any]:
 def doc_to_text(doc: Mapping[str, Any], mode: str, kwargs: Mapping[str, Any] | None = None) -> str:
     """The Direct or CoT question, between lmms-eval's `pre_prompt` and `post_prompt` (empty by default)."""
     kwargs = kwargs or {}
-    question = doc["question_cot"] if mode == "cot" else doc["question"]
-    return f"{kwargs.get('pre_prompt') or ''}{question}{kwargs.get('post_prompt') or ''}"
+    return f"{kwargs.get('pre_prompt') or ''}{question_of(doc, mode)}{kwargs.get('post_prompt') or ''}"
+
+
+def doc_to_messages(
+    doc: Mapping[str, Any], mode: str, kwargs: Mapping[str, Any] | None = None
+) -> list[dict[str, Any]]:
+    """The item's messages in lmms-eval's chat form (every content a part list; an image part is
+    `{"type": "image", "url": PIL image}`): system prompt, then images and `doc_to_text`."""
+    messages = item_messages(doc_to_text(doc, mode, kwargs), doc["images"], mode, image_part)
+    for message in messages:
+        if isinstance(message["content"], str):
+            message["content"] = [{"type": "text", "text": message["content"]}]
+    return messages
+
+
+def image_part(image: Any) -> dict[str, Any]:
+    """One image of a document (a PIL image, as `datasets` decodes it) as an lmms-eval chat part."""
+    return {"type": "image", "url": image}
 
 
 def doc_to_target(doc: Mapping[str, Any]) -> str:

@@ -9,8 +9,12 @@ DIR holds a group `med_scout_bench` (`med_scout_bench.yaml`) of two tasks,
 medscout-data needed where lmms-eval runs). Metrics per task: `avg` (the
 Med-Scout-Bench Avg, mean accuracy x 100), `total` (mean Dense Geometric
 Reward x 100) and one accuracy metric per modality x task cell
-(`ct_scale`, ...). The system prompts `export` writes for ms-swift go to
-`system-<mode>.txt`, for lmms-eval's `--system_instruction`.
+(`ct_scale`, ...). Each task builds its own messages (`doc_to_messages`:
+the mode's system prompt, the images, the question; the prompt `evaluate`
+sends), so pass no `--system_instruction` (lmms-eval's OpenAI-compatible
+model ignores it anyway). Both tasks set `reasoning_tags: none`: lmms-eval
+would otherwise cut `<think>...</think>` out of every response before
+`process_results`, and the CoT reward (and `evaluate`) sees the response whole.
 
 The data stays where it is: a local bench (a shards root, checked against
 its manifest first, or a staged repo folder) is named by the absolute paths
@@ -26,7 +30,7 @@ from pathlib import Path
 
 from medscout_data import MODALITIES, TASKS
 from medscout_data.evaluation.score import PROFILES, resolve_bench
-from medscout_data.integrations.export import MODES, SYSTEM_PROMPTS
+from medscout_data.integrations.export import MODES
 from medscout_data.integrations.lmms_eval import AVG_METRIC, TOTAL_METRIC, cell_metric
 from medscout_data.integrations.vendor import BOOTSTRAP, write_vendored
 from medscout_data.layout import Layout
@@ -99,6 +103,7 @@ def template_yaml(data: BenchData) -> str:
         "output_type: generate_until\n"
         "doc_to_visual: !function utils.doc_to_visual\n"
         "doc_to_target: !function utils.doc_to_target\n"
+        "reasoning_tags: none  # score the whole response, <think> block included, as evaluate does\n"
         f"metric_list:\n{metric_lines}"
         "lmms_eval_specific_kwargs:\n"
         "  default:\n"
@@ -114,6 +119,7 @@ def task_yaml(mode: str) -> str:
         "include: _default_template_yaml\n"
         f"task: {TASK_NAMES[mode]}\n"
         f"doc_to_text: !function utils.doc_to_text_{mode}\n"
+        f"doc_to_messages: !function utils.doc_to_messages_{mode}\n"
         f"process_results: !function utils.process_results_{mode}\n"
         "generation_kwargs:\n"
         f"  max_new_tokens: {MAX_NEW_TOKENS[mode]}\n"
@@ -139,6 +145,7 @@ PROFILE = "{profile}"  # official: the authors' released reward code; paper: the
 from medscout_data.integrations.lmms_eval import (
     aggregate_accuracy,
     aggregate_total,
+    doc_to_messages,
     doc_to_target,
     doc_to_text,
     doc_to_visual,
@@ -152,6 +159,14 @@ def doc_to_text_direct(doc, lmms_eval_specific_kwargs=None):
 
 def doc_to_text_cot(doc, lmms_eval_specific_kwargs=None):
     return doc_to_text(doc, "cot", lmms_eval_specific_kwargs)
+
+
+def doc_to_messages_direct(doc, lmms_eval_specific_kwargs=None):
+    return doc_to_messages(doc, "direct", lmms_eval_specific_kwargs)
+
+
+def doc_to_messages_cot(doc, lmms_eval_specific_kwargs=None):
+    return doc_to_messages(doc, "cot", lmms_eval_specific_kwargs)
 
 
 def process_results_direct(doc, results):
@@ -175,7 +190,6 @@ def export_lmms_eval(bench: str | Path, out: Path, profile: str = "official") ->
         "utils.py": UTILS.format(profile=profile, bootstrap=BOOTSTRAP),
         "_default_template_yaml": template_yaml(data),
         **{f"{TASK_NAMES[mode]}.yaml": task_yaml(mode) for mode in MODES},
-        **{f"system-{mode}.txt": SYSTEM_PROMPTS[mode] + "\n" for mode in MODES},
         f"{GROUP}.yaml": group_yaml(),  # last: its presence means the folder is whole
     }
     for name, text in texts.items():

@@ -18,8 +18,8 @@ all three trainers load their data with). Every row carries the item's `id`,
 - `easyr1`: `OUT/<train|test>.parquet` with EasyR1's keys (`problem` with one
   `<image>` per image, `answer`, `images`) and `OUT/reward.py`, a batch reward
   function `compute_score(reward_inputs)`. EasyR1 builds only a user turn, so
-  no system prompt reaches the model there (the others send the one of
-  `tasks.prompts.SYSTEM_PROMPTS`).
+  no system prompt reaches the model there (the others send the messages of
+  `tasks.messages`, as `evaluate` does).
 
 The reward files import `integrations.trainer_rewards` from the scorer copy in
 `OUT/_medscout/`, so the training machine needs no medscout-data.
@@ -45,7 +45,6 @@ from medscout_data.integrations.export import (
     TRAINER_FORMATS,
     count_rows,
     png_bytes,
-    question_of,
     solution_text,
     split_cells,
     write_cell_rows,
@@ -58,7 +57,7 @@ from medscout_data.layout import Layout
 from medscout_data.report import RunReport
 from medscout_data.schema import IMAGE_TYPE
 from medscout_data.shards import ShardWriter, write_bytes_atomic
-from medscout_data.tasks.prompts import SYSTEM_PROMPTS
+from medscout_data.tasks.messages import row_messages, tagged_messages
 
 log = logging.getLogger(__name__)
 
@@ -67,7 +66,6 @@ ROWS_PER_FILE = 2000  # TRL data files: about 0.5 GB of PNG each at the paper's 
 ROW_GROUP_ROWS = 64
 DATA_SOURCE = "med_scout_bench"
 ABILITY = "medical_geometry"
-IMAGE_TAG = "<image>"
 RUNTIME = ["medscout_data.integrations.trainer_rewards"]
 
 _TEXT = {"dtype": "string", "_type": "Value"}
@@ -143,34 +141,27 @@ def _item_columns(row: dict[str, Any]) -> dict[str, str]:
     return {key: str(row[key] or "") for key in ("id", "modality", "task", "variant", "target")}
 
 
+def _placeholder(_: Any) -> dict[str, Any]:
+    return {"type": "image", "text": None}  # TRL puts the row's image here, in order
+
+
 def trl_row(row: dict[str, Any], mode: str, split: str) -> dict[str, Any]:
-    """A TRL conversational row: system turn, one image placeholder per image, then the question."""
+    """A TRL conversational row: the one message builder's system turn, then one image placeholder
+    per image and the question (TRL's structured-content form, every content a part list)."""
     images = _images(row)
-    user = [{"type": "image", "text": None} for _ in images]
-    user.append({"type": "text", "text": question_of(row, mode)})
-    prompt = [
-        {"role": "system", "content": [{"type": "text", "text": SYSTEM_PROMPTS[mode]}]},
-        {"role": "user", "content": user},
-    ]
-    return {
-        "prompt": prompt,
-        "images": images,
-        "solution": solution_text(row["answer"]),
-        **_item_columns(row),
-    }
+    system, user = row_messages(row, mode, _placeholder)
+    prompt = [{"role": "system", "content": [{"type": "text", "text": system["content"]}]}, user]
+    solution = solution_text(row["answer"])
+    return {"prompt": prompt, "images": images, "solution": solution, **_item_columns(row)}
 
 
 def verl_row(row: dict[str, Any], mode: str, split: str) -> dict[str, Any]:
-    """A verl RLHFDataset row (one `<image>` per image, then the question)."""
+    """A verl RLHFDataset row: the one message builder's messages with one `<image>` per image."""
     images = _images(row)
-    prompt = [
-        {"role": "system", "content": SYSTEM_PROMPTS[mode]},
-        {"role": "user", "content": IMAGE_TAG * len(images) + question_of(row, mode)},
-    ]
     truth = ground_truth_text(row["task"], row["variant"], row["target"])
     return {
         "data_source": DATA_SOURCE,
-        "prompt": prompt,
+        "prompt": tagged_messages(row_messages(row, mode, _placeholder)),
         "images": images,
         "ability": ABILITY,
         "reward_model": {"style": "rule", "ground_truth": truth},
@@ -182,7 +173,7 @@ def easyr1_row(row: dict[str, Any], mode: str, split: str) -> dict[str, Any]:
     """An EasyR1 row (`problem` / `answer` / `images`)."""
     images = _images(row)
     return {
-        "problem": IMAGE_TAG * len(images) + question_of(row, mode),
+        "problem": tagged_messages(row_messages(row, mode, _placeholder))[1]["content"],  # the user turn
         "answer": ground_truth_text(row["task"], row["variant"], row["target"]),
         "images": images,
         **_item_columns(row),

@@ -9,9 +9,11 @@ dataset names share the TSV: `MedScoutBench` (Direct questions) and
 
 The class follows VLMEvalKit's `ImageBaseDataset`: `load_data` reads the TSV,
 `dump_image` writes each image's PNG bytes as they are (VLMEvalKit's own
-helper decodes and re-saves them), `build_prompt` gives the images in prompt
-order and then the question (`force_use_dataset_prompt`, so no model swaps in
-its own VQA prompt), and `evaluate` scores the prediction file with the
+helper decodes and re-saves them), `build_prompt` gives the item's messages
+(`tasks.messages`, the prompt `evaluate` sends) in VLMEvalKit's form: the
+mode's system prompt as a text entry with `role: system`, the images in
+prompt order, then the question (`force_use_dataset_prompt`, so no model
+swaps in its own VQA prompt), and `evaluate` scores the prediction file with the
 project's Dense Geometric Reward: accuracy x 100 per modality x task cell and
 `Overall`, the Med-Scout-Bench Avg. VLMEvalKit is imported only inside
 `dataset_class` and `main`; the scoring needs only the scorer.
@@ -27,6 +29,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, ClassVar
 
 from medscout_data.evaluation.score import BenchItem, ScoreResult, Truth, format_table, score_bench
+from medscout_data.tasks.messages import item_messages, question_of
 
 DATASETS = {"MedScoutBench": "direct", "MedScoutBench_CoT": "cot"}
 ITEM_COLUMNS = ("id", "modality", "task", "variant", "target")
@@ -67,12 +70,35 @@ def image_list(value: Any) -> list[str]:
     return json.loads(value) if value.startswith("[") else [value]
 
 
+def vlmeval_messages(question: str, image_paths: Sequence[str], mode: str) -> list[dict[str, str]]:
+    """The item's messages (`tasks.messages.item_messages`) as VLMEvalKit's flat message list:
+    `{"type": "text", "value": system prompt, "role": "system"}`, one `{"type": "image", "value": path}`
+    per image in prompt order, then `{"type": "text", "value": question}`."""
+    system, user = item_messages(question, image_paths, mode, lambda path: {"type": "image", "value": path})
+    parts = [{"type": "text", "value": p["text"]} if p["type"] == "text" else p for p in user["content"]]
+    return [{"type": "text", "value": system["content"], "role": "system"}, *parts]
+
+
 def dataset_class(tsv: str, profile: str = "official") -> type:
-    """The VLMEvalKit dataset class reading `tsv`; needs VLMEvalKit installed."""
+    """The VLMEvalKit dataset class reading `tsv` (see its docstring); needs VLMEvalKit installed."""
     from vlmeval.dataset.image_base import ImageBaseDataset
     from vlmeval.smp import dump, load
 
     class MedScoutBench(ImageBaseDataset):
+        """Med-Scout-Bench for VLMEvalKit (`MedScoutBench`: Direct, `MedScoutBench_CoT`: CoT).
+
+        `build_prompt` carries the system prompt (`vlmeval_messages`: the messages `evaluate`
+        sends) as a text entry with `role: system`. What a model makes of it is VLMEvalKit's model
+        class's choice: its API models (`BaseAPI`) send it as the system message, with a newline
+        appended; some local models (`Qwen2VLChat`, for one) ignore the role and read it as the
+        first text of the user turn. Images: local models open the PNG files `dump_image` writes
+        (the shard's bytes). The OpenAI API wrapper (`vlmeval/api/gpt.py`, `OpenAIWrapper`) does not
+        send them as they are: it reopens each file and re-encodes it as JPEG, shrunk to `img_size`
+        (512 px by default; JPEG is lossy, so the model sees other pixels). VLMEvalKit has no switch
+        for this. To keep the PNGs (and the prompt byte for byte) with an OpenAI-compatible server,
+        ask it with `medscout-data evaluate`, which sends these same messages with the shard's PNG
+        bytes (docs/notes/prompts.md)."""
+
         TYPE = "VQA"
         MODALITY = "IMAGE"
         DATASET_URL = dict.fromkeys(DATASETS, "")
@@ -97,9 +123,8 @@ def dataset_class(tsv: str, profile: str = "official") -> type:
         def build_prompt(self, line: Any) -> list[dict[str, str]]:
             if isinstance(line, int):
                 line = self.data.iloc[line]
-            question = line["question_cot"] if DATASETS[self.dataset_name] == "cot" else line["question"]
-            messages = [{"type": "image", "value": path} for path in self.dump_image(line)]
-            return [*messages, {"type": "text", "value": question}]
+            mode = DATASETS[self.dataset_name]
+            return vlmeval_messages(question_of(line, mode), self.dump_image(line), mode)
 
         def evaluate(self, eval_file: str, **judge_kwargs: Any) -> dict[str, float]:
             data = load(eval_file)

@@ -40,9 +40,12 @@ def tiny_qwen(swift4_python: str, split_shards: Path, tmp_path_factory: pytest.T
     from splitfixture import side_rows
     from toolrun import run_driver
 
+    from medscout_data.tasks.messages import system_prompt
+
     rows = side_rows(split_shards)
-    texts = [row[key] for row in rows.values() for key in ("question", "question_cot", "answer")]
-    texts += ["<think>", "</think>", "<answer>", "</answer>", "Label 1, Label 2"]
+    texts = [row[key] for row in rows.values() for key in ("question", "question_cot")]
+    texts += [system_prompt(mode) for mode in ("direct", "cot")]
     work = tmp_path_factory.mktemp("tiny-qwen")
     got = run_driver(swift4_python, "tiny_qwen.py", {"out": str(work / "model"), "texts": texts}, work)
-    return Path(got["folder"])
+    assert "model.safetensors" in got["files"]
+    return Path(got["model"])

@@ -19,7 +19,7 @@ from splitfixture import cli_ok, side_rows
 from toolrun import run_driver
 
 from medscout_data.evaluation.score import reward
-from medscout_data.tasks.prompts import SYSTEM_PROMPTS
+from medscout_data.tasks.messages import system_prompt
 
 TINY_RUN = ["--max_steps", "2", "--num_generations", "2", "--per_device_train_batch_size", "2"]
 TINY_RUN += ["--max_completion_length", "8", "--save_steps", "2", "--logging_steps", "1"]
@@ -64,7 +64,7 @@ def test_ms_swift_grpo_runs_two_steps_with_the_printed_command(
     text = cli_ok("export", "--split", "train", "--shards", str(split_shards), "--out", str(out), "--quiet")
     assigned, argv = _printed_command(text)
     assert argv[:4] == ["swift", "rlhf", "--rlhf_type", "grpo"]
-    assert (out / "system-direct.txt").read_text() == SYSTEM_PROMPTS["direct"]  # as evaluate sends it
+    assert (out / "system-direct.txt").read_text() == system_prompt("direct")  # as evaluate sends it
     argv = [a if a != "MODEL" else str(tiny_qwen) for a in argv]  # the user's model
     argv += ["--model_type", "qwen2_5_vl", "--template", "qwen2_5_vl", "--output_dir", str(tmp_path / "run")]
     _run([*argv, *TINY_RUN], _tool_env(swift4_python, tmp_path, assigned), tmp_path)
@@ -165,7 +165,7 @@ def test_verl_dataset_class_and_reward_manager_take_the_export(
     assert got["decoded"] == [text for _, text in responses]
     for item_id, messages in got["messages"].items():
         row = rows[item_id]
-        assert messages[0] == {"role": "system", "content": [SYSTEM_PROMPTS["cot"]]}
+        assert messages[0] == {"role": "system", "content": [system_prompt("cot")]}
         assert messages[1]["content"][-1] == row["question_cot"]
         assert [part["type"] for part in messages[1]["content"][:-1]] == ["image"] * len(row["images"])
     assert got["scores"] == pytest.approx([r.total for r in expected])

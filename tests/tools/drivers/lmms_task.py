@@ -12,9 +12,12 @@ import json
 import sys
 from pathlib import Path
 
+CLI_DEFAULT_TAGS = '[["<think>", "</think>"], ["<analysis>", "</analysis>"]]'  # lmms-eval 0.7.3's
+
 
 def main():
     request = json.loads(Path(sys.argv[1]).read_text(encoding="utf-8"))
+    from lmms_eval.api.reasoning import parse_reasoning_tags_config
     from lmms_eval.tasks import TaskManager, get_task_dict
 
     manager = TaskManager(include_path=request["include_path"], include_defaults=False)
@@ -53,6 +56,10 @@ def main():
             "scores": {metric: aggregation[metric](values) for metric, values in metrics.items()},
             "metric_list": [m["metric"] for m in task.config.metric_list],
             "generation_kwargs": task.config.generation_kwargs,
+            # the tags lmms-eval would cut out of responses before process_results (None: none)
+            "reasoning_tags": parse_reasoning_tags_config(
+                task_value=getattr(task.config, "reasoning_tags", None)
+            ),
         }
     import medscout_data
 
