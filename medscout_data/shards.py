@@ -128,7 +128,9 @@ def atomic_writer(path: Path, mode: str = "w") -> Iterator[IO[Any]]:
     tmp = path.with_name(f"{path.name}.{os.getpid()}-{threading.get_ident()}.tmp")  # concurrent writers
     encoding = None if "b" in mode else "utf-8"
     try:
-        with open(tmp, mode, encoding=encoding) as handle:
+        # O_NOFOLLOW: a link planted at the temporary name is refused, never written through
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o666)
+        with open(fd, mode, encoding=encoding) as handle:
             yield handle
         os.replace(tmp, path)
     finally:

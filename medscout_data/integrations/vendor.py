@@ -16,10 +16,14 @@ from __future__ import annotations
 
 import ast
 import importlib.util
-from pathlib import Path
+from pathlib import Path, PurePosixPath
+from typing import TYPE_CHECKING
 
 from medscout_data import __version__
 from medscout_data.shards import write_bytes_atomic
+
+if TYPE_CHECKING:
+    from medscout_data.owned import OwnedFolder
 
 VENDOR_DIR = "_medscout"
 PACKAGE = "medscout_data"
@@ -74,18 +78,18 @@ def closure(roots: list[str]) -> list[str]:
     return sorted(seen)
 
 
-def write_vendored(out: Path, roots: list[str]) -> list[Path]:
-    """Copy the sources `roots` need under `out/_medscout/`; returns the files written."""
+def write_vendored(folder: OwnedFolder, roots: list[str]) -> list[Path]:
+    """Copy the sources `roots` need under `<folder>/_medscout/`; returns the files written."""
     written = []
     for name in closure(roots):
         source = module_file(name)
-        relative = Path(*name.split("."))
+        relative = PurePosixPath(*name.split("."))
         relative = relative / "__init__.py" if source.name == "__init__.py" else relative.with_suffix(".py")
-        target = Path(out) / VENDOR_DIR / relative
+        target = folder.claim(f"{VENDOR_DIR}/{relative}")
         write_bytes_atomic(source.read_bytes(), target)
         written.append(target)
     note = f"Copied by `medscout-data export` {__version__}: the scorer the exported tool files import.\n"
-    write_bytes_atomic(note.encode("utf-8"), Path(out) / VENDOR_DIR / "README.txt")
+    write_bytes_atomic(note.encode("utf-8"), folder.claim(f"{VENDOR_DIR}/README.txt"))
     return written
 
 

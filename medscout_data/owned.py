@@ -1,0 +1,376 @@
+"""Owned output folders: only files medscout-data wrote are ever replaced or deleted, never through a link.
+
+Every command that writes where the user points it (export in every format,
+preview, evaluate's OUT, `score --json/--plot`, `baseline --out`, `audit
+--json`) writes through `OwnedFolder`, so one set of rules holds for all:
+
+- The folder's record, `<folder>/.medscout-written.json`, lists per writer
+  (an export's name, `preview`, `evaluate`, `score --json NAME`, ...) the
+  files it wrote there. Each claim is journalled first
+  (`.medscout-written.journal`), so the files of a killed run are still known
+  as ours when it is rerun.
+- A file (or folder, or symlink) in the way that no writer's record lists is
+  the user's: refused with one line naming it, or, with `force`, deleted and
+  said so.
+- A symlink is never written through: a link where a file or a folder of the
+  output would go is foreign like any other file; files are opened with
+  O_NOFOLLOW and replaced by rename (which replaces a link, not its target).
+- A writer that finishes replaces its own earlier output whole: the files it
+  wrote last time and not this time (and no other writer lists) are deleted,
+  so an export redone for CT only leaves no X-ray image of the first one.
+- Nothing is written inside a shards root's managed folders (manifest.json,
+  bench/, train/, pool/, ...): those belong to the pipeline's stages, and a
+  stray file there would make the split fail its own check.
+
+A folder lock (flock on the folder itself, no lock file) keeps two writers
+from updating one record at once.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import json
+import logging
+import os
+import shutil
+import stat
+from collections.abc import Iterable
+from pathlib import Path, PurePosixPath
+from types import TracebackType
+
+from medscout_data.errors import StageError
+from medscout_data.report import RunReport
+from medscout_data.shards import write_json_atomic
+
+log = logging.getLogger(__name__)
+
+RECORD = ".medscout-written.json"
+JOURNAL = ".medscout-written.journal"
+# What the stages write directly under a shards root (layout.py); outputs of other commands stay out.
+MANAGED = (
+    "manifest.json",
+    "bench",
+    "train",
+    "pool",
+    "plan",
+    "catalogue",
+    "cache",
+    "index",
+    "reports",
+    "sample",
+    "stage",
+)
+ROOT_SIGNS = ("pool", "plan", "catalogue")  # folders only a shards root has (besides manifest.json)
+_NO_LOCKS = {errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL}
+
+
+class OwnershipError(StageError):
+    """An output would replace a file medscout-data did not write, write through a link, or land in
+    the pipeline's own folders."""
+
+
+def is_shards_root(folder: Path) -> bool:
+    """Whether `folder` looks like a pipeline output root (`shards/`)."""
+    return (folder / "manifest.json").is_file() or any((folder / name).is_dir() for name in ROOT_SIGNS)
+
+
+def refuse_managed(target: str | os.PathLike[str], option: str, allow: Iterable[str] = ()) -> None:
+    """Refuse an output at `target` that is a shards root or inside one's managed folders (`allow`
+    names managed folders this output may use, e.g. push-bench's `stage`)."""
+    real = Path(os.path.abspath(target)).resolve()
+    for root in (real, *real.parents):
+        if not is_shards_root(root):
+            continue
+        if root == real:
+            raise OwnershipError(
+                f"{target}: is a shards root (the pipeline's outputs live there); choose another {option}"
+            )
+        first = real.relative_to(root).parts[0]
+        if first in MANAGED and first not in set(allow):
+            raise OwnershipError(
+                f"{target}: inside {root / first}, which the pipeline writes and checks (a file put "
+                f"there breaks the split's manifest); choose another {option}"
+            )
+
+
+def _clean_rel(rel: str) -> PurePosixPath | None:
+    """A relative path inside the folder, or None for anything that could leave it."""
+    path = PurePosixPath(rel)
+    if not rel or path.is_absolute() or any(part in ("", ".", "..") for part in rel.split("/")):
+        return None
+    return path
+
+
+def open_nofollow(path: Path, flags: int, mode: int = 0o644) -> int:
+    """`os.open` that refuses a symlink at `path` with an `OwnershipError` naming it."""
+    try:
+        return os.open(path, flags | os.O_NOFOLLOW | os.O_CLOEXEC, mode)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise OwnershipError(f"{path}: is a symlink; medscout-data never writes through links") from None
+        raise
+
+
+class OwnedFolder:
+    """An output folder written under the rules of the module docstring; use as a context manager.
+
+    `claim(rel)` before writing each file (it returns the path to write, its
+    folders made); leaving the block without an error writes the record and
+    deletes what this writer wrote last time and not this time.
+    """
+
+    def __init__(
+        self,
+        root: str | os.PathLike[str],
+        writer: str,
+        force: bool = False,
+        option: str = "--out",
+        wait: bool = False,
+    ) -> None:
+        self.root = Path(root)
+        self.writer = writer
+        self.force = force
+        self.option = option
+        self.wait = wait  # wait for another writer's lock (single files: a short wait) instead of refusing
+        self.check_root = True
+        self.owned: dict[str, set[str]] = {}
+        self.claimed: set[str] = set()
+        self.removed: list[Path] = []  # foreign files deleted under force
+        self._dirs: set[str] = {""}
+        self._dir_fd = -1
+        self._journal_fd = -1
+
+    # ------------------------------------------------------------------ opening and closing
+
+    def __enter__(self) -> OwnedFolder:
+        if self.check_root:
+            refuse_managed(self.root, self.option)
+        if os.path.lexists(self.root) and not self.root.is_dir():
+            raise OwnershipError(f"{self.root}: not a folder; choose another {self.option}")
+        self.root.mkdir(parents=True, exist_ok=True)
+        self._dir_fd = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            self._lock()
+            self._load()
+            self._journal_fd = open_nofollow(self.root / JOURNAL, os.O_WRONLY | os.O_APPEND | os.O_CREAT)
+        except BaseException:
+            os.close(self._dir_fd)
+            raise
+        return self
+
+    def __exit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        try:
+            if kind is None:
+                self.commit()
+        finally:
+            if self._journal_fd >= 0:
+                os.close(self._journal_fd)
+            os.close(self._dir_fd)  # releases the lock
+
+    def _lock(self) -> None:
+        try:
+            fcntl.flock(self._dir_fd, fcntl.LOCK_EX | (0 if self.wait else fcntl.LOCK_NB))
+        except OSError as exc:
+            if exc.errno in _NO_LOCKS:
+                log.warning("%s: no file locks here; concurrent writers are not detected", self.root)
+                return
+            raise OwnershipError(
+                f"{self.root}: another medscout-data run is writing here; wait for it, or choose "
+                f"another {self.option}"
+            ) from None
+
+    def _load(self) -> None:
+        """The record plus the journal a killed run left (both only ever name paths inside the folder)."""
+        record = self.root / RECORD
+        if os.path.lexists(record):
+            try:
+                fd = open_nofollow(record, os.O_RDONLY)
+                with os.fdopen(fd, "rb") as handle:
+                    writers = json.loads(handle.read())["writers"]
+                for name, files in writers.items():
+                    self._add(name, files)
+            except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+                reason = exc if isinstance(exc, OwnershipError) else f"unreadable ({exc})"
+                raise OwnershipError(
+                    f"{record}: {reason}; medscout-data cannot tell its own files from yours there: "
+                    f"remove it (then pass --force), or choose another {self.option}"
+                ) from None
+        journal = self.root / JOURNAL
+        if os.path.lexists(journal):
+            with os.fdopen(open_nofollow(journal, os.O_RDONLY), "rb") as handle:
+                for line in handle:
+                    try:
+                        name, rel = json.loads(line)
+                    except (ValueError, TypeError):
+                        continue  # a line torn by a kill
+                    self._add(name, [rel])
+
+    def _add(self, writer: object, files: Iterable[object]) -> None:
+        if not isinstance(writer, str):
+            return
+        good = {str(p) for f in files if isinstance(f, str) and (p := _clean_rel(f)) is not None}
+        self.owned.setdefault(writer, set()).update(good)
+
+    # ------------------------------------------------------------------ claiming
+
+    def ours(self, rel: str) -> bool:
+        """Whether some writer's record lists `rel`."""
+        return any(rel in files for files in self.owned.values())
+
+    def adopt(self, rels: Iterable[str]) -> None:
+        """Count `rels` as this writer's (for folders made before records existed, which the caller
+        has recognised as its own by their content)."""
+        self._add(self.writer, [r for r in rels if os.path.lexists(self.root / r)])
+
+    def claim(self, rel: str) -> Path:
+        """The path to write `rel` at: its folders made, nothing foreign or linked in the way."""
+        path = _clean_rel(rel)
+        if path is None:
+            raise ValueError(f"{rel!r}: not a path inside the output folder")
+        key = str(path)
+        target = self._folder(path.parent) / path.name
+        if key not in self.claimed:
+            self._check_free(target, key)
+            os.write(self._journal_fd, (json.dumps([self.writer, key]) + "\n").encode("utf-8"))
+            self.claimed.add(key)
+        return target
+
+    def claim_report(self, rel: str) -> Path:
+        """The folder `rel` for a `RunReport.write`, its files claimed."""
+        for name in RunReport.FILES:
+            self.claim(f"{rel}/{name}")
+        return self.root / rel
+
+    def writers_under(self, prefix: str) -> list[str]:
+        """Other writers whose recorded files lie under `prefix` (e.g. `images/xray/`)."""
+        return sorted(
+            name
+            for name, files in self.owned.items()
+            if name != self.writer and any(f.startswith(prefix) for f in files)
+        )
+
+    def _folder(self, rel: PurePosixPath) -> Path:
+        """`root/rel`, made, each level a real folder (a link or a file there is foreign)."""
+        done = PurePosixPath()
+        for part in rel.parts:
+            done = done / part
+            path = self.root / done
+            if str(done) in self._dirs:
+                continue
+            try:
+                mode = os.lstat(path).st_mode
+            except FileNotFoundError:
+                mode = None
+            if mode is not None and not stat.S_ISDIR(mode):
+                self._foreign(path, mode)
+                mode = None
+            if mode is None:
+                os.mkdir(path)
+            self._dirs.add(str(done))
+        return self.root / rel
+
+    def _check_free(self, target: Path, key: str) -> None:
+        try:
+            mode = os.lstat(target).st_mode
+        except FileNotFoundError:
+            return
+        if stat.S_ISREG(mode) and self.ours(key):
+            return
+        self._foreign(target, mode)
+
+    def _foreign(self, path: Path, mode: int) -> None:
+        """Refuse what is in the way, or with `force` delete it (a link itself, never its target)."""
+        if stat.S_ISLNK(mode):
+            what = f"a symlink (to {os.readlink(path)}); medscout-data never writes through links"
+        elif stat.S_ISDIR(mode):
+            what = "a folder medscout-data did not make"
+        else:
+            what = f"a file medscout-data did not write (not in {RECORD})"
+        if not self.force:
+            raise OwnershipError(
+                f"{path}: {what}; move it away, or pass --force to delete it, or choose another {self.option}"
+            )
+        if stat.S_ISDIR(mode):
+            shutil.rmtree(path)
+        else:
+            os.unlink(path)
+        self.removed.append(path)
+        log.warning("--force: deleted %s (%s)", path, what.split(";")[0])
+
+    # ------------------------------------------------------------------ committing
+
+    def commit(self) -> list[Path]:
+        """Delete this writer's files of last time that it did not write again (and no other writer
+        lists), write the record, drop the journal. Returns the deleted files."""
+        others = set().union(*(files for name, files in self.owned.items() if name != self.writer))
+        stale = sorted(self.owned.get(self.writer, set()) - self.claimed - others)
+        deleted = [path for rel in stale if (path := self._delete_ours(rel)) is not None]
+        self.owned[self.writer] = set(self.claimed)
+        record = {"writers": {name: sorted(files) for name, files in sorted(self.owned.items()) if files}}
+        write_json_atomic(record, self.root / RECORD)
+        os.unlink(self.root / JOURNAL)
+        if deleted:
+            log.info("removed %d file(s) of the previous %s in %s", len(deleted), self.writer, self.root)
+        return deleted
+
+    def _delete_ours(self, rel: str) -> Path | None:
+        """Unlink a file we wrote, only as a plain file reached through real folders; then its empty
+        folders."""
+        path = PurePosixPath(rel)
+        folder = self.root
+        for part in path.parent.parts:
+            folder = folder / part
+            try:
+                if not stat.S_ISDIR(os.lstat(folder).st_mode):
+                    return None
+            except FileNotFoundError:
+                return None
+        target = folder / path.name
+        try:
+            if not stat.S_ISREG(os.lstat(target).st_mode):
+                return None
+            os.unlink(target)
+        except FileNotFoundError:
+            return None
+        for parent in [folder, *folder.parents]:
+            if parent == self.root or self.root not in parent.parents:
+                break
+            try:
+                os.rmdir(parent)
+            except OSError:
+                break
+        return target
+
+
+def owned_file(
+    path: str | os.PathLike[str], writer: str, force: bool = False, option: str = "--out"
+) -> OwnedFile:
+    """A single output file (`score --json FILE`, `baseline --out FILE`, ...) under the same rules; its
+    folder's record names it under `<writer> <file name>`."""
+    return OwnedFile(Path(path), writer, force, option)
+
+
+class OwnedFile:
+    """Context manager yielding the path to write (see `owned_file`)."""
+
+    def __init__(self, path: Path, writer: str, force: bool, option: str) -> None:
+        refuse_managed(path, option)  # a file may sit at a shards root, never in its managed folders
+        self.folder = OwnedFolder(path.parent, f"{writer} {path.name}", force, option, wait=True)
+        self.folder.check_root = False
+        self.name = path.name
+
+    def __enter__(self) -> Path:
+        self.folder.__enter__()
+        try:
+            return self.folder.claim(self.name)
+        except BaseException as exc:
+            self.folder.__exit__(type(exc), exc, exc.__traceback__)
+            raise
+
+    def __exit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.folder.__exit__(kind, exc, tb)
