@@ -63,6 +63,7 @@ MANAGED = (
 )
 ROOT_SIGNS = ("pool", "plan", "catalogue")  # folders only a shards root has (besides manifest.json)
 _NO_LOCKS = {errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL}
+_HELD: dict[tuple[int, int], int] = {}  # folders this process holds the lock of (two outputs in one folder)
 
 
 class OwnershipError(StageError):
@@ -127,6 +128,7 @@ class OwnedFolder:
         force: bool = False,
         option: str = "--out",
         wait: bool = False,
+        can_force: bool = True,
     ) -> None:
         self.root = Path(root)
         self.writer = writer
@@ -134,6 +136,7 @@ class OwnedFolder:
         self.option = option
         self.wait = wait  # wait for another writer's lock (single files: a short wait) instead of refusing
         self.check_root = True
+        self.can_force = can_force  # whether the command has --force (the refusal then offers it)
         self.owned: dict[str, set[str]] = {}
         self.claimed: set[str] = set()
         self.removed: list[Path] = []  # foreign files deleted under force
@@ -155,6 +158,7 @@ class OwnedFolder:
             self._load()
             self._journal_fd = open_nofollow(self.root / JOURNAL, os.O_WRONLY | os.O_APPEND | os.O_CREAT)
         except BaseException:
+            self._unlock()
             os.close(self._dir_fd)
             raise
         return self
@@ -168,9 +172,15 @@ class OwnedFolder:
         finally:
             if self._journal_fd >= 0:
                 os.close(self._journal_fd)
+            self._unlock()
             os.close(self._dir_fd)  # releases the lock
 
     def _lock(self) -> None:
+        info = os.fstat(self._dir_fd)
+        self._key = (info.st_dev, info.st_ino)
+        if self._key in _HELD:  # e.g. `score --json` and `--plot` into one folder
+            _HELD[self._key] += 1
+            return
         try:
             fcntl.flock(self._dir_fd, fcntl.LOCK_EX | (0 if self.wait else fcntl.LOCK_NB))
         except OSError as exc:
@@ -181,6 +191,14 @@ class OwnedFolder:
                 f"{self.root}: another medscout-data run is writing here; wait for it, or choose "
                 f"another {self.option}"
             ) from None
+        _HELD[self._key] = 1
+
+    def _unlock(self) -> None:
+        key = getattr(self, "_key", None)
+        if key in _HELD:
+            _HELD[key] -= 1
+            if not _HELD[key]:
+                del _HELD[key]
 
     def _load(self) -> None:
         """The record plus the journal a killed run left (both only ever name paths inside the folder)."""
@@ -290,9 +308,8 @@ class OwnedFolder:
         else:
             what = f"a file medscout-data did not write (not in {RECORD})"
         if not self.force:
-            raise OwnershipError(
-                f"{path}: {what}; move it away, or pass --force to delete it, or choose another {self.option}"
-            )
+            forcing = ", or pass --force to delete it" if self.can_force else ""
+            raise OwnershipError(f"{path}: {what}; move it away{forcing}, or choose another {self.option}")
         if stat.S_ISDIR(mode):
             shutil.rmtree(path)
         else:
@@ -305,13 +322,15 @@ class OwnedFolder:
     def commit(self) -> list[Path]:
         """Delete this writer's files of last time that it did not write again (and no other writer
         lists), write the record, drop the journal. Returns the deleted files."""
+        self.owned = {}
+        self._load()  # again: another output of this process may have written the record meanwhile
         others = set().union(*(files for name, files in self.owned.items() if name != self.writer))
         stale = sorted(self.owned.get(self.writer, set()) - self.claimed - others)
         deleted = [path for rel in stale if (path := self._delete_ours(rel)) is not None]
         self.owned[self.writer] = set(self.claimed)
         record = {"writers": {name: sorted(files) for name, files in sorted(self.owned.items()) if files}}
         write_json_atomic(record, self.root / RECORD)
-        os.unlink(self.root / JOURNAL)
+        (self.root / JOURNAL).unlink(missing_ok=True)
         if deleted:
             log.info("removed %d file(s) of the previous %s in %s", len(deleted), self.writer, self.root)
         return deleted

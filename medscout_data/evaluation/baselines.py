@@ -51,6 +51,7 @@ from medscout_data.evaluation.score import (
     resolve_bench,
 )
 from medscout_data.imaging import ImageDecodeError, decode_gray, fit_longest_side, resize
+from medscout_data.owned import owned_file
 from medscout_data.recipe import ScaleConfig
 from medscout_data.report import RunReport
 from medscout_data.seeding import rng_for
@@ -416,6 +417,7 @@ class BaselineOptions:
     name: str
     seed: int = 0
     progress: bool = True
+    force: bool = False  # replace an `out` that medscout-data did not write (owned.py)
 
 
 def iter_rows(source: BenchSource, columns: Sequence[str]) -> Iterator[tuple[str, dict[str, Any]]]:
@@ -502,16 +504,15 @@ def run_baseline(
     if options.name not in BASELINES:
         raise BaselineError(f"unknown baseline {options.name!r}; use one of {', '.join(BASELINES)}")
     report = report or RunReport(f"baseline-{options.name}")
-    source = resolve_bench(bench)
-    prior = None
-    if options.name == "prior":
-        prior, origin = load_prior(source)
-        report.info["prior_from"] = origin
-    columns = META_COLUMNS + (["images"] if options.name == "classical" else [])
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_writer(out) as handle:
-        _write_answers(handle, iter_rows(source, columns), count_rows(source), options, prior, report)
+    with owned_file(out, "baseline --out", options.force) as target:  # refused before any work
+        source = resolve_bench(bench)
+        prior = None
+        if options.name == "prior":
+            prior, origin = load_prior(source)
+            report.info["prior_from"] = origin
+        columns = META_COLUMNS + (["images"] if options.name == "classical" else [])
+        with atomic_writer(target) as handle:
+            _write_answers(handle, iter_rows(source, columns), count_rows(source), options, prior, report)
     return report
 
 

@@ -62,6 +62,7 @@ from medscout_data.evaluation.score import (
     scores_document,
 )
 from medscout_data.locking import stage_lock
+from medscout_data.owned import OwnedFolder, open_nofollow, refuse_managed
 from medscout_data.report import RunReport
 from medscout_data.shards import write_json_atomic
 from medscout_data.tasks.prompts import SYSTEM_PROMPTS
@@ -222,6 +223,38 @@ def prediction_record(item_id: str, reply: Reply, options: EvaluateOptions) -> d
 # ---------------------------------------------------------------- the folder
 
 
+OWN_FILES = (RUN_RECORD, PREDICTIONS, SCORES, JUDGED)  # what evaluate writes in DIR
+
+
+def claim_folder(folder: OwnedFolder) -> None:
+    """Claim evaluate's files in DIR (owned.py: a file of the user's or a link there is refused).
+    A folder from before records existed is adopted when its run.json is evaluate's."""
+    out = folder.root
+    if (
+        not os.path.lexists(out / RUN_RECORD)
+        and os.path.lexists(out / PREDICTIONS)
+        and not folder.ours(PREDICTIONS)
+    ):
+        raise ScoreError(
+            f"{out}: holds {PREDICTIONS} but no {RUN_RECORD}, so it is not an evaluate folder; "
+            "choose another --out"
+        )
+    if not folder.ours(RUN_RECORD) and _is_run_record(folder.root / RUN_RECORD):
+        folder.adopt(OWN_FILES)
+    for name in OWN_FILES:
+        folder.claim(name)
+
+
+def _is_run_record(path: Path) -> bool:
+    try:
+        if path.is_symlink():
+            return False
+        record = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(record, dict) and str(record.get("created_by", "")).startswith("medscout-data")
+
+
 def check_folder(out: Path, record: dict[str, Any]) -> None:
     """Refuse a folder that is not ours, or ours with other pinned settings; write run.json."""
     path = out / RUN_RECORD
@@ -256,7 +289,7 @@ def cut_torn_tail(path: Path) -> int:
         size = path.stat().st_size
     except FileNotFoundError:
         return 0
-    with open(path, "rb+") as handle:
+    with os.fdopen(open_nofollow(path, os.O_RDWR), "rb+") as handle:
         keep = size
         while keep > 0:
             handle.seek(max(keep - 65536, 0))
@@ -417,7 +450,13 @@ def evaluate(options: EvaluateOptions, command: str = "medscout-data evaluate") 
         )
     out = Path(options.out)
     redact = redactor_for(options.endpoint, *([options.judge] if options.judge else []))
-    with stage_lock(out, "evaluate", command), _redacted_logs(redact):
+    refuse_managed(out, "--out")  # before the lock file: nothing of ours inside the split's folders
+    with (
+        stage_lock(out, "evaluate", command),
+        _redacted_logs(redact),
+        OwnedFolder(out, "evaluate", can_force=False) as folder,
+    ):
+        claim_folder(folder)
         check_folder(out, options.run_record())
         predictions_path = out / PREDICTIONS
         cut_torn_tail(predictions_path)
@@ -434,7 +473,7 @@ def evaluate(options: EvaluateOptions, command: str = "medscout-data evaluate") 
 def _ask(
     options: EvaluateOptions, source: BenchSource, todo: set[str], path: Path, redact: Redactor
 ) -> _Asker:
-    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    fd = open_nofollow(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT)
     bar = tqdm(
         total=len(todo), desc=f"evaluate {options.endpoint.model}", unit="req", disable=not options.progress
     )
