@@ -105,9 +105,10 @@ def list_volumes(root: Path, modality: str, config: IngestConfig) -> Listing:
         skips.append(Skip(TOTALSEG_META, "missing-meta", f"{TOTALSEG_META}: {message}"))
     except InputError as exc:
         skips.append(Skip(TOTALSEG_META, exc.reason, f"{TOTALSEG_META}: {exc.message}"))
-    with os.scandir(root) as entries:
-        names = (e.name for e in entries if not e.name.startswith(".") and is_folder(e, skips))
-        folders = sorted(name for name in names if name != TOTALSEG_META)  # a meta.csv folder is no subject
+    with os.scandir(root) as listing:
+        entries = sorted(listing, key=lambda e: e.name)  # skips in a stable order
+    names = (e.name for e in entries if not e.name.startswith(".") and is_folder(e, skips))
+    folders = sorted(name for name in names if name != TOTALSEG_META)  # a meta.csv folder is no subject
     records = []
     for name in folders:
         counts["found"] += 1

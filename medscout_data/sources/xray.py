@@ -77,7 +77,7 @@ def list_images(root: Path, suffixes: tuple[str, ...], skips: list[Skip] | None 
         folder = stack.pop()
         try:
             with os.scandir(folder) as listing:
-                entries = list(listing)
+                entries = sorted(listing, key=lambda e: e.name)  # skips in a stable order
         except OSError as exc:
             where = folder.relative_to(root).as_posix()
             skips.append(
