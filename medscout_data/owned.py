@@ -113,6 +113,20 @@ def open_nofollow(path: Path, flags: int, mode: int = 0o644) -> int:
         raise
 
 
+def open_in_place(path: Path, flags: int) -> int:
+    """`os.open` for a file changed in place (appended to, cut): never through a link, and never a
+    file with other hard links (the user's file under another name) or anything but a plain file."""
+    fd = open_nofollow(path, flags)
+    info = os.fstat(fd)
+    if stat.S_ISREG(info.st_mode) and info.st_nlink == 1:
+        return fd
+    os.close(fd)
+    what = "has other hard links (it is a file elsewhere too)" if stat.S_ISREG(info.st_mode) else "not a file"
+    raise OwnershipError(
+        f"{path}: {what}; medscout-data changes only files of its own in place; move it away"
+    )
+
+
 class OwnedFolder:
     """An output folder written under the rules of the module docstring; use as a context manager.
 

@@ -303,8 +303,14 @@ def test_evaluate_never_cuts_or_appends_to_a_linked_predictions_file(shards: Pat
         (out / "predictions.jsonl").unlink()
         (out / "predictions.jsonl").symlink_to(mine)
         again = CliRunner(env={"OPENAI_API_KEY": KEY}).invoke(cli, [*base, "--quiet"])
-    assert again.exit_code != 0 and "Traceback" not in again.output
-    one_line_error(again.output, "predictions.jsonl", "symlink")
+        assert again.exit_code != 0 and "Traceback" not in again.output
+        one_line_error(again.output, "predictions.jsonl", "symlink")
+        assert mine.read_text() == USER_TEXT
+        (out / "predictions.jsonl").unlink()
+        os.link(mine, out / "predictions.jsonl")  # the user's file under a second name
+        linked = CliRunner(env={"OPENAI_API_KEY": KEY}).invoke(cli, [*base, "--quiet"])
+    assert linked.exit_code != 0 and "Traceback" not in linked.output
+    one_line_error(linked.output, "predictions.jsonl", "hard links")
     assert mine.read_text() == USER_TEXT
 
 

@@ -62,7 +62,7 @@ from medscout_data.evaluation.score import (
     scores_document,
 )
 from medscout_data.locking import stage_lock
-from medscout_data.owned import OwnedFolder, open_nofollow, refuse_managed
+from medscout_data.owned import OwnedFolder, open_in_place, refuse_managed
 from medscout_data.report import RunReport
 from medscout_data.shards import write_json_atomic
 from medscout_data.tasks.prompts import SYSTEM_PROMPTS
@@ -289,7 +289,7 @@ def cut_torn_tail(path: Path) -> int:
         size = path.stat().st_size
     except FileNotFoundError:
         return 0
-    with os.fdopen(open_nofollow(path, os.O_RDWR), "rb+") as handle:
+    with os.fdopen(open_in_place(path, os.O_RDWR), "rb+") as handle:
         keep = size
         while keep > 0:
             handle.seek(max(keep - 65536, 0))
@@ -473,7 +473,7 @@ def evaluate(options: EvaluateOptions, command: str = "medscout-data evaluate") 
 def _ask(
     options: EvaluateOptions, source: BenchSource, todo: set[str], path: Path, redact: Redactor
 ) -> _Asker:
-    fd = open_nofollow(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT)
+    fd = open_in_place(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT)
     bar = tqdm(
         total=len(todo), desc=f"evaluate {options.endpoint.model}", unit="req", disable=not options.progress
     )

@@ -33,7 +33,7 @@ from medscout_data.evaluation.chat import ChatClient, Endpoint, Redactor, drain
 from medscout_data.evaluation.extraction import AnswerShape, is_canonical
 from medscout_data.evaluation.predictions import UTF8_BOM
 from medscout_data.evaluation.score import BenchItem, extract_answer
-from medscout_data.owned import open_nofollow
+from medscout_data.owned import open_in_place
 
 log = logging.getLogger(__name__)
 
@@ -142,7 +142,7 @@ class JudgeExtractor:
             total=len(todo), desc=f"judge {self.endpoint.model}", unit="req", disable=not self.progress
         )
         self.cache.parent.mkdir(parents=True, exist_ok=True)
-        fd = open_nofollow(self.cache, os.O_WRONLY | os.O_APPEND | os.O_CREAT)  # never through a link
+        fd = open_in_place(self.cache, os.O_WRONLY | os.O_APPEND | os.O_CREAT)  # never through a link
 
         async def jobs() -> AsyncIterator[tuple[BenchItem, str]]:
             for job in todo:
