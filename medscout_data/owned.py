@@ -63,6 +63,7 @@ MANAGED = (
 )
 ROOT_SIGNS = ("pool", "plan", "catalogue")  # folders only a shards root has (besides manifest.json)
 _NO_LOCKS = {errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL}
+SHOWN = 5  # files named one by one when --force deletes them
 _HELD: dict[tuple[int, int], int] = {}  # folders this process holds the lock of (two outputs in one folder)
 
 
@@ -329,7 +330,10 @@ class OwnedFolder:
         else:
             os.unlink(path)
         self.removed.append(path)
-        log.warning("--force: deleted %s (%s)", path, what.split(";")[0])
+        if len(self.removed) <= SHOWN:
+            log.warning("--force: deleted %s (%s)", path, what.split(";")[0])
+        elif len(self.removed) == SHOWN + 1:
+            log.warning("--force: deleting more files in the way; their count follows at the end")
 
     # ------------------------------------------------------------------ committing
 
@@ -345,6 +349,10 @@ class OwnedFolder:
         record = {"writers": {name: sorted(files) for name, files in sorted(self.owned.items()) if files}}
         write_json_atomic(record, self.root / RECORD)
         (self.root / JOURNAL).unlink(missing_ok=True)
+        if len(self.removed) > SHOWN:
+            log.warning(
+                "--force: deleted %d files medscout-data had not written in %s", len(self.removed), self.root
+            )
         if deleted:
             log.info("removed %d file(s) of the previous %s in %s", len(deleted), self.writer, self.root)
         return deleted
