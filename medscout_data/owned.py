@@ -244,7 +244,10 @@ class OwnedFolder:
     def _add(self, writer: object, files: Iterable[object]) -> None:
         if not isinstance(writer, str):
             return
-        good = {str(p) for f in files if isinstance(f, str) and (p := _clean_rel(f)) is not None}
+        good = set()
+        for f in files:
+            if isinstance(f, str) and (p := _clean_rel(f.removesuffix("/"))) is not None:
+                good.add(str(p) + ("/" if f.endswith("/") else ""))  # `name/`: a whole tree
         self.owned.setdefault(writer, set()).update(good)
 
     # ------------------------------------------------------------------ claiming
@@ -267,6 +270,26 @@ class OwnedFolder:
         target = self._folder(path.parent) / path.name
         if key not in self.claimed:
             self._check_free(target, key)
+            os.write(self._journal_fd, (json.dumps([self.writer, key]) + "\n").encode("utf-8"))
+            self.claimed.add(key)
+        return target
+
+    def claim_tree(self, rel: str) -> Path:
+        """A folder wholly this writer's, for files written by code that cannot claim each one
+        (worker processes, other libraries): refused when it exists and no record lists it as a
+        tree. Trees are never pruned (their content is the writer's to manage)."""
+        path = _clean_rel(rel)
+        if path is None:
+            raise ValueError(f"{rel!r}: not a path inside the output folder")
+        key = f"{path}/"
+        target = self._folder(path.parent) / path.name
+        if key not in self.claimed:
+            try:
+                mode: int | None = os.lstat(target).st_mode
+            except FileNotFoundError:
+                mode = None
+            if mode is not None and not (stat.S_ISDIR(mode) and self.ours(key)):
+                self._foreign(target, mode)
             os.write(self._journal_fd, (json.dumps([self.writer, key]) + "\n").encode("utf-8"))
             self.claimed.add(key)
         return target
@@ -343,9 +366,10 @@ class OwnedFolder:
         self.owned = {}
         self._load()  # again: another output of this process may have written the record meanwhile
         others = set().union(*(files for name, files in self.owned.items() if name != self.writer))
-        stale = sorted(self.owned.get(self.writer, set()) - self.claimed - others)
+        previous = self.owned.get(self.writer, set())
+        stale = sorted(rel for rel in previous - self.claimed - others if not rel.endswith("/"))
         deleted = [path for rel in stale if (path := self._delete_ours(rel)) is not None]
-        self.owned[self.writer] = set(self.claimed)
+        self.owned[self.writer] = self.claimed | {rel for rel in previous if rel.endswith("/")}
         record = {"writers": {name: sorted(files) for name, files in sorted(self.owned.items()) if files}}
         write_json_atomic(record, self.root / RECORD)
         (self.root / JOURNAL).unlink(missing_ok=True)

@@ -376,3 +376,20 @@ def test_a_symlink_loop_in_a_source_tree_is_skipped_and_recorded(sample_sources,
             assert result.counts["used"] > 0
         errors = pq.read_table(layout.catalogue_dir(modality) / "errors.parquet").to_pylist()
         assert "symlink-loop" in {e["reason"] for e in errors}
+
+
+def test_sample_never_replaces_a_users_folder_or_readme(tmp_path: Path) -> None:
+    out = tmp_path / "data"
+    args = ["sample", "--out", str(out), "--subjects", "2", "--size", "32", "--slices", "4"]
+    mine = user_file(out / "README.txt")
+    code, output = invoke(*args, "--source", "totalseg-ct")
+    assert code != 0 and mine.read_text() == USER_TEXT
+    one_line_error(output, "README.txt", "--force")
+    mine.unlink()
+    theirs = user_file(out / "mimic-cxr-jpg" / "notes.txt")
+    for _ in range(2):  # its own tree again: fine
+        code, output = invoke(*args, "--source", "totalseg-ct")
+        assert code == 0, output
+    code, output = invoke(*args)  # all four: mimic-cxr-jpg/ is the user's
+    assert code != 0 and theirs.read_text() == USER_TEXT
+    one_line_error(output, "mimic-cxr-jpg", "a folder medscout-data did not make")
