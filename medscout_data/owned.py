@@ -96,12 +96,11 @@ def refuse_managed(target: str | os.PathLike[str], option: str, allow: Iterable[
             )
 
 
-def _clean_rel(rel: str) -> PurePosixPath | None:
-    """A relative path inside the folder, or None for anything that could leave it."""
-    path = PurePosixPath(rel)
-    if not rel or path.is_absolute() or any(part in ("", ".", "..") for part in rel.split("/")):
+def _clean_rel(rel: str) -> str | None:
+    """`rel` when it is a relative POSIX path that stays inside the folder, else None."""
+    if not rel or rel.startswith("/") or any(part in ("", ".", "..") for part in rel.split("/")):
         return None
-    return path
+    return rel
 
 
 def open_nofollow(path: Path, flags: int, mode: int = 0o644) -> int:
@@ -155,7 +154,7 @@ class OwnedFolder:
         self.owned: dict[str, set[str]] = {}
         self.claimed: set[str] = set()
         self.removed: list[Path] = []  # foreign files deleted under force
-        self._dirs: set[str] = {""}
+        self._dirs: dict[str, Path] = {"": self.root}  # folders checked and made, by relative path
         self._dir_fd = -1
         self._journal_fd = -1
 
@@ -263,11 +262,11 @@ class OwnedFolder:
 
     def claim(self, rel: str) -> Path:
         """The path to write `rel` at: its folders made, nothing foreign or linked in the way."""
-        path = _clean_rel(rel)
-        if path is None:
+        key = _clean_rel(rel)
+        if key is None:
             raise ValueError(f"{rel!r}: not a path inside the output folder")
-        key = str(path)
-        target = self._folder(path.parent) / path.name
+        parent, _, name = key.rpartition("/")
+        target = self._folder(parent) / name
         if key not in self.claimed:
             self._check_free(target, key)
             os.write(self._journal_fd, (json.dumps([self.writer, key]) + "\n").encode("utf-8"))
@@ -278,11 +277,12 @@ class OwnedFolder:
         """A folder wholly this writer's, for files written by code that cannot claim each one
         (worker processes, other libraries): refused when it exists and no record lists it as a
         tree. Trees are never pruned (their content is the writer's to manage)."""
-        path = _clean_rel(rel)
-        if path is None:
+        clean = _clean_rel(rel)
+        if clean is None:
             raise ValueError(f"{rel!r}: not a path inside the output folder")
-        key = f"{path}/"
-        target = self._folder(path.parent) / path.name
+        key = f"{clean}/"
+        parent, _, name = clean.rpartition("/")
+        target = self._folder(parent) / name
         if key not in self.claimed:
             try:
                 mode: int | None = os.lstat(target).st_mode
@@ -308,25 +308,24 @@ class OwnedFolder:
             if name != self.writer and any(f.startswith(prefix) for f in files)
         )
 
-    def _folder(self, rel: PurePosixPath) -> Path:
+    def _folder(self, rel: str) -> Path:
         """`root/rel`, made, each level a real folder (a link or a file there is foreign)."""
-        done = PurePosixPath()
-        for part in rel.parts:
-            done = done / part
-            path = self.root / done
-            if str(done) in self._dirs:
-                continue
-            try:
-                mode = os.lstat(path).st_mode
-            except FileNotFoundError:
-                mode = None
-            if mode is not None and not stat.S_ISDIR(mode):
-                self._foreign(path, mode)
-                mode = None
-            if mode is None:
-                os.mkdir(path)
-            self._dirs.add(str(done))
-        return self.root / rel
+        known = self._dirs.get(rel)
+        if known is not None:
+            return known
+        parent, _, name = rel.rpartition("/")
+        path = self._folder(parent) / name
+        try:
+            mode: int | None = os.lstat(path).st_mode
+        except FileNotFoundError:
+            mode = None
+        if mode is not None and not stat.S_ISDIR(mode):
+            self._foreign(path, mode)
+            mode = None
+        if mode is None:
+            os.mkdir(path)
+        self._dirs[rel] = path
+        return path
 
     def _check_free(self, target: Path, key: str) -> None:
         try:
