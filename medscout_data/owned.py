@@ -39,6 +39,7 @@ from collections.abc import Iterable
 from pathlib import Path, PurePosixPath
 from types import TracebackType
 
+from medscout_data import MODALITIES
 from medscout_data.errors import StageError
 from medscout_data.report import RunReport
 from medscout_data.shards import write_json_atomic
@@ -61,7 +62,6 @@ MANAGED = (
     "sample",
     "stage",
 )
-ROOT_SIGNS = ("pool", "plan", "catalogue")  # folders only a shards root has (besides manifest.json)
 _NO_LOCKS = {errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL}
 SHOWN = 5  # files named one by one when --force deletes them
 _HELD: dict[tuple[int, int], int] = {}  # folders this process holds the lock of (two outputs in one folder)
@@ -73,8 +73,16 @@ class OwnershipError(StageError):
 
 
 def is_shards_root(folder: Path) -> bool:
-    """Whether `folder` looks like a pipeline output root (`shards/`)."""
-    return (folder / "manifest.json").is_file() or any((folder / name).is_dir() for name in ROOT_SIGNS)
+    """Whether `folder` is a pipeline output root (`shards/`): a split (manifest.json beside bench/
+    or train/), or a stage's per-modality output (plan/<m>.json, pool/<m>/, catalogue/<m>/)."""
+    if (folder / "manifest.json").is_file() and any((folder / side).is_dir() for side in ("bench", "train")):
+        return True
+    return any(
+        (folder / "plan" / f"{m}.json").is_file()
+        or (folder / "pool" / m).is_dir()
+        or (folder / "catalogue" / m).is_dir()
+        for m in MODALITIES
+    )
 
 
 def refuse_managed(target: str | os.PathLike[str], option: str, allow: Iterable[str] = ()) -> None:
@@ -143,13 +151,14 @@ class OwnedFolder:
         option: str = "--out",
         wait: bool = False,
         can_force: bool = True,
+        check_root: bool = True,
     ) -> None:
         self.root = Path(root)
         self.writer = writer
         self.force = force
         self.option = option
         self.wait = wait  # wait for another writer's lock (single files: a short wait) instead of refusing
-        self.check_root = True
+        self.check_root = check_root  # refuse a root inside a shards root's managed folders
         self.can_force = can_force  # whether the command has --force (the refusal then offers it)
         self.owned: dict[str, set[str]] = {}
         self.claimed: set[str] = set()
@@ -165,17 +174,29 @@ class OwnedFolder:
             refuse_managed(self.root, self.option)
         if os.path.lexists(self.root) and not self.root.is_dir():
             raise OwnershipError(f"{self.root}: not a folder; choose another {self.option}")
-        self.root.mkdir(parents=True, exist_ok=True)
-        self._dir_fd = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+            self._dir_fd = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        except OSError as exc:
+            raise self._cannot_write(exc) from None
         try:
             self._lock()
             self._load()
             self._journal_fd = open_nofollow(self.root / JOURNAL, os.O_WRONLY | os.O_APPEND | os.O_CREAT)
+        except OSError as exc:
+            self._unlock()
+            os.close(self._dir_fd)
+            raise self._cannot_write(exc) from None
         except BaseException:
             self._unlock()
             os.close(self._dir_fd)
             raise
         return self
+
+    def _cannot_write(self, exc: OSError) -> OwnershipError:
+        """One line for a folder that cannot be made or written (read-only, no permission, full)."""
+        where = exc.filename or self.root
+        return OwnershipError(f"{where}: cannot write here ({exc.strerror}); choose a writable {self.option}")
 
     def __exit__(
         self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
@@ -422,8 +443,9 @@ class OwnedFile:
 
     def __init__(self, path: Path, writer: str, force: bool, option: str) -> None:
         refuse_managed(path, option)  # a file may sit at a shards root, never in its managed folders
-        self.folder = OwnedFolder(path.parent, f"{writer} {path.name}", force, option, wait=True)
-        self.folder.check_root = False
+        self.folder = OwnedFolder(
+            path.parent, f"{writer} {path.name}", force, option, wait=True, check_root=False
+        )
         self.name = path.name
 
     def __enter__(self) -> Path:

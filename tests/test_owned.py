@@ -393,3 +393,12 @@ def test_sample_never_replaces_a_users_folder_or_readme(tmp_path: Path) -> None:
     code, output = invoke(*args)  # all four: mimic-cxr-jpg/ is the user's
     assert code != 0 and theirs.read_text() == USER_TEXT
     one_line_error(output, "mimic-cxr-jpg", "a folder medscout-data did not make")
+
+
+def test_a_folder_that_only_looks_like_a_shards_root_is_not_one(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    (home / "plan").mkdir(parents=True)  # the user's own plan/ and bench/ folders
+    (home / "manifest.json").write_text("{}")
+    with owned_file(home / "bench" / "figures.json", "test") as path:
+        write_bytes_atomic(b"{}", path)
+    assert path.read_bytes() == b"{}"
