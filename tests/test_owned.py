@@ -23,6 +23,7 @@ from medscout_data.hub.refs import branch_problem
 from medscout_data.layout import Layout
 from medscout_data.locking import LockError, stage_lock
 from medscout_data.owned import JOURNAL, RECORD, OwnedFolder, OwnershipError, owned_file
+from medscout_data.report import RunReport
 from medscout_data.shards import sha256_file, write_bytes_atomic
 
 KEY = "sk-local-owned-test-1234"
@@ -102,6 +103,11 @@ def test_a_planted_link_at_a_temporary_name_or_lock_is_never_followed(tmp_path: 
     tmp.symlink_to(target)
     with pytest.raises(OSError):
         write_bytes_atomic(b"data", path)
+    report = tmp_path / "report" / "errors.parquet"
+    report.parent.mkdir()
+    report.with_name("errors.parquet.tmp").symlink_to(target)
+    with pytest.raises(OSError):
+        RunReport("test").write(report.parent)
     (tmp_path / ".lock-x").symlink_to(target)
     with pytest.raises(LockError), stage_lock(tmp_path, "x", "test"):
         pass
