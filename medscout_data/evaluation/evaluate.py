@@ -14,7 +14,10 @@ run is killed, the folder ends with every item answered exactly once. A line
 torn by a kill mid-write is cut off at the next start. `DIR/run.json` pins the
 settings that make answers comparable (bench, model, mode, max tokens,
 temperature, system prompt); a rerun with other ones is refused. A lock on
-DIR keeps two runs out of each other's way.
+DIR keeps two runs out of each other's way. DIR is an owned folder (owned.py):
+a file of the user's, or a link, where one of evaluate's files goes is
+refused, and predictions.jsonl is appended to and cut only when it is a plain
+file of its own (no link, no second hard link).
 
 At the end the items in scope are scored with the chosen extraction, written
 to `DIR/scores.json` (what `score --json` writes) and returned for the table.

@@ -27,6 +27,12 @@ written under a temporary name and renamed once every image is on disk; a
 killed export leaves no JSONL that points at missing files. Items that
 cannot be exported (no PNG bytes, duplicate id) are skipped and recorded in
 `<out>/_reports/<split>-<mode>-<format>/` (errors.parquet + report.json).
+
+`<out>` is an owned folder (owned.py), the export `<split>-<mode>-<tag>` one
+writer in its record: a file it did not write is never replaced (`force`
+deletes it, naming it), no write goes through a link, and doing the export
+again replaces its own earlier files whole (a CT-only rerun leaves no X-ray
+image of the first one).
 """
 
 from __future__ import annotations
