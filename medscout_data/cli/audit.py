@@ -48,16 +48,16 @@ def audit(bench: str, json_out: str | None, force: bool, quiet: bool) -> None:
     from medscout_data.shards import write_json_atomic
 
     report = RunReport("audit")
-    outputs = ExitStack()  # --json: checked (owned.py) before the audit runs, written at the end
-    try:
-        target = (
-            outputs.enter_context(owned_file(json_out, "audit --json", force, "--json")) if json_out else None
-        )
-        result = audit_bench(bench, progress=not quiet, report=report)
-    except StageError as exc:
-        outputs.__exit__(type(exc), exc, None)
-        raise click.ClickException(str(exc)) from exc
-    with outputs:
+    with ExitStack() as outputs:  # --json: checked (owned.py) before the audit runs, written at the end
+        try:
+            target = (
+                outputs.enter_context(owned_file(json_out, "audit --json", force, "--json"))
+                if json_out
+                else None
+            )
+            result = audit_bench(bench, progress=not quiet, report=report)
+        except StageError as exc:
+            raise click.ClickException(str(exc)) from exc
         click.echo(format_audit(result))
         for skip in report.skips:
             click.echo(f"skipped {skip.message}", err=True)

@@ -189,39 +189,41 @@ def score(
     files = [(False, *pair) for pair in _labelled(predictions, "--predictions")]
     files += [(True, *pair) for pair in _labelled(baselines, "--baseline")]
     columns, documents = [], []
-    outputs = ExitStack()  # --json / --plot: checked (owned.py) before any scoring, written at the end
-    try:
-        json_path = (
-            outputs.enter_context(owned_file(json_out, "score --json", force, "--json")) if json_out else None
-        )
-        plot_path = outputs.enter_context(owned_file(plot, "score --plot", force, "--plot")) if plot else None
-        source = resolve_bench(bench)
-        for is_baseline, given, path in files:
-            report = RunReport("score")
-            cache = Path(judge_cache) if judge_cache else path.parent / JUDGED
-            if extract == "judge":  # appended to: only a cache of ours, never through a link
-                option = "--judge-cache"
-                cache = outputs.enter_context(owned_file(cache, "score --judge-cache", force, option))
-            extractor = make_extractor(
-                extract, judge, cache, source, mode, redactor_for(*[judge] if judge else []), not quiet
+    with ExitStack() as outputs:  # --json / --plot: checked (owned.py) before any scoring, written at the end
+        try:
+            json_path = (
+                outputs.enter_context(owned_file(json_out, "score --json", force, "--json"))
+                if json_out
+                else None
             )
-            result = score_file(path, source, profile, mode, report, extractor)
-            label = _label(given, path, report.info.get("models", []))
-            extraction = extractor.describe() if extractor is not None else {"method": "strict"}
-            documents.append(
-                {
-                    "label": label,
-                    "baseline": is_baseline,
-                    **scores_document(result, report, source, path, extraction),
-                }
+            plot_path = (
+                outputs.enter_context(owned_file(plot, "score --plot", force, "--plot")) if plot else None
             )
-            columns.append(Column(label, result, is_baseline))
-            for skip in report.skips:
-                click.echo(f"skipped {skip.message}", err=True)
-    except StageError as exc:
-        outputs.__exit__(type(exc), exc, None)
-        raise click.ClickException(str(exc)) from exc
-    with outputs:
+            source = resolve_bench(bench)
+            for is_baseline, given, path in files:
+                report = RunReport("score")
+                cache = Path(judge_cache) if judge_cache else path.parent / JUDGED
+                if extract == "judge":  # appended to: only a cache of ours, never through a link
+                    option = "--judge-cache"
+                    cache = outputs.enter_context(owned_file(cache, "score --judge-cache", force, option))
+                extractor = make_extractor(
+                    extract, judge, cache, source, mode, redactor_for(*[judge] if judge else []), not quiet
+                )
+                result = score_file(path, source, profile, mode, report, extractor)
+                label = _label(given, path, report.info.get("models", []))
+                extraction = extractor.describe() if extractor is not None else {"method": "strict"}
+                documents.append(
+                    {
+                        "label": label,
+                        "baseline": is_baseline,
+                        **scores_document(result, report, source, path, extraction),
+                    }
+                )
+                columns.append(Column(label, result, is_baseline))
+                for skip in report.skips:
+                    click.echo(f"skipped {skip.message}", err=True)
+        except StageError as exc:
+            raise click.ClickException(str(exc)) from exc
         _show_scores(columns, documents, source, metric, json_path, plot_path)
 
 
