@@ -290,9 +290,16 @@ class OwnedFolder:
         target = self._folder(parent) / name
         if key not in self.claimed:
             self._check_free(target, key)
-            os.write(self._journal_fd, (json.dumps([self.writer, key]) + "\n").encode("utf-8"))
-            self.claimed.add(key)
+            self._journal(key)
         return target
+
+    def _journal(self, key: str) -> None:
+        """Note `key` as this writer's before it is made (a killed run's files stay known as ours)."""
+        try:
+            os.write(self._journal_fd, (json.dumps([self.writer, key]) + "\n").encode("utf-8"))
+        except OSError as exc:
+            raise self._cannot_write(exc) from None
+        self.claimed.add(key)
 
     def claim_tree(self, rel: str) -> Path:
         """A folder wholly this writer's, for files written by code that cannot claim each one
@@ -311,8 +318,7 @@ class OwnedFolder:
                 mode = None
             if mode is not None and not (stat.S_ISDIR(mode) and self.ours(key)):
                 self._foreign(target, mode)
-            os.write(self._journal_fd, (json.dumps([self.writer, key]) + "\n").encode("utf-8"))
-            self.claimed.add(key)
+            self._journal(key)
         return target
 
     def claim_report(self, rel: str) -> Path:
@@ -391,7 +397,10 @@ class OwnedFolder:
         deleted = [path for rel in stale if (path := self._delete_ours(rel)) is not None]
         self.owned[self.writer] = self.claimed | {rel for rel in previous if rel.endswith("/")}
         record = {"writers": {name: sorted(files) for name, files in sorted(self.owned.items()) if files}}
-        write_json_atomic(record, self.root / RECORD)
+        try:
+            write_json_atomic(record, self.root / RECORD)
+        except OSError as exc:
+            raise self._cannot_write(exc) from None
         (self.root / JOURNAL).unlink(missing_ok=True)
         if len(self.removed) > SHOWN:
             log.warning(
