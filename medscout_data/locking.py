@@ -35,7 +35,8 @@ def stage_lock(folder: Path, name: str, command: str) -> Iterator[None]:
     path = folder / f".lock-{name}"
     try:
         folder.mkdir(parents=True, exist_ok=True)
-        handle = open(path, "a+", encoding="utf-8")  # noqa: SIM115 (held for the whole block)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o666)  # not via links
+        handle = open(fd, "r+", encoding="utf-8")  # noqa: SIM115 (held for the whole block)
     except OSError as exc:
         raise LockError(
             f"{folder}: cannot write here ({exc.strerror}); choose a writable output folder"

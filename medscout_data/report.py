@@ -93,6 +93,8 @@ class RunReport:
         text += f"; skipped {self.skipped}" + (f" ({reasons})" if reasons else "")
         return text + f"; {self.seconds:.1f} s"
 
+    FILES = ("errors.parquet", "report.json")  # what `write` makes (an owned folder claims them first)
+
     def write(self, folder: Path) -> None:
         """errors.parquet (one row per skip) and report.json in `folder`."""
         rows = [{"path": s.path, "reason": s.reason, "message": s.message} for s in self.skips]

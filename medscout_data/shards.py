@@ -29,6 +29,12 @@ def tmp_path(path: Path) -> Path:
     return path.with_name(path.name + ".tmp")
 
 
+def _open_tmp(tmp: Path) -> int:
+    """A temporary file for writing; O_NOFOLLOW: a link planted at its name is refused (ELOOP),
+    never written through."""
+    return os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o666)
+
+
 class ShardWriter:
     """One Parquet file, written row group by row group, renamed on `close()`.
 
@@ -106,7 +112,8 @@ def write_table_atomic(table: pa.Table, path: Path, metadata: dict[str, str] | N
         merged.update({k.encode(): v.encode() for k, v in metadata.items()})
         table = table.replace_schema_metadata(merged)
     tmp = tmp_path(path)
-    pq.write_table(table, tmp, **parquet_options(table.schema))
+    with open(_open_tmp(tmp), "wb") as handle:
+        pq.write_table(table, handle, **parquet_options(table.schema))
     os.replace(tmp, path)
 
 
@@ -128,7 +135,7 @@ def atomic_writer(path: Path, mode: str = "w") -> Iterator[IO[Any]]:
     tmp = path.with_name(f"{path.name}.{os.getpid()}-{threading.get_ident()}.tmp")  # concurrent writers
     encoding = None if "b" in mode else "utf-8"
     try:
-        with open(tmp, mode, encoding=encoding) as handle:
+        with open(_open_tmp(tmp), mode, encoding=encoding) as handle:
             yield handle
         os.replace(tmp, path)
     finally:

@@ -87,25 +87,34 @@ def test_a_full_disk_is_one_line(split_shards: Path, tmp_path: Path, name: str) 
     assert re.search(r"VENDORED=(\d+)", result.stdout)[1] in ("0", str(whole)), result.stdout  # type: ignore[index]
 
 
+def _vendored(out: Path, roots: list[str]) -> list[Path]:
+    from medscout_data.owned import OwnedFolder
+
+    with OwnedFolder(out, "export test", False) as folder:
+        return vendor.write_vendored(folder, roots)
+
+
 def test_the_scorer_copy_is_whole_or_absent_when_a_write_fails(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     out = tmp_path / "export"
     roots = ["medscout_data.integrations.swift"]
-    complete = sorted(p.relative_to(out) for p in vendor.write_vendored(out, roots))
+    complete = sorted(p.relative_to(out) for p in _vendored(out, roots))
     before = {p: (out / p).read_bytes() for p in complete}
     full = OSError(errno.ENOSPC, "No space left on device")
     real = vendor.write_bytes_atomic
     monkeypatch.setattr(vendor, "write_bytes_atomic", fail_on_call(real, 3, full))
     with pytest.raises(OSError, match="No space left"):
-        vendor.write_vendored(out, roots)
+        _vendored(out, roots)
     assert {p: (out / p).read_bytes() for p in complete} == before  # the earlier copy, untouched
-    assert sorted(p.name for p in out.iterdir()) == ["_medscout"]  # no staging folder left
+    shown = sorted(p.name for p in out.iterdir() if not p.name.startswith(".medscout-written"))
+    assert shown == ["_medscout"]  # no staging folder left
     fresh = tmp_path / "fresh"
     monkeypatch.setattr(vendor, "write_bytes_atomic", fail_on_call(real, 3, full))
     with pytest.raises(OSError):
-        vendor.write_vendored(fresh, roots)
-    assert not fresh.exists() or list(fresh.iterdir()) == []  # nothing half-written
+        _vendored(fresh, roots)
+    assert not (fresh / "_medscout").exists()  # nothing half-written
+    assert [p.name for p in fresh.iterdir() if p.name.startswith("._medscout")] == []
 
 
 def test_evaluate_onto_a_full_disk_is_one_line(tmp_path: Path, split_shards: Path) -> None:

@@ -278,3 +278,33 @@ def test_trainer_rows_carry_evaluates_prompt(split_shards: Path, tmp_path: Path,
             [{**m, "content": [{**p} for p in m["content"]]} for m in trl[item_id]["prompt"]]
         )
         assert trl_tagged == tagged
+
+
+def test_trainer_export_folder_is_owned_and_a_ct_only_rerun_replaces_it_whole(
+    split_shards: Path, tmp_path: Path
+) -> None:
+    """A rerun with --modality ct leaves no X-ray (MIMIC-CXR-derived) row in the folder, and a file of
+    the user's in the way is refused with one line (owned.py), for every trainer format."""
+    from click.testing import CliRunner
+
+    from medscout_data.cli import cli
+
+    for fmt in ("trl", "verl", "easyr1"):
+        out = tmp_path / fmt
+        _export(split_shards, out, fmt)
+        _export(split_shards, out, fmt, "direct", "--modality", "ct")
+        files = sorted(out.rglob("*.parquet"))
+        modalities = {m for path in files for m in pq.read_table(path).to_pylist() for m in [_modality(m)]}
+        assert modalities == {"ct"}, fmt
+        user = tmp_path / f"user-{fmt}"
+        user.mkdir()
+        name = "rewards.py" if fmt == "trl" else "reward.py"
+        (user / name).write_text("mine\n")
+        args = ["export", "--format", fmt, "--split", "bench", "--shards", str(split_shards), "--quiet"]
+        result = CliRunner().invoke(cli, [*args, "--out", str(user)])
+        assert result.exit_code != 0 and str(user / name) in result.output
+        assert (user / name).read_text() == "mine\n" and "Traceback" not in result.output
+
+
+def _modality(row: dict) -> str:
+    return row.get("modality") or row["extra_info"]["modality"]

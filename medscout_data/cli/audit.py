@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from medscout_data.cli.options import quiet_option
+from medscout_data.cli.options import force_option, quiet_option
 
 
 @click.command(short_help="Shortcut audit: non-learning probes per cell, next to chance.")
@@ -18,8 +18,9 @@ from medscout_data.cli.options import quiet_option
 @click.option(
     "--json", "json_out", type=click.Path(dir_okay=False), default=None, help="Also write the figures here."
 )
+@force_option
 @quiet_option
-def audit(bench: str, json_out: str | None, quiet: bool) -> None:
+def audit(bench: str, json_out: str | None, force: bool, quiet: bool) -> None:
     """Score non-learning shortcut probes on every modality x task cell of a bench.
 
     \b
@@ -38,26 +39,33 @@ def audit(bench: str, json_out: str | None, quiet: bool) -> None:
     A probe far above chance marks a cue that answers without looking at the
     geometry. `push-bench` puts this table in the dataset card.
     """
-    from pathlib import Path
+    from contextlib import ExitStack
 
     from medscout_data.errors import StageError
     from medscout_data.evaluation.audit import format_audit
     from medscout_data.evaluation.classical import audit
+    from medscout_data.owned import owned_file
     from medscout_data.report import RunReport
     from medscout_data.shards import write_json_atomic
 
     report = RunReport("audit")
-    try:
-        result = audit(bench, progress=not quiet, report=report)
-    except StageError as exc:
-        raise click.ClickException(str(exc)) from exc
-    click.echo(format_audit(result))
-    for skip in report.skips:
-        click.echo(f"skipped {skip.message}", err=True)
-    if json_out:
-        figures = result.as_dict()
-        figures["skipped"] = [
-            {"where": s.path, "reason": s.reason, "message": s.message} for s in report.skips
-        ]
-        write_json_atomic(figures, Path(json_out))
-        click.echo(f"figures: {json_out}")
+    with ExitStack() as outputs:  # --json: checked (owned.py) before the audit runs, written at the end
+        try:
+            target = (
+                outputs.enter_context(owned_file(json_out, "audit --json", force, "--json"))
+                if json_out
+                else None
+            )
+            result = audit(bench, progress=not quiet, report=report)
+        except StageError as exc:
+            raise click.ClickException(str(exc)) from exc
+        click.echo(format_audit(result))
+        for skip in report.skips:
+            click.echo(f"skipped {skip.message}", err=True)
+        if target is not None:
+            figures = result.as_dict()
+            figures["skipped"] = [
+                {"where": s.path, "reason": s.reason, "message": s.message} for s in report.skips
+            ]
+            write_json_atomic(figures, target)
+            click.echo(f"figures: {target}")

@@ -7,7 +7,13 @@ from pathlib import Path
 import click
 
 from medscout_data import MODALITIES, TASKS
-from medscout_data.cli.options import modalities_filter, quiet_option, shards_option, tasks_filter
+from medscout_data.cli.options import (
+    force_option,
+    modalities_filter,
+    quiet_option,
+    shards_option,
+    tasks_filter,
+)
 from medscout_data.cli.score import mode_option, profile_option
 
 FORMATS = ("swift", "jsonl", "trl", "verl", "easyr1", "lmms-eval", "vlmeval")
@@ -69,6 +75,7 @@ out_dir = click.option("--out", "out", type=click.Path(file_okay=False), require
 )
 @modalities_filter
 @tasks_filter
+@force_option
 @quiet_option
 def export(
     fmt: str,
@@ -81,6 +88,7 @@ def export(
     absolute_paths: bool,
     modalities: tuple[str, ...],
     tasks: tuple[str, ...],
+    force: bool,
     quiet: bool,
 ) -> None:
     """Write SHARDS/<split> for the tools researchers use, in OUT. Images are the
@@ -104,6 +112,11 @@ def export(
     command sets ROOT_IMAGE_DIR=OUT. The plugin, task and wrapper carry a copy
     of the scorer (OUT/_medscout/): the training or evaluation box needs no
     medscout-data. The JSONL or TSV is renamed into place only when complete.
+
+    OUT/.medscout-written.json records what each export wrote there. Doing an
+    export again replaces its own earlier files whole (a --modality ct rerun
+    leaves no X-ray image behind); a file it did not write is never replaced
+    (the run stops naming it, or --force deletes it) and no link is followed.
     """
     from medscout_data.errors import StageError
     from medscout_data.layout import Layout
@@ -121,15 +134,20 @@ def export(
         raise click.UsageError("--format lmms-eval exports the whole bench; drop --modality/--task")
     try:
         if fmt == "lmms-eval":
-            _lmms_eval(bench or shards, Path(out), profile)
+            _lmms_eval(bench or shards, Path(out), profile, force)
         elif fmt == "vlmeval":
-            _vlmeval(Layout.at(shards), Path(out), modalities, tasks, profile, quiet)
+            _vlmeval(Layout.at(shards), Path(out), modalities, tasks, profile, quiet, force)
         elif fmt in TRAINER_FORMATS:
-            settings = dict(format=fmt, split=split, mode=mode, profile=profile)
+            settings = dict(format=fmt, split=split, mode=mode, profile=profile, force=force)
             _trainer(Layout.at(shards), Path(out), settings, modalities, tasks, quiet)
         else:
             settings = dict(
-                split=split, format=fmt, mode=mode, profile=profile, absolute_paths=absolute_paths
+                split=split,
+                format=fmt,
+                mode=mode,
+                profile=profile,
+                absolute_paths=absolute_paths,
+                force=force,
             )
             _jsonl(Layout.at(shards), Path(out), settings, modalities, tasks, quiet)
     except StageError as exc:
@@ -180,21 +198,21 @@ def _trainer(layout, out: Path, settings: dict, modalities, tasks, quiet: bool) 
         click.echo(f"note: {MIMIC_NOTE}", err=True)
 
 
-def _lmms_eval(bench: str, out: Path, profile: str) -> None:
+def _lmms_eval(bench: str, out: Path, profile: str, force: bool) -> None:
     from medscout_data.integrations.lmms_export import GROUP, export_lmms_eval
 
-    result = export_lmms_eval(bench, out, profile)
+    result = export_lmms_eval(bench, out, profile, force)
     data = result.bench
     where = data.repo_id or f"{len(data.files)} shard(s), {len(data.cells)} cell(s)"
     click.echo(f"lmms-eval task folder: {out} ({where})")
     click.echo(f"run: lmms-eval --include_path {out} --tasks {GROUP} --model ... --log_samples")
 
 
-def _vlmeval(layout, out: Path, modalities, tasks, profile: str, quiet: bool) -> None:
+def _vlmeval(layout, out: Path, modalities, tasks, profile: str, quiet: bool, force: bool) -> None:
     from medscout_data.integrations.export import MIMIC_NOTE
     from medscout_data.integrations.vlmeval_export import export_vlmeval
 
-    result = export_vlmeval(layout, out, modalities or MODALITIES, tasks or TASKS, profile, not quiet)
+    result = export_vlmeval(layout, out, modalities or MODALITIES, tasks or TASKS, profile, not quiet, force)
     click.echo(f"export: {result.items} items -> {result.tsv}")
     for cell, count in result.cells.items():
         click.echo(f"  {cell:<14} {count:>7}")
@@ -234,6 +252,7 @@ def _skipped(report, out: Path) -> None:
 )
 @mode_option
 @profile_option
+@force_option
 @quiet_option
 def preview(
     shards: str,
@@ -247,6 +266,7 @@ def preview(
     predictions: tuple[str, ...],
     mode: str,
     profile: str,
+    force: bool,
     quiet: bool,
 ) -> None:
     """Draw --per-cell items of every modality x task of SHARDS/<split> (or the
@@ -259,6 +279,9 @@ def preview(
     truth (its boxes beside the true ones, its tiers, the jigsaw reassembled in
     its order, the anomaly cell it chose) with its rewards; a selector shows one
     cell at a time.
+
+    A rerun replaces the earlier preview whole; files preview did not write are
+    never replaced (--force deletes them, naming each).
     """
     from medscout_data.errors import StageError
     from medscout_data.integrations.preview import PreviewOptions, write_preview
@@ -266,7 +289,7 @@ def preview(
 
     if predictions:
         return _preview_predictions(
-            shards, split, per_cell, size, out, modalities, tasks, predictions, mode, profile, quiet
+            shards, split, per_cell, size, out, modalities, tasks, predictions, mode, profile, force, quiet
         )
 
     options = PreviewOptions(
@@ -277,6 +300,7 @@ def preview(
         modalities=modalities or MODALITIES,
         tasks=tasks or TASKS,
         progress=not quiet,
+        force=force,
     )
     try:
         result = write_preview(Layout.at(shards), Path(out), options)
@@ -299,6 +323,7 @@ def _preview_predictions(
     predictions: tuple[str, ...],
     mode: str,
     profile: str,
+    force: bool,
     quiet: bool,
 ) -> None:
     from medscout_data.cli.score import _labelled
@@ -308,7 +333,7 @@ def _preview_predictions(
 
     options = FailureOptions(
         tuple(_labelled(predictions, "--predictions")), split, per_cell, size, mode, profile,
-        modalities or MODALITIES, tasks or TASKS, progress=not quiet,
+        modalities or MODALITIES, tasks or TASKS, progress=not quiet, force=force,
     )  # fmt: skip
     try:
         result = write_failures(Layout.at(shards), Path(out), options)

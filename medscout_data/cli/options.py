@@ -51,3 +51,9 @@ tasks_filter = click.option(
     help="Only these tasks (repeatable). Default: all.",
 )
 quiet_option = click.option("--quiet", is_flag=True, help="No progress bars.")
+force_option = click.option(
+    "--force",
+    is_flag=True,
+    help="Delete files in the way of the output that medscout-data did not write (each is named); "
+    "without it such a file stops the run.",
+)

@@ -6,6 +6,8 @@ from pathlib import Path
 
 import click
 
+from medscout_data.cli.options import force_option
+
 SOURCE_NAMES = ("totalseg-ct", "totalseg-mri", "mimic-cxr-jpg", "mimic-cxr")
 
 
@@ -37,8 +39,16 @@ SOURCE_NAMES = ("totalseg-ct", "totalseg-mri", "mimic-cxr-jpg", "mimic-cxr")
     help="Write only these trees (repeatable). Default: all four.",
 )
 @click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True, help="Worker processes.")
+@force_option
 def sample(
-    out: str, subjects: int, size: int, slices: int, seed: int, sources: tuple[str, ...], workers: int
+    out: str,
+    subjects: int,
+    size: int,
+    slices: int,
+    seed: int,
+    sources: tuple[str, ...],
+    workers: int,
+    force: bool,
 ) -> None:
     """Write SYNTHETIC sample sources in the on-disk layouts of TotalSegmentator
     (CT and MRI NIfTI + meta.csv), MIMIC-CXR-JPG and MIMIC-CXR DICOM.
@@ -49,10 +59,20 @@ def sample(
     studies with a frontal view each (half with a lateral too): about two
     frontal images per subject, so `--source mimic-cxr-jpg --subjects 6000
     --size 512` feeds the paper's 12,000 X-ray items per cell. Same seed,
-    identical files, for any --workers.
+    identical files, for any --workers. A folder or file in OUT that sample did
+    not write is never replaced (--force deletes it, naming it).
     """
+    from medscout_data.errors import StageError
+    from medscout_data.owned import OwnedFolder
     from medscout_data.sample import write_samples
 
-    written = write_samples(Path(out), subjects, size, slices, seed, sources or SOURCE_NAMES, workers)
+    try:
+        with OwnedFolder(Path(out), "sample", force) as folder:
+            folder.claim("README.txt")
+            for name in sources or SOURCE_NAMES:
+                folder.claim_tree(name)
+            written = write_samples(Path(out), subjects, size, slices, seed, sources or SOURCE_NAMES, workers)
+    except StageError as exc:
+        raise click.ClickException(str(exc)) from exc
     for name, folder in written.items():
         click.echo(f"{name}: {folder}")

@@ -8,7 +8,7 @@ from typing import Any
 
 import click
 
-from medscout_data.cli.options import quiet_option
+from medscout_data.cli.options import force_option, quiet_option
 
 bench_option = click.option(
     "--bench",
@@ -147,6 +147,7 @@ def _label(given: str, path: Path, models: list[str]) -> str:
     "--json", "json_out", type=click.Path(dir_okay=False), default=None, help="Also write the figures here."
 )
 @click.option("--plot", type=click.Path(dir_okay=False), default=None, help="A per-cell bar chart (PNG).")
+@force_option
 @quiet_option
 def score(
     predictions: tuple[str, ...],
@@ -164,6 +165,7 @@ def score(
     metric: str,
     json_out: str | None,
     plot: str | None,
+    force: bool,
     quiet: bool,
 ) -> None:
     """Score model answers against Med-Scout-Bench with the Dense Geometric Reward.
@@ -181,56 +183,82 @@ def score(
     medscout-data score --predictions qwen=runs/qwen/predictions.jsonl --predictions \\
         intern=runs/intern/predictions.jsonl --baseline random=random.jsonl --plot cells.png
     """
+    from contextlib import ExitStack
+
     from medscout_data.errors import StageError
     from medscout_data.evaluation.chat import redactor_for
-    from medscout_data.evaluation.compare import Column, format_columns, plot_columns
+    from medscout_data.evaluation.compare import Column
     from medscout_data.evaluation.evaluate import JUDGED, make_extractor
-    from medscout_data.evaluation.score import format_table, resolve_bench, score_file, scores_document
+    from medscout_data.evaluation.score import resolve_bench, score_file, scores_document
+    from medscout_data.owned import owned_file
     from medscout_data.report import RunReport
-    from medscout_data.shards import write_json_atomic
 
     judge = judge_endpoint(judge_base_url, judge_model, judge_api_key_env, judge_concurrency, extract)
     files = [(False, *pair) for pair in _labelled(predictions, "--predictions")]
     files += [(True, *pair) for pair in _labelled(baselines, "--baseline")]
     columns, documents = [], []
-    try:
-        source = resolve_bench(bench)
-        for is_baseline, given, path in files:
-            report = RunReport("score")
-            cache = Path(judge_cache) if judge_cache else path.parent / JUDGED
-            extractor = make_extractor(
-                extract, judge, cache, source, mode, redactor_for(*[judge] if judge else []), not quiet,
-                judge_allow_remote_mimic,
-            )  # fmt: skip
-            result = score_file(path, source, profile, mode, report, extractor)
-            label = _label(given, path, report.info.get("models", []))
-            extraction = extractor.describe() if extractor is not None else {"method": "strict"}
-            documents.append(
-                {
-                    "label": label,
-                    "baseline": is_baseline,
-                    **scores_document(result, report, source, path, extraction),
-                }
+    with ExitStack() as outputs:  # --json / --plot: checked (owned.py) before any scoring, written at the end
+        try:
+            json_path = (
+                outputs.enter_context(owned_file(json_out, "score --json", force, "--json"))
+                if json_out
+                else None
             )
-            columns.append(Column(label, result, is_baseline))
-            for skip in report.skips:
-                click.echo(f"skipped {skip.message}", err=True)
-            if report.dropped:
-                more = ", ".join(f"{r}: {n}" for r, n in sorted(report.dropped.items()))
-                click.echo(f"skipped {sum(report.dropped.values())} more lines of {path} ({more})", err=True)
-    except StageError as exc:
-        raise click.ClickException(str(exc)) from exc
+            plot_path = (
+                outputs.enter_context(owned_file(plot, "score --plot", force, "--plot")) if plot else None
+            )
+            source = resolve_bench(bench)
+            for is_baseline, given, path in files:
+                report = RunReport("score")
+                cache = Path(judge_cache) if judge_cache else path.parent / JUDGED
+                if extract == "judge":  # appended to: only a cache of ours, never through a link
+                    option = "--judge-cache"
+                    cache = outputs.enter_context(owned_file(cache, "score --judge-cache", force, option))
+                extractor = make_extractor(
+                    extract, judge, cache, source, mode, redactor_for(*[judge] if judge else []), not quiet,
+                    judge_allow_remote_mimic,
+                )  # fmt: skip
+                result = score_file(path, source, profile, mode, report, extractor)
+                label = _label(given, path, report.info.get("models", []))
+                extraction = extractor.describe() if extractor is not None else {"method": "strict"}
+                documents.append(
+                    {
+                        "label": label,
+                        "baseline": is_baseline,
+                        **scores_document(result, report, source, path, extraction),
+                    }
+                )
+                columns.append(Column(label, result, is_baseline))
+                for skip in report.skips:
+                    click.echo(f"skipped {skip.message}", err=True)
+                if report.dropped:
+                    more = ", ".join(f"{r}: {n}" for r, n in sorted(report.dropped.items()))
+                    lines = sum(report.dropped.values())
+                    click.echo(f"skipped {lines} more lines of {path} ({more})", err=True)
+        except StageError as exc:
+            raise click.ClickException(str(exc)) from exc
+        _show_scores(columns, documents, source, metric, json_path, plot_path)
+
+
+def _show_scores(
+    columns, documents, source, metric: str, json_path: Path | None, plot_path: Path | None
+) -> None:
+    """The table, then the figures file and the plot when asked for."""
+    from medscout_data.evaluation.compare import format_columns, plot_columns
+    from medscout_data.evaluation.score import format_table
+    from medscout_data.shards import write_json_atomic
+
     if len(columns) == 1:
         click.echo(format_table(columns[0].result))
     else:
         click.echo(format_columns(columns, metric))
     method = documents[0]["extraction"]["method"]
     click.echo(f"extraction: {method}; bench checked by {source.integrity or 'nothing'}")
-    if json_out:
-        write_json_atomic(documents[0] if len(documents) == 1 else {"columns": documents}, Path(json_out))
-        click.echo(f"figures: {json_out}")
-    if plot:
-        click.echo(f"plot: {plot_columns(columns, Path(plot), metric)}")
+    if json_path is not None:
+        write_json_atomic(documents[0] if len(documents) == 1 else {"columns": documents}, json_path)
+        click.echo(f"figures: {json_path}")
+    if plot_path is not None:
+        click.echo(f"plot: {plot_columns(columns, plot_path, metric)}")
 
 
 @click.command(short_help="Random / prior / classical-vision predictions.")
@@ -243,8 +271,9 @@ def score(
 @bench_option
 @click.option("--out", type=click.Path(dir_okay=False), required=True, help="Predictions JSONL to write.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the random baseline.")
+@force_option
 @quiet_option
-def baseline(name: str, bench: str, out: str, seed: int, quiet: bool) -> None:
+def baseline(name: str, bench: str, out: str, seed: int, force: bool, quiet: bool) -> None:
     """Write baseline predictions (`id`, `response` per line) for every bench item.
 
     \b
@@ -262,7 +291,7 @@ def baseline(name: str, bench: str, out: str, seed: int, quiet: bool) -> None:
     from medscout_data.evaluation.classical import run_classical
 
     try:
-        report = run_classical(bench, out, BaselineOptions(name, seed, progress=not quiet))
+        report = run_classical(bench, out, BaselineOptions(name, seed, progress=not quiet, force=force))
     except StageError as exc:
         raise click.ClickException(str(exc)) from exc
     for skip in report.skips:

@@ -53,6 +53,7 @@ from medscout_data.evaluation.score import (
     resolve_bench,
 )
 from medscout_data.imaging import ImageDecodeError, decode_gray, fit_longest_side, resize
+from medscout_data.owned import owned_file
 from medscout_data.recipe import ScaleConfig
 from medscout_data.report import RunReport
 from medscout_data.seeding import rng_for
@@ -361,6 +362,7 @@ class BaselineOptions:
     name: str
     seed: int = 0
     progress: bool = True
+    force: bool = False  # replace an `out` that medscout-data did not write (owned.py)
 
 
 def iter_rows(source: BenchSource, columns: Sequence[str]) -> Iterator[tuple[str, dict[str, Any]]]:
@@ -458,20 +460,19 @@ def run_baseline(
     if options.name not in BASELINES:
         raise BaselineError(f"unknown baseline {options.name!r}; use one of {', '.join(BASELINES)}")
     report = report or RunReport(f"baseline-{options.name}")
-    source = bench if isinstance(bench, BenchSource) else resolve_bench(bench)
-    prior = None
-    if options.name == "prior":
-        prior, origin = load_prior(source)
-        report.info["prior_from"] = origin
-    if options.name == "classical":
-        report.info["classical_from"] = getattr(classical, "origin", "fixed")
-        report.info["classical_choice"] = classical.summary() if classical is not None else {}
-    columns = META_COLUMNS + (["images"] if options.name == "classical" else [])
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_writer(out) as handle:
-        rows = iter_rows(source, columns)
-        _write_answers(handle, rows, count_rows(source), options, prior, report, classical)
+    with owned_file(out, "baseline --out", options.force) as target:  # refused before any work
+        source = bench if isinstance(bench, BenchSource) else resolve_bench(bench)
+        prior = None
+        if options.name == "prior":
+            prior, origin = load_prior(source)
+            report.info["prior_from"] = origin
+        if options.name == "classical":
+            report.info["classical_from"] = getattr(classical, "origin", "fixed")
+            report.info["classical_choice"] = classical.summary() if classical is not None else {}
+        columns = META_COLUMNS + (["images"] if options.name == "classical" else [])
+        with atomic_writer(target) as handle:
+            rows = iter_rows(source, columns)
+            _write_answers(handle, rows, count_rows(source), options, prior, report, classical)
     return report
 
 

@@ -3,14 +3,14 @@ and as a per-cell bar chart (matplotlib, Agg: no display needed)."""
 
 from __future__ import annotations
 
-import os
+import io
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from medscout_data import MODALITIES, TASKS
 from medscout_data.evaluation.score import COMPONENTS, ScoreResult, cell_keys
-from medscout_data.shards import tmp_path
+from medscout_data.shards import write_bytes_atomic
 
 NAMES = {"ct": "CT", "mri": "MRI", "xray": "X-ray"}
 AVG = "Med-Scout-Bench Avg"
@@ -94,10 +94,9 @@ def plot_columns(columns: Sequence[Column], path: Path, metric: str = "accuracy"
     axes.grid(axis="y", alpha=0.3)
     fig.tight_layout()
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = tmp_path(path)
-    fig.savefig(partial, format="png")
-    os.replace(partial, path)
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png")
+    write_bytes_atomic(buffer.getvalue(), path)  # renamed in, never written through a link
     return path
 
 

@@ -15,7 +15,10 @@ run is killed, the folder ends with every item answered exactly once. A line
 torn by a kill mid-write is cut off at the next start. `DIR/run.json` pins the
 settings that make answers comparable (bench, model, mode, max tokens,
 temperature, system prompt); a rerun with other ones is refused. A lock on
-DIR keeps two runs out of each other's way.
+DIR keeps two runs out of each other's way. DIR is an owned folder (owned.py):
+a file of the user's, or a link, where one of evaluate's files goes is
+refused, and predictions.jsonl is appended to and cut only when it is a plain
+file of its own (no link, no second hard link).
 
 At the end the items in scope are scored with the chosen extraction, written
 to `DIR/scores.json` (what `score --json` writes) and returned for the table.
@@ -68,6 +71,7 @@ from medscout_data.evaluation.score import (
     scores_document,
 )
 from medscout_data.locking import stage_lock
+from medscout_data.owned import OwnedFolder, open_in_place, refuse_managed
 from medscout_data.provenance import is_mimic_derived
 from medscout_data.report import RunReport
 from medscout_data.shards import write_json_atomic
@@ -239,6 +243,38 @@ def bench_identity(bench: str) -> str:
     return str(path.resolve()) if path.exists() else str(bench)
 
 
+OWN_FILES = (RUN_RECORD, PREDICTIONS, SCORES, JUDGED)  # what evaluate writes in DIR
+
+
+def claim_folder(folder: OwnedFolder) -> None:
+    """Claim evaluate's files in DIR (owned.py: a file of the user's or a link there is refused).
+    A folder from before records existed is adopted when its run.json is evaluate's."""
+    out = folder.root
+    if (
+        not os.path.lexists(out / RUN_RECORD)
+        and os.path.lexists(out / PREDICTIONS)
+        and not folder.ours(PREDICTIONS)
+    ):
+        raise ScoreError(
+            f"{out}: holds {PREDICTIONS} but no {RUN_RECORD}, so it is not an evaluate folder; "
+            "choose another --out"
+        )
+    if not folder.ours(RUN_RECORD) and _is_run_record(folder.root / RUN_RECORD):
+        folder.adopt(OWN_FILES)
+    for name in OWN_FILES:
+        folder.claim(name)
+
+
+def _is_run_record(path: Path) -> bool:
+    try:
+        if path.is_symlink():
+            return False
+        record = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(record, dict) and str(record.get("created_by", "")).startswith("medscout-data")
+
+
 def check_folder(out: Path, record: dict[str, Any]) -> None:
     """Refuse a folder that is not ours, or ours with other pinned settings; write run.json."""
     path = out / RUN_RECORD
@@ -275,7 +311,7 @@ def cut_torn_tail(path: Path) -> int:
         size = path.stat().st_size
     except FileNotFoundError:
         return 0
-    with open(path, "rb+") as handle:
+    with os.fdopen(open_in_place(path, os.O_RDWR), "rb+") as handle:
         keep = size
         while keep > 0:
             handle.seek(max(keep - 65536, 0))
@@ -468,7 +504,13 @@ def evaluate(options: EvaluateOptions, command: str = "medscout-data evaluate") 
     check_egress(options, source, scope)
     out = Path(options.out)
     redact = redactor_for(options.endpoint, *([options.judge] if options.judge else []))
-    with stage_lock(out, "evaluate", command), _redacted_logs(redact):
+    refuse_managed(out, "--out")  # before the lock file: nothing of ours inside the split's folders
+    with (
+        stage_lock(out, "evaluate", command),
+        _redacted_logs(redact),
+        OwnedFolder(out, "evaluate", can_force=False) as folder,
+    ):
+        claim_folder(folder)
         check_folder(out, options.run_record())
         predictions_path = out / PREDICTIONS
         cut_torn_tail(predictions_path)
@@ -485,7 +527,7 @@ def evaluate(options: EvaluateOptions, command: str = "medscout-data evaluate") 
 def _ask(
     options: EvaluateOptions, source: BenchSource, todo: set[str], path: Path, redact: Redactor
 ) -> _Asker:
-    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    fd = open_in_place(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT)
     bar = tqdm(
         total=len(todo), desc=f"evaluate {options.endpoint.model}", unit="req", disable=not options.progress
     )

@@ -38,6 +38,7 @@ from medscout_data.evaluation.egress import refuse_remote_mimic
 from medscout_data.evaluation.extraction import AnswerShape, is_canonical
 from medscout_data.evaluation.predictions import UTF8_BOM
 from medscout_data.evaluation.score import BenchItem, extract_answer
+from medscout_data.owned import open_in_place
 
 log = logging.getLogger(__name__)
 
@@ -157,7 +158,7 @@ class JudgeExtractor:
             total=len(todo), desc=f"judge {self.endpoint.model}", unit="req", disable=not self.progress
         )
         self.cache.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.cache, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        fd = open_in_place(self.cache, os.O_WRONLY | os.O_APPEND | os.O_CREAT)  # never through a link
 
         async def jobs() -> AsyncIterator[tuple[BenchItem, str]]:
             for job in todo:

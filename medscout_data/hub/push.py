@@ -33,6 +33,7 @@ import pyarrow.parquet as pq
 from medscout_data import MODALITIES
 from medscout_data.errors import StageError
 from medscout_data.hub.card import CardFacts, StagedFile, features_of_metadata, license_fields, render_card
+from medscout_data.hub.refs import branch_problem
 from medscout_data.hub.staged import (
     CARD_NAME,
     DATA_DIR,
@@ -56,6 +57,7 @@ from medscout_data.hub.upload import (  # noqa: F401  (public names, importable 
 )
 from medscout_data.layout import STAGE_RECORD, Layout
 from medscout_data.locking import stage_lock
+from medscout_data.owned import OwnershipError, refuse_managed
 from medscout_data.provenance import is_mimic_derived, source_dataset
 from medscout_data.recipe import Recipe
 from medscout_data.shards import sha256_file, write_bytes_atomic, write_json_atomic
@@ -131,8 +133,7 @@ def default_stage_dir(layout: Layout, repo_id: str) -> Path:
 def stage_bench(layout: Layout, options: PushOptions) -> Stage:
     """Validate the split, pick and check the shards, and write the stage folder (under its lock)."""
     stage_dir = Path(options.stage_dir) if options.stage_dir else default_stage_dir(layout, options.repo_id)
-    if stage_dir.exists() and not stage_dir.is_dir():
-        raise PushError(f"{stage_dir}: not a folder; choose another --stage-dir")
+    check_targets(layout, stage_dir, options.revision)
     with stage_lock(stage_dir.parent, f"push-{stage_dir.name}", options.command):
         foreign = _check_stage_dir(stage_dir, options.force)
         manifest = _check_valid(layout, options)
@@ -140,6 +141,21 @@ def stage_bench(layout: Layout, options: PushOptions) -> Stage:
     if foreign:
         log.warning("--force: deleted %s from %s", describe_files(foreign, stage_dir), stage_dir)
     return replace(stage, removed=tuple(p.relative_to(stage_dir).as_posix() for p in foreign))
+
+
+def check_targets(layout: Layout, stage_dir: Path, revision: str | None) -> None:
+    """Refuse a --revision git would refuse, and a --stage-dir that is or holds the shards root or
+    lies in its managed folders (the stage is swapped in whole: it would move or break the split)."""
+    if revision is not None and (why := branch_problem(revision)):
+        raise PushError(f"--revision {revision!r}: not a valid branch name (it {why}); choose another")
+    if stage_dir.exists() and not stage_dir.is_dir():
+        raise PushError(f"{stage_dir}: not a folder; choose another --stage-dir")
+    try:
+        refuse_managed(stage_dir, "--stage-dir", allow=("stage",))
+    except OwnershipError as exc:
+        raise PushError(str(exc)) from None
+    if layout.root.resolve().is_relative_to(stage_dir.resolve()):
+        raise PushError(f"{stage_dir}: holds the shards root {layout.root}; choose another --stage-dir")
 
 
 def _stage(layout: Layout, manifest: dict[str, Any], stage_dir: Path, options: PushOptions) -> Stage:

@@ -31,6 +31,12 @@ written under a temporary name and renamed once every image is on disk; a
 killed export leaves no JSONL that points at missing files. Items that
 cannot be exported (no PNG bytes, duplicate id) are skipped and recorded in
 `<out>/_reports/<split>-<mode>-<format>/` (errors.parquet + report.json).
+
+`<out>` is an owned folder (owned.py), the export `<split>-<mode>-<tag>` one
+writer in its record: a file it did not write is never replaced (`force`
+deletes it, naming it), no write goes through a link, and doing the export
+again replaces its own earlier files whole (a CT-only rerun leaves no X-ray
+image of the first one).
 """
 
 from __future__ import annotations
@@ -56,6 +62,7 @@ from medscout_data.integrations.grpo_settings import swift_flags
 from medscout_data.integrations.swift import reward_names
 from medscout_data.integrations.vendor import BOOTSTRAP, write_vendored
 from medscout_data.layout import Layout
+from medscout_data.owned import OwnedFolder
 from medscout_data.report import RunReport
 from medscout_data.shards import atomic_writer, write_bytes_atomic
 from medscout_data.stages.manifest import ManifestError, read_manifest, verified_shards
@@ -299,6 +306,7 @@ class ExportOptions:
     modalities: tuple[str, ...] = MODALITIES
     tasks: tuple[str, ...] = TASKS
     progress: bool = True
+    force: bool = False  # delete files in the way that medscout-data did not write (owned.py)
 
     def __post_init__(self) -> None:
         for name, value, allowed in (
@@ -329,10 +337,29 @@ class ExportResult:
         return any(name.startswith("xray/") and n for name, n in self.cells.items())
 
 
+def output_stem(options: ExportOptions) -> str:
+    """`<split>-<mode>-<tag>`: the export's name (its JSONL, report folder and writer in the record)."""
+    return f"{options.split}-{options.mode}-{FILE_TAGS[options.format]}"
+
+
 def output_names(out: Path, options: ExportOptions) -> tuple[Path, Path, Path]:
     """(JSONL, system prompt, report folder) of an export."""
-    stem = f"{options.split}-{options.mode}-{FILE_TAGS[options.format]}"
+    stem = output_stem(options)
     return out / f"{stem}.jsonl", out / f"system-{options.mode}.txt", out / "_reports" / stem
+
+
+def warn_mimic_elsewhere(folder: OwnedFolder, modalities: Sequence[str]) -> None:
+    """An export without X-ray into a folder where other exports left MIMIC-derived images: say so."""
+    if "xray" in modalities:
+        return
+    others = folder.writers_under("images/xray/")
+    if others:
+        log.warning(
+            "%s still holds X-ray (MIMIC-CXR-derived) images of other exports: %s; %s",
+            folder.root,
+            ", ".join(others),
+            MIMIC_NOTE,
+        )
 
 
 def export_split(layout: Layout, out: Path, options: ExportOptions) -> ExportResult:
@@ -346,22 +373,24 @@ def export_split(layout: Layout, out: Path, options: ExportOptions) -> ExportRes
     sizes = {path: count_rows(path, report) for cell in cells for path in cell.files}
     cells = [Cell(c.modality, c.task, tuple(p for p in c.files if sizes[p])) for c in cells]
     total = sum(sizes.values())
-    out.mkdir(parents=True, exist_ok=True)
     result = ExportResult(jsonl, system if options.format == "swift" else None, 0, 0, report=report)
-    if result.system is not None:  # before the JSONL: a JSONL in place means everything is there
-        # exactly the prompt the rows carry: ms-swift's --system sends a file's text verbatim
-        write_bytes_atomic(system_prompt(options.mode).encode("utf-8"), result.system)
-        result.plugin = write_swift_plugin(out, options.mode, options.profile)
-        result.command = swift_command(result, options)
-    bar = tqdm(total=total, desc=f"export {options.split}", unit="item", disable=not options.progress)
-    try:
-        with atomic_writer(jsonl) as handle:
-            images = ImageWriter(out, options.absolute_paths)
-            for cell in cells:
-                result.cells[cell.name] = _export_cell(cell, images, options, handle, result, bar)
-    finally:
-        bar.close()
-    _finish_report(result, layout, out, options, report_dir)
+    with OwnedFolder(out, f"export {output_stem(options)}", options.force) as folder:
+        if result.system is not None:  # before the JSONL: a JSONL in place means everything is there
+            # exactly the prompt the rows carry: ms-swift's --system sends a file's text verbatim
+            text = system_prompt(options.mode).encode("utf-8")
+            write_bytes_atomic(text, folder.claim(result.system.name))
+            result.plugin = write_swift_plugin(folder, options.mode, options.profile)
+            result.command = swift_command(result, options)
+        bar = tqdm(total=total, desc=f"export {options.split}", unit="item", disable=not options.progress)
+        try:
+            with atomic_writer(folder.claim(jsonl.name)) as handle:
+                images = ImageWriter(folder, options.absolute_paths)
+                for cell in cells:
+                    result.cells[cell.name] = _export_cell(cell, images, options, handle, result, bar)
+        finally:
+            bar.close()
+        _finish_report(result, layout, folder, options, report_dir.relative_to(out).as_posix())
+    warn_mimic_elsewhere(folder, options.modalities)
     return result
 
 
@@ -398,10 +427,10 @@ REWARDS = register(_importlib.import_module(_REGISTRY).orms, profile=PROFILE, mo
 SWIFT_RUNTIME = ["medscout_data.integrations.swift"]
 
 
-def write_swift_plugin(out: Path, mode: str, profile: str = "official") -> Path:
-    """`out/plugin.py` and the scorer copy it imports (`out/_medscout/`)."""
-    write_vendored(out, SWIFT_RUNTIME)
-    path = Path(out) / "plugin.py"
+def write_swift_plugin(folder: OwnedFolder, mode: str, profile: str = "official") -> Path:
+    """`plugin.py` and the scorer copy it imports (`_medscout/`) in the export folder."""
+    write_vendored(folder, SWIFT_RUNTIME)
+    path = folder.claim("plugin.py")
     text = PLUGIN.format(profile=profile, mode=mode, bootstrap=BOOTSTRAP)
     write_bytes_atomic(text.encode("utf-8"), path)
     return path
@@ -460,16 +489,15 @@ def write_cell_rows(
 
 @dataclass
 class ImageWriter:
-    """Writes each item's PNG bytes as they are under `<root>/images/`, once per id,
+    """Writes each item's PNG bytes as they are under `<folder>/images/`, once per id,
     each file under a temporary name first (a killed run leaves no truncated PNG)."""
 
-    root: Path
+    folder: OwnedFolder
     absolute: bool = False
     seen: set[str] = field(default_factory=set)
-    folders: set[str] = field(default_factory=set)
 
     def __post_init__(self) -> None:
-        self.base = str(Path(self.root).resolve())
+        self.base = str(Path(self.folder.root).resolve())
 
     def write(self, row: dict[str, Any]) -> list[str]:
         """The row's image paths for the JSONL; `BadItem` for a repeated id or unusable images."""
@@ -481,21 +509,13 @@ class ImageWriter:
         paths = []
         for k, data in enumerate(blobs):
             relative = image_relpath(row["modality"], row["task"], item_id, k)
-            target = os.path.join(self.base, relative)
-            self._write_file(target, data)
-            paths.append(target if self.absolute else relative)
+            write_bytes_atomic(data, self.folder.claim(relative), make_parent=False)
+            paths.append(os.path.join(self.base, relative) if self.absolute else relative)
         return paths
-
-    def _write_file(self, target: str, data: bytes) -> None:
-        folder = os.path.dirname(target)
-        if folder not in self.folders:
-            os.makedirs(folder, exist_ok=True)
-            self.folders.add(folder)
-        write_bytes_atomic(data, Path(target), make_parent=False)
 
 
 def _finish_report(
-    result: ExportResult, layout: Layout, out: Path, options: ExportOptions, report_dir: Path
+    result: ExportResult, layout: Layout, folder: OwnedFolder, options: ExportOptions, report_dir: str
 ) -> None:
     report = result.report
     report.count("items", result.items)
@@ -512,5 +532,5 @@ def _finish_report(
     )
     if result.has_mimic:
         report.info["licence_note"] = MIMIC_NOTE
-    report.write(report_dir)
+    report.write(folder.claim_report(report_dir))
     log.info(report.summary())

@@ -58,6 +58,7 @@ from medscout_data.integrations.preview import (
     text_size,
 )
 from medscout_data.layout import Layout
+from medscout_data.owned import OwnedFolder
 from medscout_data.report import RunReport
 from medscout_data.shards import write_bytes_atomic
 from medscout_data.tasks.geometry import fit_to_grid, reassemble
@@ -81,6 +82,7 @@ class FailureOptions:
     modalities: tuple[str, ...] = MODALITIES
     tasks: tuple[str, ...] = TASKS
     progress: bool = True
+    force: bool = False  # delete files in the way that medscout-data did not write (owned.py)
 
 
 @dataclass(frozen=True)
@@ -253,17 +255,19 @@ def write_failures(layout: Layout, out: Path, options: FailureOptions) -> Failur
     )
     runs = load_runs(options.predictions, report)
     cells = split_cells(layout, options.split, options.modalities, options.tasks, report)
-    views = []
-    bar = tqdm(total=len(cells), desc="preview predictions", unit="cell", disable=not options.progress)
-    for cell in cells:
-        views.append(_cell(cell, runs, options, report))
-        bar.update(1)
-    bar.close()
-    shown = sum(len(v.items) for v in views)
-    report.count("items_shown", shown)
-    page = out / "index.html"
-    write_bytes_atomic(render(views, runs, layout, options, report).encode("utf-8"), page)
-    report.write(out / "_report")
+    # the same writer as `preview`: a rerun of either replaces the earlier page whole (owned.py)
+    with OwnedFolder(out, "preview", options.force) as folder:
+        page = folder.claim("index.html")  # refused before the scoring when a file of the user's is there
+        views = []
+        bar = tqdm(total=len(cells), desc="preview predictions", unit="cell", disable=not options.progress)
+        for cell in cells:
+            views.append(_cell(cell, runs, options, report))
+            bar.update(1)
+        bar.close()
+        shown = sum(len(v.items) for v in views)
+        report.count("items_shown", shown)
+        write_bytes_atomic(render(views, runs, layout, options, report).encode("utf-8"), page)
+        report.write(folder.claim_report("_report"))
     return FailureResult(page, shown, runs, report)
 
 

@@ -34,6 +34,7 @@ from medscout_data.integrations.export import MODES
 from medscout_data.integrations.lmms_eval import AVG_METRIC, TOTAL_METRIC, cell_metric
 from medscout_data.integrations.vendor import BOOTSTRAP, write_vendored
 from medscout_data.layout import Layout
+from medscout_data.owned import OwnedFolder
 from medscout_data.shards import write_bytes_atomic
 from medscout_data.stages.manifest import verified_shards
 
@@ -178,14 +179,23 @@ def process_results_cot(doc, results):
 '''
 
 
-def export_lmms_eval(bench: str | Path, out: Path, profile: str = "official") -> LmmsExport:
-    """Write the task folder `out` for the bench at `bench` (see the module docstring)."""
+def export_lmms_eval(
+    bench: str | Path, out: Path, profile: str = "official", force: bool = False
+) -> LmmsExport:
+    """Write the task folder `out` for the bench at `bench` (see the module docstring); `force` deletes
+    files in the way that medscout-data did not write (owned.py)."""
     if profile not in PROFILES:
         raise ValueError(f"unknown profile {profile!r}; use one of {', '.join(PROFILES)}")
     data = locate_bench(bench)
     out = Path(out)
     result = LmmsExport(out, bench=data)
-    result.files += write_vendored(out, LMMS_RUNTIME)
+    with OwnedFolder(out, "export lmms-eval", force) as folder:
+        _write_task_folder(folder, data, profile, result)
+    return result
+
+
+def _write_task_folder(folder: OwnedFolder, data: BenchData, profile: str, result: LmmsExport) -> None:
+    result.files += write_vendored(folder, LMMS_RUNTIME)
     texts = {
         "utils.py": UTILS.format(profile=profile, bootstrap=BOOTSTRAP),
         "_default_template_yaml": template_yaml(data),
@@ -193,6 +203,6 @@ def export_lmms_eval(bench: str | Path, out: Path, profile: str = "official") ->
         f"{GROUP}.yaml": group_yaml(),  # last: its presence means the folder is whole
     }
     for name, text in texts.items():
-        write_bytes_atomic(text.encode("utf-8"), out / name)
-        result.files.append(out / name)
-    return result
+        path = folder.claim(name)
+        write_bytes_atomic(text.encode("utf-8"), path)
+        result.files.append(path)

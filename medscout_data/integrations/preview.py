@@ -54,6 +54,7 @@ from medscout_data.integrations.export import (
     split_cells,
 )
 from medscout_data.layout import Layout
+from medscout_data.owned import OwnedFolder
 from medscout_data.report import RunReport
 from medscout_data.seeding import rng_for
 from medscout_data.shards import write_bytes_atomic
@@ -91,6 +92,7 @@ class PreviewOptions:
     modalities: tuple[str, ...] = MODALITIES
     tasks: tuple[str, ...] = TASKS
     progress: bool = True
+    force: bool = False  # delete files in the way that medscout-data did not write (owned.py)
 
     def __post_init__(self) -> None:
         if self.split not in PREVIEW_SPLITS:
@@ -407,31 +409,36 @@ class PreviewResult:
 
 
 def write_preview(layout: Layout, out: Path, options: PreviewOptions) -> PreviewResult:
-    """Draw `per_cell` items of every cell of a split into `out/index.html` and `out/sheets/`."""
+    """Draw `per_cell` items of every cell of a split into `out/index.html` and `out/sheets/`;
+    the folder's earlier preview is replaced whole (owned.py)."""
     out = Path(out)
     report = RunReport("preview", info={"split": options.split, "seed": options.seed})
     cells = split_cells(layout, options.split, options.modalities, options.tasks, report)
-    views = []
-    bar = tqdm(total=len(cells), desc=f"preview {options.split}", unit="cell", disable=not options.progress)
-    for cell in cells:
-        views.append(_cell_view(cell, options, report))
-        bar.update(1)
-    bar.close()
-    sheets = []
-    for view in views:
-        if view.items:
-            path = out / "sheets" / f"{view.cell.modality}-{view.cell.task}.png"
-            panels = [panel(item, options.size) for item in view.items]
-            title = f"{view.cell.name} ({options.split}): {len(view.items)} of {view.total} items"
-            write_bytes_atomic(png_data(contact_sheet(panels, title, options.size)), path)
-            view.sheet = path.relative_to(out).as_posix()
-            sheets.append(path)
-    shown = sum(len(view.items) for view in views)
-    report.count("items_shown", shown)
-    report.info["shards"] = str(layout.root)
-    page = out / "index.html"
-    write_bytes_atomic(render_page(views, layout, options, report).encode("utf-8"), page)
-    report.write(out / "_report")
+    with OwnedFolder(out, "preview", options.force) as folder:
+        page = folder.claim("index.html")  # refused before the drawing when a file of the user's is there
+        views = []
+        bar = tqdm(
+            total=len(cells), desc=f"preview {options.split}", unit="cell", disable=not options.progress
+        )
+        for cell in cells:
+            views.append(_cell_view(cell, options, report))
+            bar.update(1)
+        bar.close()
+        sheets = []
+        for view in views:
+            if view.items:
+                name = f"sheets/{view.cell.modality}-{view.cell.task}.png"
+                panels = [panel(item, options.size) for item in view.items]
+                title = f"{view.cell.name} ({options.split}): {len(view.items)} of {view.total} items"
+                path = folder.claim(name)
+                write_bytes_atomic(png_data(contact_sheet(panels, title, options.size)), path)
+                view.sheet = name
+                sheets.append(path)
+        shown = sum(len(view.items) for view in views)
+        report.count("items_shown", shown)
+        report.info["shards"] = str(layout.root)
+        write_bytes_atomic(render_page(views, layout, options, report).encode("utf-8"), page)
+        report.write(folder.claim_report("_report"))
     log.info(report.summary())
     return PreviewResult(page, sheets, shown, report)
 

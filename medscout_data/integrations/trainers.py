@@ -54,6 +54,7 @@ from medscout_data.integrations.trainer_files import reward_file, trl_script
 from medscout_data.integrations.trainer_rewards import ground_truth_text
 from medscout_data.integrations.vendor import write_vendored
 from medscout_data.layout import Layout
+from medscout_data.owned import OwnedFolder
 from medscout_data.report import RunReport
 from medscout_data.schema import IMAGE_TYPE
 from medscout_data.shards import ShardWriter, write_bytes_atomic
@@ -198,6 +199,7 @@ class TrainerExportOptions:
     modalities: tuple[str, ...] = MODALITIES
     tasks: tuple[str, ...] = TASKS
     progress: bool = True
+    force: bool = False  # delete files in the way that medscout-data did not write (owned.py)
 
     def __post_init__(self) -> None:
         for name, value, allowed in (
@@ -239,31 +241,36 @@ def data_paths(out: Path, options: TrainerExportOptions, total: int) -> list[Pat
 
 
 def export_trainer(layout: Layout, out: Path, options: TrainerExportOptions) -> TrainerExport:
-    """Write one split for one trainer under `out` (see the module docstring)."""
+    """Write one split for one trainer under `out` (see the module docstring). The folder is an owned
+    folder (owned.py): a file of the user's in the way is refused, and a rerun replaces this export's
+    earlier files whole (a CT-only re-export leaves no X-ray rows behind)."""
     out = Path(out)
-    report = RunReport(
-        "export", info={"split": options.split, "format": options.format, "mode": options.mode}
-    )
+    info = {"split": options.split, "format": options.format, "mode": options.mode}
+    report = RunReport("export", info=info)
     cells = split_cells(layout, options.split, options.modalities, options.tasks, report)
     total = sum(count_rows(path, report) for cell in cells for path in cell.files)
     result = TrainerExport(out, data_paths(out, options, total), report=report)
-    out.mkdir(parents=True, exist_ok=True)
-    write_vendored(out, RUNTIME)
-    result.reward = out / ("rewards.py" if options.format == "trl" else "reward.py")
-    write_bytes_atomic(reward_file(options.format, options.profile, options.mode).encode(), result.reward)
-    if options.format == "trl":
-        result.script = out / "train_grpo.py"
-        write_bytes_atomic(trl_script(HF_SPLITS[options.split]).encode(), result.script)
-    _write_rows(cells, result, options, total)
-    result.command = launch_command(result, options)
-    report.count("items", result.items)
-    report.count("images", result.images)
-    report.info.update(
-        {"shards": str(layout.root), "cells": result.cells, "files": [str(p) for p in result.data]}
-    )
-    if result.has_mimic:
-        report.info["licence_note"] = MIMIC_NOTE
-    report.write(out / "_reports" / f"{options.split}-{options.mode}-{options.format}")
+    stem = f"{options.split}-{options.mode}-{options.format}"
+    with OwnedFolder(out, f"export {stem}", options.force) as folder:
+        for path in result.data:  # the Parquet files and their temporary names: nothing foreign in the way
+            relative = path.relative_to(out).as_posix()
+            folder.claim(relative)
+            folder.claim(f"{relative}.tmp")
+        write_vendored(folder, RUNTIME)
+        result.reward = folder.claim("rewards.py" if options.format == "trl" else "reward.py")
+        write_bytes_atomic(reward_file(options.format, options.profile, options.mode).encode(), result.reward)
+        if options.format == "trl":
+            result.script = folder.claim("train_grpo.py")
+            write_bytes_atomic(trl_script(HF_SPLITS[options.split]).encode(), result.script)
+        _write_rows(cells, result, options, total)
+        result.command = launch_command(result, options)
+        report.count("items", result.items)
+        report.count("images", result.images)
+        files = [str(p) for p in result.data]
+        report.info.update({"shards": str(layout.root), "cells": result.cells, "files": files})
+        if result.has_mimic:
+            report.info["licence_note"] = MIMIC_NOTE
+        report.write(folder.claim_report(f"_reports/{stem}"))
     return result
 
 

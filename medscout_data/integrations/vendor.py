@@ -17,13 +17,18 @@ tool, since `datasets` needs them.
 from __future__ import annotations
 
 import ast
+import contextlib
 import importlib.util
 import os
 import shutil
-from pathlib import Path
+from pathlib import Path, PurePosixPath
+from typing import TYPE_CHECKING
 
 from medscout_data import __version__
 from medscout_data.shards import write_bytes_atomic
+
+if TYPE_CHECKING:
+    from medscout_data.owned import OwnedFolder
 
 VENDOR_DIR = "_medscout"
 PACKAGE = "medscout_data"
@@ -78,30 +83,52 @@ def closure(roots: list[str]) -> list[str]:
     return sorted(seen)
 
 
-def write_vendored(out: Path, roots: list[str]) -> list[Path]:
-    """Copy the sources `roots` need under `out/_medscout/`; returns the files written.
+def write_vendored(folder: OwnedFolder, roots: list[str]) -> list[Path]:
+    """Copy the sources `roots` need under `<folder>/_medscout/`; returns the files written.
 
-    The copy is made whole in a hidden folder beside it and then renamed into place, so a full
-    disk or a read-only folder leaves the earlier copy (or none), never half a scorer.
+    Every file is claimed in the folder's record first (owned.py: nothing foreign or linked in the
+    way, and nothing foreign left inside the old copy, which is replaced whole). The copy is made in
+    a hidden folder beside it and then renamed into place, so a full disk or a read-only folder
+    leaves the earlier copy (or none), never half a scorer.
     """
-    final = Path(out) / VENDOR_DIR
-    staging = Path(out) / f".{VENDOR_DIR}-new-{os.getpid()}"
-    written = []
+    out = folder.root
+    final = out / VENDOR_DIR
+    relatives = []
+    for name in closure(roots):
+        source = module_file(name)
+        relative = PurePosixPath(*name.split("."))
+        relative = relative / "__init__.py" if source.name == "__init__.py" else relative.with_suffix(".py")
+        relatives.append((source, relative))
+    existed = os.path.lexists(final)
+    written = [folder.claim(f"{VENDOR_DIR}/{relative}") for _, relative in relatives]
+    folder.claim(f"{VENDOR_DIR}/README.txt")
+    folder.keep_out_foreign(final)
+    staging = out / f".{VENDOR_DIR}-new-{os.getpid()}"
     try:
-        for name in closure(roots):
-            source = module_file(name)
-            package = source.name == "__init__.py"
-            relative = Path(*name.split("."))
-            relative = relative / "__init__.py" if package else relative.with_suffix(".py")
+        for source, relative in relatives:
             write_bytes_atomic(source.read_bytes(), staging / relative)
-            written.append(final / relative)
         note = f"Copied by `medscout-data export` {__version__}: the scorer the exported tool files import.\n"
         write_bytes_atomic(note.encode("utf-8"), staging / "README.txt")
         _replace_folder(staging, final)
+    except BaseException:
+        if not existed:  # only the empty folders the claims made: leave no half a copy behind
+            _remove_empty_folders(final)
+        raise
     finally:
         if staging.exists():
             shutil.rmtree(staging, ignore_errors=True)
     return written
+
+
+def _remove_empty_folders(top: Path) -> None:
+    """Remove `top` and the folders under it, as long as they hold no file."""
+    if top.is_symlink() or not top.is_dir():
+        return
+    for folder in sorted((p for p in top.rglob("*") if p.is_dir() and not p.is_symlink()), reverse=True):
+        with contextlib.suppress(OSError):
+            folder.rmdir()
+    with contextlib.suppress(OSError):
+        top.rmdir()
 
 
 def _replace_folder(new: Path, final: Path) -> None:

@@ -40,6 +40,7 @@ from medscout_data.integrations.export import (
 )
 from medscout_data.integrations.vendor import BOOTSTRAP, write_vendored
 from medscout_data.layout import Layout
+from medscout_data.owned import OwnedFolder
 from medscout_data.report import RunReport
 from medscout_data.shards import atomic_writer, write_bytes_atomic
 
@@ -133,8 +134,10 @@ def export_vlmeval(
     tasks: tuple[str, ...] = TASKS,
     profile: str = "official",
     progress: bool = True,
+    force: bool = False,
 ) -> VlmevalExport:
-    """Write the bench of `layout` as `out/MedScoutBench.tsv` + wrapper (see the module docstring)."""
+    """Write the bench of `layout` as `out/MedScoutBench.tsv` + wrapper (see the module docstring);
+    `force` deletes files in the way that medscout-data did not write (owned.py)."""
     if profile not in PROFILES:
         raise ValueError(f"unknown profile {profile!r}; use one of {', '.join(PROFILES)}")
     out = Path(out)
@@ -142,12 +145,29 @@ def export_vlmeval(
     cells = split_cells(layout, "bench", modalities, tasks, report)
     total = sum(count_rows(path, report) for cell in cells for path in cell.files)
     result = VlmevalExport(out / TSV_NAME, out / "medscout_vlmeval.py", report=report)
-    write_vendored(out, VLMEVAL_RUNTIME)
+    with OwnedFolder(out, "export vlmeval", force) as folder:
+        _write_files(folder, layout, cells, profile, total, progress, result)
+    log.info(report.summary())
+    return result
+
+
+def _write_files(
+    folder: OwnedFolder,
+    layout: Layout,
+    cells: list[Cell],
+    profile: str,
+    total: int,
+    progress: bool,
+    result: VlmevalExport,
+) -> None:
+    """The wrapper, the scorer copy, the TSV (renamed in when whole) and the report, in `folder`."""
+    report = result.report
+    write_vendored(folder, VLMEVAL_RUNTIME)
     wrapper = WRAPPER.format(profile=profile, bootstrap=BOOTSTRAP, tsv=TSV_NAME)
-    write_bytes_atomic(wrapper.encode("utf-8"), result.wrapper)
+    write_bytes_atomic(wrapper.encode("utf-8"), folder.claim(result.wrapper.name))
     bar = tqdm(total=total, desc="export vlmeval", unit="item", disable=not progress)
     try:
-        with atomic_writer(result.tsv) as handle:
+        with atomic_writer(folder.claim(TSV_NAME)) as handle:
             writer = csv.writer(handle, delimiter="\t", lineterminator="\n")
             writer.writerow(TSV_COLUMNS)
             seen: set[str] = set()
@@ -160,6 +180,4 @@ def export_vlmeval(
     report.info["split_manifest"] = manifest_summary(layout)
     if result.has_mimic:
         report.info["licence_note"] = MIMIC_NOTE
-    report.write(out / "_reports" / "vlmeval")
-    log.info(report.summary())
-    return result
+    report.write(folder.claim_report("_reports/vlmeval"))

@@ -10,9 +10,11 @@ its skips come back from the part, so the errors table stays complete.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import logging
+import os
 from collections import Counter
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -102,6 +104,33 @@ def pixel_digest(image: np.ndarray) -> str:
     digest = hashlib.sha256(f"{image.dtype.str}{image.shape}".encode())
     digest.update(np.ascontiguousarray(image).tobytes())
     return digest.hexdigest()
+
+
+def link_problem(path: str | os.PathLike[str]) -> str | None:
+    """Why an entry of a source tree cannot be followed (a symlink loop, a broken link), else None."""
+    try:
+        os.stat(path)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            return "symlink-loop"
+        if os.path.islink(path):
+            return "broken-link"
+    return None
+
+
+def skip_link(name: str, problem: str, skips: list[Skip]) -> None:
+    """Record a source entry left out for `link_problem`'s reason (a rerun skips it again, never stops)."""
+    what = "a symlink loop" if problem == "symlink-loop" else "a symlink to nothing"
+    skips.append(Skip(name, problem, f"{name}: {what}; skipped"))
+
+
+def is_folder(entry: os.DirEntry[str], skips: list[Skip]) -> bool:
+    """`entry.is_dir()`, with an entry that cannot be followed recorded in `skips` instead of raising."""
+    try:
+        return entry.is_dir()
+    except OSError:
+        skip_link(entry.name, link_problem(entry.path) or "symlink-loop", skips)
+        return False
 
 
 def config_digest(config: IngestConfig) -> str:

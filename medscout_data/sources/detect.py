@@ -72,11 +72,18 @@ def _first_dirs(root: Path, limit: int) -> list[str]:
     names = []
     with os.scandir(root) as entries:
         for entry in entries:
-            if entry.is_dir() and not entry.name.startswith("."):
+            if not entry.name.startswith(".") and _is_dir(entry):
                 names.append(entry.name)
                 if len(names) >= limit:
                     break
     return names
+
+
+def _is_dir(entry: os.DirEntry[str]) -> bool:
+    try:
+        return entry.is_dir()
+    except OSError:  # a symlink loop: not a subject folder (ingest records it)
+        return False
 
 
 def volume_file(folder: Path, modality: str) -> Path | None:

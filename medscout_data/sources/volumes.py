@@ -53,7 +53,10 @@ from medscout_data.sources.base import (
     Listing,
     Unit,
     UnitResult,
+    is_folder,
+    link_problem,
     pixel_digest,
+    skip_link,
     write_unit_part,
 )
 from medscout_data.sources.detect import TOTALSEG_META, VOLUME_NAMES, volume_file
@@ -103,14 +106,21 @@ def list_volumes(root: Path, modality: str, config: IngestConfig) -> Listing:
         skips.append(Skip(TOTALSEG_META, "missing-meta", f"{TOTALSEG_META}: {message}"))
     except InputError as exc:
         skips.append(Skip(TOTALSEG_META, exc.reason, f"{TOTALSEG_META}: {exc.message}"))
-    with os.scandir(root) as entries:
-        names = (e.name for e in entries if e.is_dir() and not e.name.startswith("."))
-        folders = sorted(name for name in names if name != TOTALSEG_META)  # a meta.csv folder is no subject
+    with os.scandir(root) as listing:
+        entries = sorted(listing, key=lambda e: e.name)  # skips in a stable order
+    names = (e.name for e in entries if not e.name.startswith(".") and is_folder(e, skips))
+    folders = sorted(name for name in names if name != TOTALSEG_META)  # a meta.csv folder is no subject
     records = []
     for name in folders:
         counts["found"] += 1
         path = volume_file(root / name, modality)
         if path is None:
+            links = [
+                (f"{name}/{v}", why) for v in VOLUME_NAMES[modality] if (why := link_problem(root / name / v))
+            ]
+            if links:
+                skip_link(*links[0], skips)
+                continue
             wanted = " or ".join(VOLUME_NAMES[modality])
             skips.append(Skip(name, "missing-volume", f"{name}: no {wanted} in this subject folder"))
             continue

@@ -50,7 +50,9 @@ from medscout_data.sources.base import (
     Listing,
     Unit,
     UnitResult,
+    link_problem,
     pixel_digest,
+    skip_link,
     write_unit_part,
 )
 from medscout_data.sources.detect import JPG_METADATA, RECORD_LIST, SPLIT_CSV, SUFFIXES, image_folder
@@ -66,14 +68,35 @@ INDEX_COLUMNS = {
 # ----------------------------------------------------------------- listing
 
 
-def list_images(root: Path, suffixes: tuple[str, ...]) -> list[str]:
-    """Relative POSIX paths of every image file under the root's image folder, sorted."""
+def list_images(root: Path, suffixes: tuple[str, ...], skips: list[Skip] | None = None) -> list[str]:
+    """Relative POSIX paths of every image file under the root's image folder, sorted. Links are
+    not followed into folders; an image name that is a symlink loop or a broken link, and a folder
+    that cannot be listed, are left out and recorded in `skips` (a rerun skips them again)."""
     found = []
-    for dirpath, dirnames, filenames in os.walk(image_folder(root)):
-        dirnames.sort()
-        relative = Path(dirpath).relative_to(root).as_posix()
-        prefix = "" if relative == "." else relative + "/"
-        found.extend(prefix + name for name in filenames if name.lower().endswith(suffixes))
+    skips = [] if skips is None else skips
+    stack = [image_folder(root)]
+    while stack:
+        folder = stack.pop()
+        try:
+            with os.scandir(folder) as listing:
+                entries = sorted(listing, key=lambda e: e.name)  # skips in a stable order
+        except OSError as exc:
+            where = folder.relative_to(root).as_posix()
+            skips.append(
+                Skip(where, "unreadable-folder", f"{where}: cannot be listed ({exc.strerror}); skipped")
+            )
+            continue
+        for entry in entries:
+            path = folder / entry.name
+            if entry.is_dir(follow_symlinks=False):
+                stack.append(path)
+            elif entry.name.lower().endswith(suffixes):
+                problem = link_problem(path) if entry.is_symlink() else None  # d_type: no extra stat
+                relative = path.relative_to(root).as_posix()
+                if problem is None:
+                    found.append(relative)
+                else:
+                    skip_link(relative, problem, skips)
     return sorted(found)
 
 
@@ -81,7 +104,7 @@ def list_xray(root: Path, kind: str, config: IngestConfig) -> Listing:
     """Chunks of the sorted image files, each record joined with its metadata row."""
     skips: list[Skip] = []
     counts: Counter[str] = Counter()
-    paths = list_images(root, SUFFIXES[kind])
+    paths = list_images(root, SUFFIXES[kind], skips)
     counts["found"] = len(paths)
     frame = pl.DataFrame(
         {"path": paths, "dicom_id": [PurePosixPath(p).stem for p in paths]},
