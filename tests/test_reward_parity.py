@@ -191,18 +191,21 @@ def test_reward_module_imports_only_the_standard_library() -> None:
     assert imported and imported <= set(sys.stdlib_module_names) | {"__future__"}, imported
 
 
-@pytest.mark.parametrize("root", ["medscout_data.integrations.swift", "medscout_data.integrations.lmms_eval"])
-def test_trainer_exports_copy_only_the_reward(root: str) -> None:
-    copied = closure([root])
-    assert copied == sorted(
-        [
-            "medscout_data",
-            "medscout_data.evaluation",
-            "medscout_data.evaluation.reward",
-            "medscout_data.integrations",
-            root,
-        ]
-    )
+PURE = ["medscout_data", "medscout_data.evaluation", "medscout_data.evaluation.reward"]
+PURE += ["medscout_data.integrations"]
+MESSAGES = ["medscout_data.tasks", "medscout_data.tasks.messages", "medscout_data.tasks.prompts"]
+
+
+@pytest.mark.parametrize(
+    ("root", "extra"),
+    [
+        ("medscout_data.integrations.swift", []),
+        ("medscout_data.integrations.lmms_eval", MESSAGES),  # the task builds the one prompt itself
+        ("medscout_data.integrations.trainer_rewards", []),
+    ],
+)
+def test_exports_copy_only_the_reward_and_the_prompt(root: str, extra: list[str]) -> None:
+    assert closure([root]) == sorted([*PURE, *extra, root])
 
 
 def test_public_names_stay_importable_from_score() -> None:

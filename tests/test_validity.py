@@ -341,9 +341,9 @@ def test_matched_paste_removes_a_pure_intensity_jump() -> None:
     ("table", "line", "message"),
     [
         ("scale", 'resampling = "bicubic"', "scale.resampling must be direct or matched"),
-        ("scale", "resample_blur = 0.1", r"scale.resample_blur must be in \[0.3, 4\]"),
-        ("scale", "max_enlargement = 0.5", "scale.max_enlargement must be at least 1"),
-        ("jigsaw", "min_tile_difference = -1.0", "thresholds must be >= 0"),
+        ("scale", "resample_blur = 0.1", r"scale.resample_blur must be in \[0.3, 4.0\], got 0.1"),
+        ("scale", "max_enlargement = 0.5", r"scale.max_enlargement must be in \[1.0, 100.0\], got 0.5"),
+        ("jigsaw", "min_tile_difference = -1.0", r"jigsaw.min_tile_difference must be in \[0.0, 255.0\]"),
         ("anomaly", 'paste = "soft"', "anomaly.paste must be hard or matched"),
         ("scale", "match_noise = 1", "scale.match_noise must be bool"),
     ],
