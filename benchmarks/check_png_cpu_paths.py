@@ -9,6 +9,9 @@ one process only where those paths write the same stream. This prints, per recip
 `encoder_fingerprint` (fixed probe images, medscout_data/imaging.py) equals this machine's.
 Emulated CPUs without AVX-512 are what valgrind and qemu expose; this machine's own path is
 the native column. It needs no GPU and no network; each emulated run takes a few seconds.
+
+It also prints the fingerprint's cost: computed once per process and setting (build's main
+process and each rank), against the encoding of one 512 x 512 slice, in the same run.
 """
 
 from __future__ import annotations
@@ -40,6 +43,38 @@ def fingerprints(prefix: list[str]) -> dict[str, str] | str:
     return json.loads(done.stdout)
 
 
+def cost() -> None:
+    """The fingerprint's one-off cost against one image's encoding (medians of 20)."""
+    import statistics
+    import time
+
+    import numpy as np
+
+    from medscout_data.imaging import encode_png, encoder_fingerprint
+    from medscout_data.recipe import PngConfig
+
+    rng = np.random.Generator(np.random.PCG64(1))
+    y, x = np.mgrid[0:512, 0:512]
+    inside = (y - 256) ** 2 / 200**2 + (x - 256) ** 2 / 220**2 < 1
+    body = inside * (110 + 50 * np.sin(x / 17) * np.cos(y / 23))
+    image = np.clip(body + rng.normal(0, 6, (512, 512)) * (body > 0), 0, 255).astype(np.uint8)
+
+    def median_ms(run) -> float:
+        times = []
+        for _ in range(20):
+            start = time.perf_counter()
+            run()
+            times.append(time.perf_counter() - start)
+        return 1000 * statistics.median(times)
+
+    slice_ms = median_ms(lambda: encode_png(image))
+    probe_ms = median_ms(lambda: encoder_fingerprint.__wrapped__(PngConfig()))
+    print(
+        f"encode one 512 px slice: {slice_ms:.2f} ms; fingerprint (once per process): {probe_ms:.2f} ms "
+        f"= {probe_ms / slice_ms:.2f} slices; per-image cost: none"
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--cpus", default="Nehalem,Haswell-v4,Skylake-Server,qemu64")
@@ -50,6 +85,7 @@ def main() -> None:
     native = fingerprints([])
     assert isinstance(native, dict), native
     print(f"native: {native}")
+    cost()
     qemu = shutil.which("qemu-x86_64")
     if qemu is None:
         print("qemu-x86_64 not found: apt-get install qemu-user, then run again")

@@ -178,3 +178,27 @@ def test_a_recipe_asking_for_the_cpu_dependent_level_is_refused(tmp_path: Path, 
     with pytest.raises(RecipeError, match=r"png\.compression must be in \[0, 2\], got 3") as caught:
         load_recipe(path)
     assert str(path) in str(caught.value)
+
+
+def test_a_rank_whose_encoder_writes_other_bytes_is_not_merged(
+    tmp_path: Path, test_recipe: Path, sample_sources, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Ranks on two node kinds whose encoders disagree: the merge names the odd rank instead of mixing."""
+    import shutil
+
+    from medscout_data.ranks import Rank, RankError
+
+    recipe, root = load_recipe(test_recipe), tmp_path / "ranked"
+
+    def build(**kwargs) -> None:
+        options = BuildOptions(modality="ct", root=sample_sources["totalseg-ct"], progress=False, **kwargs)
+        build_modality(Layout.at(root), recipe, options)
+
+    build()  # ingest (ranks need the catalogue first) ...
+    shutil.rmtree(root / "pool")  # ... then a fresh ranked build
+    build(rank=Rank(0, 2))
+    with monkeypatch.context() as patch:
+        patch.setattr(making, "encoder_fingerprint", lambda config: "another-cpu-path")
+        build(rank=Rank(1, 2))
+    with pytest.raises(RankError, match=r"rank\(s\) 1 of 2 have not finished \(or wrote .* PNG encoder\)"):
+        build(merge=True)

@@ -351,7 +351,8 @@ class _Build:
         if missing:
             names = ", ".join(str(r) for r in sorted(missing))
             raise RankError(
-                f"{self.folder}: rank(s) {names} of {world} have not finished; rerun them "
+                f"{self.folder}: rank(s) {names} of {world} have not finished (or wrote their shards with "
+                "another version, recipe or PNG encoder); rerun them on this kind of node "
                 f"(`medscout-data build ... --rank {min(missing)} --world-size {world}`), then merge again"
             )
 
