@@ -43,7 +43,7 @@ def _image(kind: str, height: int, width: int, seed: int) -> np.ndarray:
 
 # the images checked, and others of different sizes and content encoded before them; the compressor
 # grows its output buffer in steps (16 KiB, then doubling) and can hold a block header in a temporary
-# buffer near a step: some targets end just past a step, one holds several deflate blocks
+# buffer near a step: some targets end just past a step, one runs past 128 KiB (four steps)
 TARGETS = [("slice", 224, 224, 1), ("slice", 512, 480, 2), ("edges", 64, 65, 3), ("noise", 96, 33, 4)]
 TARGETS += [
     ("noise", 128, 130, 21),
@@ -126,7 +126,7 @@ def test_an_image_encodes_to_the_same_bytes_in_threads() -> None:
 
 
 def test_targets_straddle_the_compressors_output_steps() -> None:
-    """The buffer steps are exercised: streams just past 16 and 32 KiB, and one of several blocks."""
+    """The buffer steps are exercised: streams just past 16 and 32 KiB, and one past 128 KiB."""
     from isal import isal_zlib
 
     from medscout_data.imaging import filtered_scanlines
