@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
 import struct
+from functools import cache
 
 import cv2
 import numpy as np
@@ -35,6 +37,38 @@ def encode_png(image: np.ndarray, config: PngConfig | None = None) -> bytes:
     header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)  # 8-bit grey, deflate, no interlace
     data = isal_zlib.compress(filtered_scanlines(image, config.filter), config.compression)
     return PNG_SIGNATURE + _chunk(b"IHDR", header) + _chunk(b"IDAT", data) + _chunk(b"IEND", b"")
+
+
+@cache
+def encoder_fingerprint(config: PngConfig) -> str:
+    """What this machine's encoder writes for fixed probe images under `config`: 16 hex digits.
+
+    ISA-L picks its deflate code at run time from the CPU (base C, SSE4, AVX2, AVX-512) and the
+    paths do not all write the same stream for the same pixels: level 3 differs between AVX2 and
+    AVX-512, every level differs on a CPU without SSE4 (docs/notes/png.md). A shard's digest holds
+    this fingerprint, so shards written by an encoder that writes other bytes are never reused,
+    nor merged with a rank's, as if they were the same. The probes straddle the compressor's
+    output-buffer steps (16 and 32 KiB) and hold flat, noisy and slice-like rows.
+    """
+    digest = hashlib.sha256()
+    for image in _probe_images():
+        digest.update(encode_png(image, config))
+    return digest.hexdigest()[:16]
+
+
+def _probe_images() -> list[np.ndarray]:
+    """Fixed images (arithmetic patterns and PCG64 noise, the same on every numpy)."""
+    rng = np.random.Generator(np.random.PCG64(20240611))
+    y, x = np.mgrid[0:256, 0:256]
+    body = ((y - 128) ** 2 / 100**2 + (x - 128) ** 2 / 110**2 < 1) * (120 + (x * 7 + y * 3) % 60)
+    slice_like = np.clip(body + rng.integers(0, 12, (256, 256)), 0, 255).astype(np.uint8)
+    return [
+        slice_like,
+        rng.integers(0, 256, (128, 130), dtype=np.uint8),  # ~16.6 KB of noise: crosses the first step
+        rng.integers(0, 256, (181, 181), dtype=np.uint8),  # ~32.8 KB: crosses the second
+        (((x[:96, :200] // 5 + y[:96, :200] // 3) % 4) * 60).astype(np.uint8),
+        np.full((3, 700), 17, np.uint8),
+    ]
 
 
 def filtered_scanlines(image: np.ndarray, kind: str = "sub") -> bytes:

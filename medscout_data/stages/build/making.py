@@ -25,6 +25,7 @@ import pyarrow as pa
 
 from medscout_data import __version__
 from medscout_data.cache import ImageCache
+from medscout_data.imaging import encoder_fingerprint
 from medscout_data.recipe import Recipe
 from medscout_data.schema import ITEM_SCHEMA
 from medscout_data.seeding import rng_for
@@ -290,13 +291,17 @@ def _outcome(value: list) -> Outcome:
 
 
 def shard_jobs(specs: list[ItemSpec], folder: Path, stem: str, recipe: Recipe) -> list[ShardJob]:
-    """Cut specs into shards named `<stem>-NNNNN.parquet`, each with the digest of what it holds."""
+    """Cut specs into shards named `<stem>-NNNNN.parquet`, each with the digest of what it holds.
+
+    The digest holds the PNG encoder's fingerprint: a shard written on a machine whose encoder
+    writes other bytes for the same pixels is remade, not reused (nor merged as a rank's)."""
     size = recipe.pool.shard_max_items
+    encoder = encoder_fingerprint(recipe.png)
     jobs = []
     for number, start in enumerate(range(0, len(specs), size)):
         chunk = tuple(specs[start : start + size])
         digest = hashlib.sha256()
-        digest.update(f"{__version__}|{recipe.digest}".encode())
+        digest.update(f"{__version__}|{recipe.digest}|{encoder}".encode())
         for spec in chunk:
             digest.update(spec.digest_text().encode())
         jobs.append(ShardJob(folder / f"{stem}-{number:05d}.parquet", digest.hexdigest(), chunk))

@@ -30,6 +30,7 @@ from typing import Any
 from tqdm import tqdm
 
 from medscout_data import TASKS, __version__
+from medscout_data.imaging import encoder_fingerprint
 from medscout_data.layout import Layout
 from medscout_data.locking import stage_lock
 from medscout_data.ranks import Rank, RankError, missing_ranks, write_marker
@@ -197,6 +198,7 @@ class _Build:
             "recipe": self.recipe.name,
             "recipe_digest": self.recipe.digest,
             "version": __version__,
+            "png_encoder": encoder_fingerprint(self.recipe.png),
             "plan_sha256": context.plan.digest,
             "rerun": self.options.command or f"medscout-data build --modality {self.options.modality}",
             "world_size": self.options.rank.world_size,
@@ -349,7 +351,8 @@ class _Build:
         if missing:
             names = ", ".join(str(r) for r in sorted(missing))
             raise RankError(
-                f"{self.folder}: rank(s) {names} of {world} have not finished; rerun them "
+                f"{self.folder}: rank(s) {names} of {world} have not finished (or wrote their shards with "
+                "another version, recipe or PNG encoder); rerun them on this kind of node "
                 f"(`medscout-data build ... --rank {min(missing)} --world-size {world}`), then merge again"
             )
 
