@@ -158,7 +158,8 @@ def main() -> None:
             "requests/s",
             "client CPU/request",
             "client peak RSS",
-        ]
+        ],
+        align="rrrrrrr",
     )
     if args.work:
         args.work.mkdir(parents=True, exist_ok=True)
