@@ -137,7 +137,7 @@ def main() -> None:
     ct = ensure_sample_source(work / "ct", "totalseg-ct", args.subjects, 512, args.slices, 0)
     mri = ensure_sample_source(work / "mri", "totalseg-mri", args.subjects, 512, args.slices, 0)
     noisy = noisy_copy(ct, work / "ct-noisy", 30.0)
-    xray = write_full_size_tree(work / "xray", args.xray_images, min(8, args.xray_images))
+    xray = write_full_size_tree(work / "xray", args.xray_images, args.xray_images)  # ingest drops duplicates
     print(
         f"setup {time.perf_counter() - t0:.0f} s; cpu_count={os.cpu_count()} loadavg={os.getloadavg()[0]:.1f}"
     )

@@ -1,6 +1,6 @@
 """Benchmark: X-ray ingest on full-size JPEGs as MIMIC-CXR-JPG ships them (~2,500 x 3,000 px, 1-2 MB).
 
-    python benchmarks/bench_ingest_xray.py [--images 48] [--distinct 8] [--workers 1 2] [--work DIR]
+    python benchmarks/bench_ingest_xray.py [--images 48] [--distinct N] [--workers 1 2] [--work DIR]
         [--table docs/generated/ingest-xray.md]
 
 Setup (not timed): `--distinct` synthetic radiographs (the sample's phantom,
@@ -112,7 +112,9 @@ def main() -> None:
     )
     parser.add_argument("--work", type=Path, default=Path("/tmp/bench-ingest-xray"))
     parser.add_argument("--images", type=int, default=48)
-    parser.add_argument("--distinct", type=int, default=8)
+    parser.add_argument(
+        "--distinct", type=int, default=None, help="distinct images (default: all; ingest drops duplicates)"
+    )
     parser.add_argument("--workers", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--child", nargs=3, metavar=("ROOT", "OUT", "WORKERS"), help=argparse.SUPPRESS)
     add_output_args(parser)
@@ -122,6 +124,7 @@ def main() -> None:
         return
     t0 = time.perf_counter()
     table = Figures(["workers", "images", "wall", "images/s", "MB/s", "CPU ms/image", "cache KB/image"])
+    args.distinct = args.distinct or args.images
     root = write_full_size_tree(args.work / "src", args.images, args.distinct)
     files = sorted((root / "files").rglob("*.jpg"))
     megabytes = sum(f.stat().st_size for f in files) / 1e6
