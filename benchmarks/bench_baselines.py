@@ -65,7 +65,7 @@ def main() -> None:
     parser.add_argument("--bench-per-cell", type=int, default=40)
     add_output_args(parser, chart=True)
     args = parser.parse_args()
-    figures = Figures(["modality", "task", *BASELINES])
+    figures = Figures(["modality", "task", *BASELINES], align="ll" + "r" * len(BASELINES))
     work = args.work or Path(tempfile.mkdtemp(prefix="bench-baselines-"))
     work.mkdir(parents=True, exist_ok=True)
     shards = work / "shards"
