@@ -13,7 +13,8 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCS = ROOT / "docs"
-INCLUDE = re.compile(r"""--8<--\s+["']?(docs/generated/[^"'\s]+)""")
+# A pymdownx.snippets include: a line of its own (an inline mention in a sentence is not one)
+INCLUDE = re.compile(r"""^\s*--8<--\s+["']?(docs/generated/[^"'\s]+)""", re.M)
 
 
 def _common():
