@@ -18,13 +18,14 @@ figure cannot disagree (docs/scoring.md includes both).
 from __future__ import annotations
 
 import argparse
-import os
 import re
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+from common import Figures, add_output_args, cores
 
 from medscout_data.evaluation.compare import Column, plot_columns
 from medscout_data.evaluation.score import score_file
@@ -62,9 +63,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--work", type=Path, default=None)
     parser.add_argument("--bench-per-cell", type=int, default=40)
-    parser.add_argument("--table", type=Path, default=None, help="write the Markdown table here")
-    parser.add_argument("--chart", type=Path, default=None, help="write the bar chart (PNG) here")
+    add_output_args(parser, chart=True)
     args = parser.parse_args()
+    figures = Figures(["modality", "task", *BASELINES], align="ll" + "r" * len(BASELINES))
     work = args.work or Path(tempfile.mkdtemp(prefix="bench-baselines-"))
     work.mkdir(parents=True, exist_ok=True)
     shards = work / "shards"
@@ -84,7 +85,7 @@ def main() -> None:
             "--quiet",
         )
     cli("split", "--shards", str(shards), "--quiet")
-    print(f"cores: {os.cpu_count()}; built and split in {time.perf_counter() - start:.0f} s ({shards})")
+    print(f"cores: {cores()}; built and split in {time.perf_counter() - start:.0f} s ({shards})")
     scores, results = {}, {}
     for name in BASELINES:
         out = work / f"{name}.jsonl"
@@ -94,33 +95,29 @@ def main() -> None:
         results[name] = score_file(out, shards, "official", "direct", RunReport("score"))
         result = scores[name] = results[name].as_dict()
         print(f"baseline {name}: {seconds:.1f} s for {result['overall']['count']} items")
-    table = markdown_table(scores, args.bench_per_cell)
+    fill(figures, scores, args.bench_per_cell)
     print()
-    print(table)
-    if args.table:
-        args.table.parent.mkdir(parents=True, exist_ok=True)
-        args.table.write_text(table + "\n")
-        print(f"table: {args.table}")
+    print(figures.markdown())
+    figures.write(args.table)
     if args.chart:
         columns = [Column(name, results[name], baseline=True) for name in BASELINES]
         title = f"Baselines on the synthetic bench ({args.bench_per_cell} items per cell), accuracy x100"
         print(f"chart: {plot_columns(columns, args.chart, title=title)}")
 
 
-def markdown_table(scores: dict[str, dict], bench_per_cell: int) -> str:
+def fill(figures: Figures, scores: dict[str, dict], bench_per_cell: int) -> None:
     """Mean accuracy x 100 per cell and the Avg, one column per baseline."""
-    lines = [f"| modality | task | {' | '.join(BASELINES)} |", f"|---|---|{'---:|' * len(BASELINES)}"]
     for modality, task in CELLS:
         key = f"{modality}/{task}"
-        values = " | ".join(f"{100 * scores[b]['cells'][key]['accuracy']:.1f}" for b in BASELINES)
-        lines.append(f"| {TITLES[modality]} | {task} | {values} |")
-    overall = " | ".join(f"**{100 * scores[b]['overall']['accuracy']:.1f}**" for b in BASELINES)
-    lines.append(f"| **Med-Scout-Bench Avg** | | {overall} |")
-    lines.append(
-        f"\n{bench_per_cell} bench items per cell; official profile, Direct mode, mean accuracy x 100 "
-        f"(`python benchmarks/bench_baselines.py`, {os.cpu_count()} cores)."
+        figures.row(
+            TITLES[modality], task, *(f"{100 * scores[b]['cells'][key]['accuracy']:.1f}" for b in BASELINES)
+        )
+    overall = (f"**{100 * scores[b]['overall']['accuracy']:.1f}**" for b in BASELINES)
+    figures.row("**Med-Scout-Bench Avg**", "", *overall)
+    figures.note(
+        f"{bench_per_cell} bench items per cell; official profile, Direct mode, mean accuracy x 100."
+        " The chart above is drawn from the same scores."
     )
-    return "\n".join(lines)
 
 
 if __name__ == "__main__":

@@ -1,6 +1,7 @@
 """Benchmark: `medscout-data evaluate` against a local server that answers instantly.
 
     python benchmarks/bench_evaluate.py [--per-cell 300 1200] [--concurrency 64] [--work DIR]
+        [--table docs/generated/evaluate.md]
 
 Setup (not timed): for each --per-cell, a bench of 9 cells (3 modalities x 3
 tasks) with CT-like 512 px PNGs of ~73 KB (the sample phantom's size, above
@@ -33,7 +34,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-from common import run_sampled
+from common import Figures, add_output_args, cores, run_sampled
 
 from medscout_data import MODALITIES, TASKS
 from medscout_data.imaging import encode_png
@@ -146,13 +147,26 @@ def main() -> None:
     parser.add_argument("--per-cell", type=int, nargs="+", default=[300, 1200])
     parser.add_argument("--concurrency", type=int, default=64)
     parser.add_argument("--work", type=Path, default=None, help="Scratch folder (default: a temporary one).")
+    add_output_args(parser)
     args = parser.parse_args()
+    figures = Figures(
+        [
+            "bench items",
+            "MiB of PNG",
+            "requests",
+            "wall",
+            "requests/s",
+            "client CPU/request",
+            "client peak RSS",
+        ],
+        align="rrrrrrr",
+    )
     if args.work:
         args.work.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix="bench-evaluate-", dir=args.work))
     port = free_port()
     server = start_server(port)
-    print(f"cores: {os.cpu_count()}; load average at start: {' '.join(f'{v:.2f}' for v in os.getloadavg())}")
+    print(f"cores: {cores()}; load average at start: {' '.join(f'{v:.2f}' for v in os.getloadavg())}")
     peaks = []
     try:
         for per_cell in sorted(args.per_cell):
@@ -168,9 +182,27 @@ def main() -> None:
                 f"{1000 * cpu / requests:.2f} ms/request; client peak RSS {peak:5.0f} MiB; "
                 f"load {os.getloadavg()[0]:.2f}"
             )
+            figures.row(
+                f"{9 * per_cell:,}",
+                f"{image_bytes / 2**20:.0f}",
+                f"{requests:,}",
+                f"{wall:.1f} s",
+                f"{requests / wall:.0f}",
+                f"{1000 * cpu / requests:.2f} ms",
+                f"{peak:.0f} MiB",
+            )
             shutil.rmtree(root)
         if len(peaks) > 1:
             print(f"peak RSS ratio, largest / smallest bench: {peaks[-1] / peaks[0]:.2f}")
+            figures.note(
+                f"Client peak RSS, largest / smallest bench: {peaks[-1] / peaks[0]:.2f}x (flat: close to 1)."
+            )
+        figures.note(
+            "The whole `evaluate` command in a child process (start-up, bench check, every request,"
+            f" predictions.jsonl and scoring), concurrency {args.concurrency}, against a local aiohttp server"
+            " answering at once on the same cores: a floor for the client. CT-like 512 px PNGs, 224 px crops."
+        )
+        figures.write(args.table)
     finally:
         server.terminate()
         server.wait(timeout=10)

@@ -1,6 +1,7 @@
 """Benchmark: time and peak RSS of `export` (and `preview`) as the item count grows.
 
     python benchmarks/bench_export.py [--items 2000 8000] [--size 256] [--work DIR]
+        [--table docs/generated/export.md]
 
 Writes synthetic train shards in the split's layout (ct scale / jigsaw /
 anomaly, 4 / 1 / 1 PNGs of --size px, the recipe's row groups), then runs
@@ -30,7 +31,7 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
-from common import Run, run_sampled
+from common import Figures, Run, add_output_args, cores, run_sampled
 
 from medscout_data.imaging import encode_png
 from medscout_data.recipe import load_recipe
@@ -105,7 +106,13 @@ def write_manifest(root: Path) -> None:
         p.relative_to(root).as_posix(): {"bytes": p.stat().st_size, "sha256": sha256_file(p)}
         for p in sorted(root.glob("*/ct/*/*.parquet"))
     }
-    manifest = {"seed": 0, "bench_per_cell": 0, "shards": shards, "cells": {}, "recipe": {}}
+    manifest = {
+        "seed": 0,
+        "bench_per_cell": 0,
+        "shards": shards,
+        "cells": {},
+        "recipe": {"name": "benchmark", "digest": "benchmark"},
+    }
     (root / "manifest.json").write_text(json.dumps(manifest), encoding="utf-8")
 
 
@@ -136,12 +143,16 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=256, help="image side, px")
     parser.add_argument("--repeat", type=int, default=3, help="runs of each command; the fastest counts")
     parser.add_argument("--work", type=Path, default=None)
+    add_output_args(parser)
     args = parser.parse_args()
+    figures = Figures(
+        ["items", "command", "wall", "items/s", "MB/s of PNG", "peak RSS (tree)"], align="rlrrrr"
+    )
     work = args.work or Path(tempfile.mkdtemp(prefix="bench-export-"))
     cli = [sys.executable, "-m", "medscout_data.cli"]
     load = ", ".join(f"{v:.2f}" for v in os.getloadavg())
-    print(f"cores: {os.cpu_count()}; load {load}; images {args.size} px; best of {args.repeat}; work {work}")
-    peaks = {}
+    print(f"cores: {cores()}; load {load}; images {args.size} px; best of {args.repeat}; work {work}")
+    peaks, ratios = {}, []
     for items in args.items:
         root = work / f"shards-{items}"
         shutil.rmtree(root, ignore_errors=True)
@@ -180,16 +191,42 @@ def main() -> None:
                 f"  {name:<8} {run.seconds:7.2f} s {lines / run.seconds:7.0f} items/s "
                 f"{image_mb / run.seconds:6.1f} MB/s  peak RSS {run.peak_tree_mib:5.0f} MiB"
             )
+            figures.row(
+                f"{lines:,}",
+                NAMES[name],
+                f"{run.seconds:.2f} s",
+                f"{lines / run.seconds:,.0f}",
+                f"{image_mb / run.seconds:.1f}",
+                f"{run.peak_tree_mib:.0f} MiB",
+            )
         print(
             f"  preview  {view.seconds:7.2f} s (4 items per cell)      peak RSS {view.peak_tree_mib:5.0f} MiB"
         )
         print(f"  export / baseline time: {export.seconds / base.seconds:.2f}x")
+        figures.row(
+            f"{lines:,}", NAMES["preview"], f"{view.seconds:.2f} s", "", "", f"{view.peak_tree_mib:.0f} MiB"
+        )
+        ratios.append(f"{export.seconds / base.seconds:.2f}x at {lines:,} items")
     print(f"load at the end: {', '.join(f'{v:.2f}' for v in os.getloadavg())}")
     low, high = min(peaks), max(peaks)
     print(
         f"export peak RSS {high} vs {low} items: {peaks[high] / peaks[low]:.2f}x "
         f"for {high / low:.0f}x the items"
     )
+    figures.note(
+        f"Synthetic train shards of {args.size} px PNGs (scale 4 images, jigsaw and anomaly 1), best of"
+        f" {args.repeat}, each command a child process. Export / baseline time: {', '.join(ratios)}; export's"
+        f" peak RSS {peaks[high] / peaks[low]:.2f}x for {high / low:.0f}x the items (flat: close to 1)."
+    )
+    figures.write(args.table)
+
+
+NAMES = {
+    "baseline": "baseline: plain copy of every PNG",
+    "export": "`export --format swift` (manifest check, JSONL)",
+    "vlmeval": "`export --format vlmeval` (base64 TSV)",
+    "preview": "`preview --per-cell 4`",
+}
 
 
 if __name__ == "__main__":

@@ -1,6 +1,7 @@
 """Benchmark: X-ray index speed, embedding (images/s) and FAISS search (exact vs approximate).
 
     python benchmarks/bench_index.py [--device cpu|cuda] [--sizes 10000 100000] [--kinds exact ivf hnsw]
+        [--table docs/generated/index-10k.md]
 
 Embedding: the weight-free `pixels` embedder, and a ViT-B/16 image tower the
 size of BiomedCLIP's (its open_clip config, random weights: no download), on
@@ -23,6 +24,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from common import Figures, add_output_args, cores
 
 from medscout_data.report import RunReport
 from medscout_data.stages.embedders import (
@@ -76,7 +78,7 @@ def time_embedder(embedder, images: np.ndarray, batch: int, batches: int, sync) 
     return {"prepare": n / prep, "embed": n / fwd, "total": n / (prep + fwd)}
 
 
-def bench_embedding(device: str, batch: int, batches: int) -> None:
+def bench_embedding(device: str, batch: int, batches: int, figures: Figures) -> None:
     import torch
 
     sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
@@ -97,9 +99,14 @@ def bench_embedding(device: str, batch: int, batches: int) -> None:
             f"embed {name:28s} {device}: {rates['total']:8.1f} images/s "
             f"(prepare {rates['prepare']:.1f}/s, forward {rates['embed']:.1f}/s; batch {batch})"
         )
+        figures.row(
+            f"embed, {name}, {device}",
+            f"{rates['total']:,.1f} images/s",
+            f"prepare {rates['prepare']:,.1f}/s, forward {rates['embed']:,.1f}/s; batch {batch}",
+        )
 
 
-def bench_pipeline(n: int, workers: int) -> None:
+def bench_pipeline(n: int, workers: int, figures: Figures) -> None:
     """embed_missing with pixels: cache reads + thread pool + parts on disk."""
     from medscout_data.cache import save_stack
 
@@ -119,6 +126,11 @@ def bench_pipeline(n: int, workers: int) -> None:
         embed_missing(blocks, store, lambda: PixelEmbedder(model), cache, workers, RunReport("bench"))
         seconds = time.perf_counter() - t0
     print(f"pipeline pixels, {n} images 512x512, {workers} threads: {n / seconds:8.1f} images/s")
+    figures.row(
+        "`embed_missing` with pixels (cache reads, threads, parts on disk)",
+        f"{n / seconds:,.1f} images/s",
+        f"{n:,} images 512x512, {workers} threads",
+    )
 
 
 def random_vectors(n: int, dim: int, data: str, rng: np.random.Generator) -> np.ndarray:
@@ -134,7 +146,9 @@ def random_vectors(n: int, dim: int, data: str, rng: np.random.Generator) -> np.
     return vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
 
 
-def bench_search(sizes: list[int], dim: int, kinds: list[str], k: int, use_gpu: bool, data: str) -> None:
+def bench_search(
+    sizes: list[int], dim: int, kinds: list[str], k: int, use_gpu: bool, data: str, figures: Figures
+) -> None:
     rng = np.random.default_rng(0)
     for n in sizes:
         vectors = random_vectors(n, dim, data, rng)
@@ -155,6 +169,14 @@ def bench_search(sizes: list[int], dim: int, kinds: list[str], k: int, use_gpu: 
                 f"(build {params['build_seconds']:.2f} s, search {params['search_seconds']:.2f} s, "
                 f"{n / params['search_seconds']:,.0f} queries/s){recall} {extra or ''}"
             )
+            settings = ", ".join(f"{key} {value}" for key, value in extra.items())
+            figures.row(
+                f"search {kind}, {data}, {n:,} x {dim}-d, k={k}",
+                f"{seconds:.2f} s",
+                f"build {params['build_seconds']:.2f} s, search {params['search_seconds']:.2f} s"
+                f" ({n / params['search_seconds']:,.0f} queries/s){recall}"
+                + (f"; {settings}" if settings else ""),
+            )
 
 
 def main() -> None:
@@ -169,20 +191,28 @@ def main() -> None:
     parser.add_argument("--data", choices=["clustered", "uniform"], default="clustered")
     parser.add_argument("--pipeline-images", type=int, default=2048)
     parser.add_argument("--skip-embedding", action="store_true")
+    add_output_args(parser)
     args = parser.parse_args()
+    figures = Figures(["measure", "figure", "detail"], align="lrl")
     import faiss
     import torch
 
     print(
-        f"bench_index: {os.cpu_count()} CPU cores, device {args.device}"
+        f"bench_index: {cores()} CPU cores, device {args.device}"
         f"{' (' + torch.cuda.get_device_name() + ')' if args.device == 'cuda' else ''}, "
         f"torch {torch.__version__} ({torch.get_num_threads()} threads), faiss {faiss.__version__} "
         f"({faiss.get_num_gpus()} GPUs), load average {os.getloadavg()[0]:.1f}"
     )
     if not args.skip_embedding:
-        bench_embedding(args.device, args.batch_size, args.batches)
-        bench_pipeline(args.pipeline_images, os.cpu_count() or 1)
-    bench_search(args.sizes, args.dim, args.kinds, args.k, args.device == "cuda", args.data)
+        bench_embedding(args.device, args.batch_size, args.batches, figures)
+        bench_pipeline(args.pipeline_images, os.cpu_count() or 1, figures)
+    bench_search(args.sizes, args.dim, args.kinds, args.k, args.device == "cuda", args.data, figures)
+    figures.note(
+        f"torch {torch.__version__} ({torch.get_num_threads()} threads), faiss {faiss.__version__}"
+        f" ({faiss.get_num_gpus()} GPUs). The ViT has random weights (no download); search vectors are"
+        " random unit vectors, 5 a subject, same-subject results dropped; recall@1 against exact."
+    )
+    figures.write(args.table)
     print(f"load average at the end {os.getloadavg()[0]:.1f} (above the core count, figures are shared)")
 
 

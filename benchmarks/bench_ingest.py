@@ -1,6 +1,7 @@
 """Benchmark: ingest speed and memory on realistic CT volumes (512 x 512 x 300, int16).
 
     python benchmarks/bench_ingest.py [--work DIR] [--volumes 2 4] [--workers 1 2] [--slices 300]
+        [--table docs/generated/ingest.md]
 
 Setup (not timed): sample CT volumes written once under `--work` (the
 anisotropic sample subjects included), and one source root per volume count
@@ -26,7 +27,7 @@ import sys
 import time
 from pathlib import Path
 
-from common import run_sampled
+from common import Figures, add_output_args, cores, run_sampled
 
 from medscout_data.recipe import load_recipe
 
@@ -91,14 +92,18 @@ def main() -> None:
     parser.add_argument("--workers", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--slices", type=int, default=300)
     parser.add_argument("--child", nargs=3, metavar=("ROOT", "OUT", "WORKERS"), help=argparse.SUPPRESS)
+    add_output_args(parser)
     args = parser.parse_args()
     if args.child:
         child(Path(args.child[0]), Path(args.child[1]), int(args.child[2]))
         return
     t0 = time.perf_counter()
+    table = Figures(
+        ["volumes", "workers", "slices", "wall", "slices/s", "main MiB", "largest MiB", "tree MiB"]
+    )
     roots = setup(args.work, args.volumes, args.slices)
     print(f"setup (sample volumes 512x512x{args.slices}): {time.perf_counter() - t0:.0f} s")
-    print(f"cpu_count={os.cpu_count()} loadavg={os.getloadavg()[0]:.1f} (load skews figures)")
+    print(f"cpu_count={cores()} loadavg={os.getloadavg()[0]:.1f} (load skews figures)")
     header = (
         f"{'volumes':>7} {'workers':>7} {'slices':>6} {'seconds':>8} {'slices/s':>9} "
         f"{'main MiB':>9} {'largest MiB':>11} {'tree MiB':>9}"
@@ -117,6 +122,16 @@ def main() -> None:
                 f"{n:>7} {workers:>7} {figures['slices']:>6} {figures['seconds']:>8.1f} {rate:>9.1f} "
                 f"{figures['main_hwm_mib']:>9.0f} {figures['largest_mib']:>11.0f} {run.peak_tree_mib:>9.0f}"
             )
+            table.row(
+                n,
+                workers,
+                figures["slices"],
+                f"{figures['seconds']:.1f} s",
+                f"{rate:.1f}",
+                f"{figures['main_hwm_mib']:.0f}",
+                f"{figures['largest_mib']:.0f}",
+                f"{run.peak_tree_mib:.0f}",
+            )
     rates = {(n, w): r for n, w, r, _ in results}
     n_max = max(args.volumes)
     if (n_max, 1) in rates and (n_max, 2) in rates:
@@ -130,6 +145,16 @@ def main() -> None:
                 f"peak RSS of the largest process, {workers} worker(s): {counts[0]} volumes {low:.0f} MiB, "
                 f"{counts[-1]} volumes {high:.0f} MiB (ratio {high / low:.2f})"
             )
+            table.note(
+                f"Largest process, {workers} worker(s): {high / low:.2f}x"
+                f" from {counts[0]} to {counts[-1]} volumes."
+            )
+    table.note(
+        f"Sample CT volumes of 512 x 512 x {args.slices} (int16), the paper's recipe; each run a child"
+        " process."
+        " `main MiB`: the main process's exact peak (VmHWM); `largest`: the largest single process, sampled."
+    )
+    table.write(args.table)
 
 
 if __name__ == "__main__":

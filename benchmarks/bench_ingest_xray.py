@@ -1,6 +1,7 @@
 """Benchmark: X-ray ingest on full-size JPEGs as MIMIC-CXR-JPG ships them (~2,500 x 3,000 px, 1-2 MB).
 
-    python benchmarks/bench_ingest_xray.py [--images 48] [--distinct 8] [--workers 1 2] [--work DIR]
+    python benchmarks/bench_ingest_xray.py [--images 48] [--distinct N] [--workers 1 2] [--work DIR]
+        [--table docs/generated/ingest-xray.md]
 
 Setup (not timed): `--distinct` synthetic radiographs (the sample's phantom,
 drawn at 3,000 x 2,500 px, slightly blurred like a detector's point spread,
@@ -28,7 +29,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-from common import run_sampled
+from common import Figures, add_output_args, cores, run_sampled
 
 HEIGHT, WIDTH = 3000, 2500
 WHO = (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)  # CPU of the run and its (finished) workers
@@ -111,14 +112,19 @@ def main() -> None:
     )
     parser.add_argument("--work", type=Path, default=Path("/tmp/bench-ingest-xray"))
     parser.add_argument("--images", type=int, default=48)
-    parser.add_argument("--distinct", type=int, default=8)
+    parser.add_argument(
+        "--distinct", type=int, default=None, help="distinct images (default: all; ingest drops duplicates)"
+    )
     parser.add_argument("--workers", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--child", nargs=3, metavar=("ROOT", "OUT", "WORKERS"), help=argparse.SUPPRESS)
+    add_output_args(parser)
     args = parser.parse_args()
     if args.child:
         child(Path(args.child[0]), Path(args.child[1]), int(args.child[2]))
         return
     t0 = time.perf_counter()
+    table = Figures(["workers", "images", "wall", "images/s", "MB/s", "CPU ms/image", "cache KB/image"])
+    args.distinct = args.distinct or args.images
     root = write_full_size_tree(args.work / "src", args.images, args.distinct)
     files = sorted((root / "files").rglob("*.jpg"))
     megabytes = sum(f.stat().st_size for f in files) / 1e6
@@ -126,7 +132,7 @@ def main() -> None:
         f"setup: {len(files)} JPEGs of {WIDTH}x{HEIGHT} px, {megabytes / len(files):.2f} MB each "
         f"({args.distinct} distinct), {time.perf_counter() - t0:.0f} s"
     )
-    print(f"cpu_count={os.cpu_count()} loadavg={os.getloadavg()[0]:.1f} (load skews figures)")
+    print(f"cpu_count={cores()} loadavg={os.getloadavg()[0]:.1f} (load skews figures)")
     header = f"{'workers':>7} {'images':>6} {'seconds':>8} {'images/s':>9} {'MB/s':>6} {'CPU ms/image':>12}"
     print(header + f" {'cache KB/image':>14}")
     rates = {}
@@ -142,8 +148,23 @@ def main() -> None:
             f"{megabytes / figures['seconds']:>6.1f} {1000 * figures['cpu'] / figures['images']:>12.1f} "
             f"{per_image_kb:>14.1f}"
         )
+        table.row(
+            workers,
+            figures["images"],
+            f"{figures['seconds']:.1f} s",
+            f"{rate:.1f}",
+            f"{megabytes / figures['seconds']:.1f}",
+            f"{1000 * figures['cpu'] / figures['images']:.1f}",
+            f"{per_image_kb:.1f}",
+        )
     if 1 in rates and 2 in rates:
         print(f"speed-up with 2 workers: {rates[2] / rates[1]:.2f}x; loadavg now {os.getloadavg()[0]:.1f}")
+    table.note(
+        f"{len(files)} full-size JPEGs of {WIDTH} x {HEIGHT} px, {megabytes / len(files):.2f} MB each"
+        f" ({args.distinct} distinct), the paper recipe's ingest settings; each run a child process. CPU ms"
+        " per image (process and workers, start-up included) is less skewed by the machine's load than wall."
+    )
+    table.write(args.table)
 
 
 if __name__ == "__main__":

@@ -1,14 +1,14 @@
 """Benchmark: the paper rebuild on the sample, three modalities at 12,000 items per cell, to a valid split.
 
     python benchmarks/bench_paper_scale.py [--work DIR] [--workers 2] [--items-per-cell 12000]
-        [--subjects 40] [--slices 100] [--xray-subjects 6000]
+        [--subjects 40] [--slices 100] [--xray-subjects 6000] [--table docs/generated/paper-scale.md]
 
 The paper's recipe (`med-scout-bench`: 512 px, crops 224 px, 1,200 bench items per cell) with one
 change: the X-ray reference embedder is the weight-free `pixels` one (BiomedCLIP's weights cannot be
 fetched here; the geometry and counts are the paper's). Stages, each a child process of the CLI with
 the RSS of its whole process tree sampled: sample, ingest, index (X-ray), build, per modality; then
-split and validate --deep. Prints wall time, peak RSS and the disk each stage's output takes, as a
-Markdown table for the README, and fails loudly if any stage does.
+split and validate --deep. Prints wall time, peak RSS and the disk each stage's output takes (with
+--table, as the docs' snippet), and fails loudly if any stage does.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import run_sampled
+from common import Figures, add_output_args, cores, run_sampled
 
 from medscout_data.recipe import load_recipe, resolve_recipe_path
 
@@ -73,11 +73,13 @@ def main() -> None:
         "--xray-subjects", type=int, default=6000, help="about 12,000 frontal images: one per item and cell"
     )
     parser.add_argument("--modalities", nargs="+", default=["ct", "mri", "xray"])
+    add_output_args(parser)
     args = parser.parse_args()
+    figures = Figures(["stage", "wall", "peak RSS", "disk"])
     work = args.work or Path(tempfile.mkdtemp(prefix="bench-paper-"))
     work.mkdir(parents=True, exist_ok=True)
     recipe, out, workers = recipe_file(work, args.items_per_cell), work / "shards", str(args.workers)
-    print(f"cores: {os.cpu_count()}, workers {workers}, load average {os.getloadavg()[0]:.1f}; work {work}")
+    print(f"cores: {cores()}, workers {workers}, load average {os.getloadavg()[0]:.1f}; work {work}")
     rows: list[tuple] = []
     started = time.perf_counter()
     for modality in args.modalities:
@@ -100,11 +102,20 @@ def main() -> None:
         print("  " + summary.strip().replace("\n", "\n  "))
     stage(rows, "split", ["split", "--shards", str(out)], [out / "bench", out / "train"])
     stage(rows, "validate --deep", ["validate", "--shards", str(out), "--deep"], [])
-    print(f"\ntotal {time.perf_counter() - started:.0f} s; load average {os.getloadavg()[0]:.1f}\n")
-    print("| stage | wall | peak RSS | disk |\n|---|---:|---:|---:|")
+    total = time.perf_counter() - started
+    print(f"\ntotal {total:.0f} s; load average {os.getloadavg()[0]:.1f}\n")
     for label, seconds, rss, size in rows:
-        print(f"| {label} | {seconds:.0f} s | {rss:.0f} MiB | {size / 1e9:.2f} GB |")
+        figures.row(label, f"{seconds:.0f} s", f"{rss:.0f} MiB", f"{size / 1e9:.2f} GB" if size else "-")
+    figures.note(
+        f"{args.items_per_cell:,} items a modality x task, {args.workers} workers; sample sources:"
+        f" {args.subjects} CT and MRI subjects of {args.slices} slices at 512 px,"
+        f" {args.xray_subjects:,} X-ray subjects; the X-ray embedder is the weight-free `pixels` one."
+        " Each stage a child process of the CLI, with the RSS of its whole process tree; disk is what"
+        f" the stage's output takes. {total:,.0f} s in all."
+    )
+    print(figures.markdown())
     subprocess.run([sys.executable, "-m", "medscout_data.cli", "validate", "--shards", str(out)], check=True)
+    figures.write(args.table)
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 """Benchmark: time and peak RSS of `split` on a paper-sized pool (108,000 items, small images).
 
-    python benchmarks/bench_split.py [--items-per-cell 12000] [--work DIR]
+    python benchmarks/bench_split.py [--items-per-cell 12000] [--work DIR] [--table docs/generated/split.md]
 
 Writes a synthetic pool in the real shard format (3 modalities x 3 tasks,
 items balanced like `build` makes them, tiny PNGs, a complete pool record per
@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import subprocess
 import sys
 import tempfile
@@ -23,6 +22,7 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+from common import Figures, add_output_args, cores
 
 from medscout_data import MODALITIES, TASKS
 from medscout_data.layout import Layout
@@ -75,7 +75,8 @@ def write_pool(
 
 def _write_cell(layout, recipe, plan, modality, task, items_per_cell, images, shards) -> int:
     rng = rng_for(0, "bench-split", modality, task)
-    counts = side_counts(items_per_cell, recipe)
+    pool = recipe.pool
+    counts = side_counts(items_per_cell, pool.items_per_cell, pool.bench_per_cell, pool.bench_fraction)
     rows = []
     for side, count in counts.items():
         subjects = plan.subjects(side)
@@ -152,19 +153,33 @@ def main() -> None:
     parser.add_argument("--items-per-cell", type=int, default=12000)
     parser.add_argument("--subjects", type=int, default=1200, help="subjects per modality")
     parser.add_argument("--work", type=Path, default=None)
+    add_output_args(parser)
     args = parser.parse_args()
     work = args.work or Path(tempfile.mkdtemp(prefix="bench-split-"))
     start = time.perf_counter()
     total = write_pool(work, args.items_per_cell, args.subjects)
     print(f"wrote a {total}-item pool in {time.perf_counter() - start:.1f} s under {work}")
+    figures = Figures(["run", "wall", "items/s", "peak RSS"])
     out = subprocess.run([sys.executable, "-c", CHILD, str(work)], capture_output=True, text=True, check=True)
     seconds, max_rss_kib, bench = out.stdout.split()
     seconds = float(seconds)
-    print(f"cores: {os.cpu_count()}")
+    print(f"cores: {cores()}")
     print(
         f"split of {total} items (bench {bench}): {seconds:.1f} s, {total / seconds:,.0f} items/s, "
         f"peak RSS {int(max_rss_kib) / 1024:.0f} MiB (targets: < 60 s, < 1024 MiB)"
     )
+    figures.row(
+        f"`split` of a {total:,}-item pool (bench {int(bench):,})",
+        f"{seconds:.1f} s",
+        f"{total / seconds:,.0f}",
+        f"{int(max_rss_kib) / 1024:.0f} MiB",
+    )
+    figures.note(
+        f"{args.items_per_cell:,} items a cell, {args.subjects:,} subjects a modality, tiny PNGs; the split"
+        " in a child process (pool-record checks, work folder and swap included). Targets: under 60 s"
+        " and under 1 GiB."
+    )
+    figures.write(args.table)
 
 
 if __name__ == "__main__":

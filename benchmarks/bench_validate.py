@@ -2,6 +2,7 @@
 hashing every item's images (the duplicate check) adds to it.
 
     python benchmarks/bench_validate.py [--bench-per-cell 1200] [--work DIR]
+        [--table docs/generated/validate.md]
 
 Writes a pool whose bench side is the paper's (3 modalities x 3 tasks x
 `--bench-per-cell`, plus a small train side) with 512 px phantom CT slices
@@ -29,7 +30,7 @@ import cv2
 import numpy as np
 import pyarrow.parquet as pq
 from bench_split import write_pool
-from common import run_sampled
+from common import Figures, add_output_args, run_sampled
 
 from medscout_data.recipe import load_recipe
 from medscout_data.sample import VolumeGeometry, _torso, ct_intensities, phantom_volume
@@ -68,6 +69,7 @@ def main() -> None:
     parser.add_argument("--bench-per-cell", type=int, default=1200)
     parser.add_argument("--train-per-cell", type=int, default=100)
     parser.add_argument("--work", type=Path, default=None)
+    add_output_args(parser)
     args = parser.parse_args()
     work = args.work or Path(tempfile.mkdtemp(prefix="bench-validate-"))
     paper = load_recipe("med-scout-bench")
@@ -94,21 +96,37 @@ def main() -> None:
         f"{np.mean([len(p) for p in crops]) / 1024:.0f} KiB (PNG)"
     )
     cli = [sys.executable, "-m", "medscout_data.cli"]
+    figures = Figures(["run", "wall", "peak RSS", "result"], align="lrrl")
     split = run_sampled([*cli, "split", "--shards", str(work), "--quiet"])
     print(f"cores: {os.cpu_count()}, load average at start: {os.getloadavg()[0]:.2f}")
     print(f"split: {split.seconds:.1f} s, peak RSS {split.peak_process_mib:.0f} MiB")
+    figures.row("`split`", f"{split.seconds:.1f} s", f"{split.peak_process_mib:.0f} MiB", "")
     for extra in ([], ["--deep"]):
         run = run_sampled([*cli, "validate", "--shards", str(work), "--quiet", *extra])
         print(
             f"validate {' '.join(extra) or '(default)'}: {run.seconds:.1f} s, peak RSS "
             f"{run.peak_process_mib:.0f} MiB; {run.stdout.strip()}"
         )
+        result = " ".join(run.stdout.split()).replace("|", "/")
+        name = " ".join(["validate", *extra])
+        figures.row(f"`{name}`", f"{run.seconds:.1f} s", f"{run.peak_process_mib:.0f} MiB", result)
     read_seconds, hash_seconds, count, size = image_costs(work)
     print(
         f"of which the duplicate check's share: reading {count} images ({size / 2**30:.2f} GiB) "
         f"{read_seconds:.1f} s (needed by the PNG check anyway), hashing them {hash_seconds:.2f} s"
     )
     print(f"load average at end: {os.getloadavg()[0]:.2f}")
+    figures.row(
+        f"reading every image's bytes ({count:,}, {size / 2**30:.2f} GiB)", f"{read_seconds:.1f} s", "", ""
+    )
+    figures.row("hashing them (the duplicate check's own cost)", f"{hash_seconds:.2f} s", "", "")
+    figures.note(
+        f"A {total:,}-item pool, {args.bench_per_cell:,} bench items a cell and {args.train_per_cell} train"
+        f" items, 512 px phantom CT slices ({np.mean([len(p) for p in full]) / 1024:.0f} KiB PNG) and 224 px"
+        f" crops ({np.mean([len(p) for p in crops]) / 1024:.0f} KiB), every image unique; each command a"
+        " child process (peak RSS of its largest process). Reading the bytes: needed by the PNG check anyway."
+    )
+    figures.write(args.table)
 
 
 def image_costs(root: Path) -> tuple[float, float, int, int]:
