@@ -1,4 +1,4 @@
-"""How a scale crop reaches the common crop size, so its level cannot be read off its blur.
+"""How a scale crop reaches the common crop size, so its level cannot be read off its blur or grain.
 
 The naive chain resizes every crop straight to the common size: a Level-2
 crop (6.25% of the image) is enlarged about 1.75x, a Level-1 crop (20%)
@@ -7,31 +7,41 @@ magnified, and a sharpness or noise probe tells the levels apart without
 looking at the anatomy (issue 17).
 
 The `matched` chain gives every crop of an item the same effective
-resolution before the common size:
+resolution and the same noise power spectrum before the common size:
 
 1. each crop is brought to the *effective grid* (the native size of the
    smallest level's crop) by area averaging, then low-passed there with a
    Gaussian, so that its total blur (the average's box plus the Gaussian)
-   is `blur` effective pixels for every crop. Every crop then has about the
-   same transfer function in effective pixels: scale-free content looks
-   alike at every level. (Blurring at the native size before resampling is
-   a little more exact and three times slower; bench_validity.py measured
-   no difference in the probes.)
-2. with `match_noise`, the noise the larger crops lost by averaging is put
-   back as grain with the spectrum of the smallest crop's noise (white noise
-   through the same Gaussian), predicted from the image's own noise level,
-   only on unsaturated pixels; anatomy is not touched.
+   is `blur` effective pixels for every crop: scale-free content looks
+   alike at every level.
+2. with `match_noise`, every crop ends with one noise power spectrum on
+   the effective grid (issue 21). Real CT noise is correlated (the
+   reconstruction kernel shapes it), so white grain at the right level does
+   not look like the noise a Level-2 crop keeps, and a learned probe tells
+   the levels apart. Instead, the whole image is taken through each level's
+   chain (area average, Gaussian) and the noise spectrum it then shows is
+   measured, by one estimator for every level, in the flattest unsaturated
+   patches (`flat_patch_spectrum`). The target is the upper envelope of the
+   levels' spectra, frequency by frequency; each crop receives Gaussian
+   grain with the spectrum it lacks (target - its own, never negative: no
+   crop would need noise taken away), drawn from the item's generator and
+   added only on unsaturated pixels. Measured, not modelled: the image's own
+   noise, correlated or not, and any texture go through the real filters,
+   and a scale-free texture (which looks alike at every level) asks for no
+   grain. The anatomy is not touched: the grain is zero-mean and
+   independent of it.
 3. the effective-grid image is enlarged to the common size (bicubic), the
    same step for every crop.
 
-Pure functions: the grain is drawn from the item's generator.
+Pure functions; the only randomness is the item's generator.
 """
 
 from __future__ import annotations
 
 import functools
 import math
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 
 import cv2
 import numpy as np
@@ -39,17 +49,57 @@ import numpy as np
 from medscout_data.imaging import resize
 
 RESAMPLINGS = ("direct", "matched")
+NPS_PATCHES = (32, 16)  # effective-grid pixels: patch sizes the noise spectra are read in (16: small images)
+MIN_GAIN = 1e-3  # the Gaussian's power gain below which a spectrum is not read back through it
+NPS_MIN_PATCHES = 4  # the fewest flat, unsaturated patches a noise spectrum is read from
+
+
+@dataclass(frozen=True)
+class Grain:
+    """The grain one crop shape receives: an amplitude filter on the effective grid (rfft2
+    layout) and the grain's standard deviation in grey levels."""
+
+    filter: np.ndarray = field(compare=False)
+    sd: float
 
 
 @dataclass(frozen=True)
 class Resampling:
-    """One item's chain: the effective grid every crop goes through, the common size, and the grain."""
+    """One item's chain: the effective grid every crop goes through, the common size, and the
+    grain each native crop shape receives (no entry: no grain)."""
 
     mode: str  # direct | matched
     effective: tuple[int, int]  # (height, width) of the smallest level's native crop
     out: tuple[int, int]  # (height, width) of every crop as shown
     blur: float = 1.0  # Gaussian sigma in effective-grid pixels
-    noise: float = 0.0  # the image's pixel noise (grey levels); 0: no grain is added
+    noise: float = 0.0  # standard deviation of the target noise on the effective grid (provenance)
+    grain: Mapping[tuple[int, int], Grain] = field(default_factory=dict, compare=False)
+
+
+def matched_chain(
+    image: np.ndarray,
+    effective: tuple[int, int],
+    out: tuple[int, int],
+    blur: float,
+    shapes: Sequence[tuple[int, int]],
+    match_noise: bool = True,
+) -> Resampling:
+    """The `matched` chain of an image whose crops have the native `shapes` (one per level)."""
+    if not match_noise:
+        return Resampling("matched", effective, out, blur)
+    unique = sorted({(int(h), int(w)) for h, w in shapes})
+    for patch in NPS_PATCHES:
+        spectra = {s: level_spectrum(image, s, effective, blur, patch) for s in unique}
+        if all(spectrum is not None for spectrum in spectra.values()):
+            break
+    else:  # no flat unsaturated patch to read the noise in: nothing to match
+        return Resampling("matched", effective, out, blur)
+    kept = dict(spectra)
+    target = np.maximum.reduce(list(kept.values()))
+    noise = math.sqrt(float(target.mean()))
+    if noise <= 0:
+        return Resampling("matched", effective, out, blur)
+    return Resampling("matched", effective, out, blur, noise, grain_for(kept, target))
 
 
 def resample_crop(crop: np.ndarray, chain: Resampling, rng: np.random.Generator) -> tuple[np.ndarray, float]:
@@ -61,10 +111,11 @@ def resample_crop(crop: np.ndarray, chain: Resampling, rng: np.random.Generator)
     shrunk = crop.shape != (eff_h, eff_w)
     small = cv2.resize(crop, (eff_w, eff_h), interpolation=cv2.INTER_AREA) if shrunk else crop
     kernel = gaussian_kernel(effective_sigma(chain.blur, shrunk))
-    grain = grain_sd(chain.noise, chain.blur, crop.shape, chain.effective)
-    if grain > 0:
+    grain = chain.grain.get((crop.shape[0], crop.shape[1]))
+    if grain is not None and grain.sd > 0:
         values = cv2.sepFilter2D(small, cv2.CV_32F, kernel, kernel)
-        added = grain * _grain(rng, (eff_h, eff_w), chain.blur)
+        white = rng.standard_normal((eff_h, eff_w), dtype=np.float32)
+        added = np.fft.irfft2(np.fft.rfft2(white) * grain.filter, s=(eff_h, eff_w)).astype(np.float32)
         added[(small == 0) | (small == 255)] = 0.0  # clipped by the window: no noise to match
         values += added
         np.clip(values, 0.0, 255.0, out=values)
@@ -72,7 +123,7 @@ def resample_crop(crop: np.ndarray, chain: Resampling, rng: np.random.Generator)
         blurred = values.astype(np.uint8)
     else:
         blurred = cv2.sepFilter2D(small, cv2.CV_8U, kernel, kernel)  # rounds and saturates
-    return cv2.resize(blurred, (out_w, out_h), interpolation=cv2.INTER_CUBIC), grain
+    return cv2.resize(blurred, (out_w, out_h), interpolation=cv2.INTER_CUBIC), grain.sd if grain else 0.0
 
 
 def effective_sigma(blur: float, shrunk: bool) -> float:
@@ -81,33 +132,123 @@ def effective_sigma(blur: float, shrunk: bool) -> float:
     return math.sqrt(max(blur * blur - 1.0 / 12.0, 0.09)) if shrunk else blur
 
 
-def grain_sd(noise: float, blur: float, shape: tuple[int, ...], effective: tuple[int, int]) -> float:
-    """Grain (grey levels) that brings a crop of `shape` to the noise the smallest crop keeps:
-    sqrt(target^2 - kept^2) for white pixel noise of standard deviation `noise`."""
-    if noise <= 0 or tuple(shape) == tuple(effective):
-        return 0.0
-    target = blur_noise_gain(blur) ** 2
-    kept = kept_noise_gain((shape[0], shape[1]), effective, blur)
-    return noise * math.sqrt(max(target * target - kept * kept, 0.0))
+# ---------------------------------------------------------------- the noise power spectrum
 
 
-@functools.lru_cache(maxsize=1024)
-def kept_noise_gain(shape: tuple[int, int], effective: tuple[int, int], blur: float) -> float:
-    """Standard deviation of unit white noise after this chain's area average from `shape` to
-    `effective` and its Gaussian, measured on fixed-seed noise (so the same on every machine).
+def level_spectrum(
+    image: np.ndarray, shape: tuple[int, int], effective: tuple[int, int], blur: float, patch: int = 32
+) -> np.ndarray | None:
+    """The noise spectrum a crop of native `shape` shows on the effective grid, measured: the
+    whole image taken through that crop's chain (area average by the same factors, the same
+    Gaussian), then `flat_patch_spectrum` of the result. Measured rather than modelled, so the
+    image's own noise, correlated or not, and any scale-free texture are taken through the real
+    filters; the same estimator reads every level. None: too few flat patches."""
+    height, width = image.shape
+    shrunk = tuple(shape) != tuple(effective)
+    values = image.astype(np.float32)
+    saturated = ((image == 0) | (image == 255)).astype(np.float32)
+    if shrunk:
+        size = (
+            max(1, round(width * effective[1] / shape[1])),
+            max(1, round(height * effective[0] / shape[0])),
+        )
+        values = cv2.resize(values, size, interpolation=cv2.INTER_AREA)
+        saturated = cv2.resize(saturated, size, interpolation=cv2.INTER_AREA)
+    sigma = effective_sigma(blur, shrunk)
+    kernel = gaussian_kernel(sigma)
+    values = cv2.sepFilter2D(values, cv2.CV_32F, kernel, kernel)
+    spectrum = flat_patch_spectrum(values, saturated > 0, patch, gaussian_power(sigma, patch, patch))
+    if spectrum is None:
+        return None
+    return _to_grid(spectrum, effective) * gaussian_power(sigma, *effective)
 
-    Measured rather than modelled: an area average over a non-integer factor keeps more noise
-    than 1 / factor, by an amount that depends on the two sizes. One value per pair of sizes,
-    and the sizes repeat (one per image size), so the cache makes it free.
-    """
-    kernel = gaussian_kernel(effective_sigma(blur, True))
-    rng = np.random.default_rng(0)
-    variances = []
-    for _ in range(max(1, 4096 // (effective[0] * effective[1]) + 1)):
-        white = rng.standard_normal(shape, dtype=np.float32)
-        small = cv2.resize(white, (effective[1], effective[0]), interpolation=cv2.INTER_AREA)
-        variances.append(float(cv2.sepFilter2D(small, -1, kernel, kernel).var()))
-    return math.sqrt(float(np.mean(variances)))
+
+def flat_patch_spectrum(
+    values: np.ndarray, saturated: np.ndarray, patch: int = 32, gain: np.ndarray | None = None
+) -> np.ndarray | None:
+    """Noise power spectrum (patch x patch, `np.fft.fft2` layout, mean = variance) read in the
+    half of the unsaturated patch x patch patches whose 4 x 4 block means vary least (flat
+    tissue: noise rather than edges), each with its best-fit plane removed and a Hann window,
+    smoothed over neighbouring frequencies (after dividing out `gain`, a known filter's power
+    gain, so the smoothing acts on a flat spectrum). None with fewer than NPS_MIN_PATCHES patches."""
+    height, width = (s - s % patch for s in values.shape)
+    if height == 0 or width == 0:
+        return None
+
+    def cut(array: np.ndarray) -> np.ndarray:
+        tiles = array[:height, :width].reshape(height // patch, patch, width // patch, patch)
+        return tiles.swapaxes(1, 2).reshape(-1, patch, patch)
+
+    patches = cut(values)[~cut(saturated).any(axis=(1, 2))]
+    if len(patches) < NPS_MIN_PATCHES:
+        return None
+    block = patch // 4
+    coarse = patches.reshape(-1, 4, block, 4, block).mean(axis=(2, 4)).std(axis=(1, 2))
+    patches = np.ascontiguousarray(patches[coarse <= np.median(coarse)])
+    design, window = _plane_basis(patch)
+    flat = patches.reshape(len(patches), -1)
+    fit = cv2.gemm(cv2.gemm(flat, design, 1.0, None, 0.0, flags=cv2.GEMM_2_T), design, 1.0, None, 0.0)
+    windowed = (flat - fit).reshape(-1, patch, patch) * window  # the best-fit plane removed
+    power = (np.abs(np.fft.fft2(windowed)) ** 2).mean(axis=0) / float((window**2).sum())
+    if gain is not None:  # smoothed where the spectrum is flat: before the known Gaussian
+        power = power / np.maximum(gain, MIN_GAIN)
+    smooth = sum(np.roll(power, (dy, dx), axis=(0, 1)) for dy in (-1, 0, 1) for dx in (-1, 0, 1)) / 9
+    return smooth.astype(np.float64)
+
+
+def _to_grid(spectrum: np.ndarray, effective: tuple[int, int]) -> np.ndarray:
+    """A patch-grid spectrum interpolated (linearly, periodically) onto the effective grid."""
+    rows = _interpolation(effective[0], spectrum.shape[0])
+    cols = _interpolation(effective[1], spectrum.shape[1])
+    return cv2.gemm(cv2.gemm(rows, spectrum, 1.0, None, 0.0), cols, 1.0, None, 0.0, flags=cv2.GEMM_2_T)
+
+
+@functools.lru_cache(maxsize=64)
+def _interpolation(size: int, grid: int) -> np.ndarray:
+    """(size x grid) matrix: linear periodic interpolation from `grid` frequencies to `size`."""
+    position = np.mod(np.fft.fftfreq(size) * grid, grid)
+    low = np.floor(position).astype(int) % grid
+    frac = position - np.floor(position)
+    matrix = np.zeros((size, grid))
+    matrix[np.arange(size), low] += 1 - frac
+    matrix[np.arange(size), (low + 1) % grid] += frac
+    matrix.setflags(write=False)
+    return matrix
+
+
+@functools.lru_cache(maxsize=8)
+def _plane_basis(patch: int) -> tuple[np.ndarray, np.ndarray]:
+    """(orthonormal basis of the constant and the two ramps over a patch, 3 x patch^2; 2-D Hann)."""
+    yy, xx = np.mgrid[0:patch, 0:patch].astype(np.float64)
+    basis, _ = np.linalg.qr(np.stack([np.ones(patch * patch), yy.ravel(), xx.ravel()], axis=1))
+    hann = np.hanning(patch + 2)[1:-1]
+    return basis.T.astype(np.float32), np.outer(hann, hann).astype(np.float32)
+
+
+def grain_for(kept: Mapping[tuple[int, int], np.ndarray], target: np.ndarray) -> dict[tuple[int, int], Grain]:
+    """Per native crop shape, the grain that brings its kept noise spectrum to `target` (the upper
+    envelope of every shape's, so no crop would need noise taken away)."""
+    half = target.shape[1] // 2 + 1
+    out = {}
+    for s, spectrum in kept.items():
+        lack = np.maximum(target - spectrum, 0.0)
+        out[s] = Grain(np.sqrt(lack[:, :half]).astype(np.float32), math.sqrt(float(lack.mean())))
+    return out
+
+
+@functools.lru_cache(maxsize=64)
+def gaussian_power(sigma: float, height: int, width: int) -> np.ndarray:
+    """Power gain of the separable `gaussian_kernel(sigma)` at every fft2 frequency of a grid."""
+
+    def axis(count: int) -> np.ndarray:
+        kernel = gaussian_kernel(sigma).ravel().astype(np.float64)
+        taps = np.arange(kernel.size) - kernel.size // 2
+        f = np.fft.fftfreq(count)
+        return (kernel[None, :] * np.cos(2 * np.pi * f[:, None] * taps[None, :])).sum(axis=1) ** 2
+
+    gain = np.outer(axis(height), axis(width))
+    gain.setflags(write=False)
+    return gain
 
 
 @functools.lru_cache(maxsize=256)
@@ -115,29 +256,3 @@ def gaussian_kernel(sigma: float) -> np.ndarray:
     """The 1-D Gaussian kernel used everywhere here (OpenCV's, with its size for float images)."""
     size = round(sigma * 8 + 1) | 1
     return cv2.getGaussianKernel(size, sigma, cv2.CV_32F)
-
-
-@functools.lru_cache(maxsize=256)
-def blur_noise_gain(sigma: float) -> float:
-    """Standard deviation of unit white noise after the 1-D `gaussian_kernel(sigma)` (1 without blur)."""
-    if sigma <= 0:
-        return 1.0
-    return float(math.sqrt((gaussian_kernel(sigma).astype(np.float64) ** 2).sum()))
-
-
-def _grain(rng: np.random.Generator, shape: tuple[int, int], blur: float) -> np.ndarray:
-    """Unit-variance noise with the spectrum of white noise through the effective Gaussian.
-
-    White noise from the generator's raw bits read as uniform bytes (far cheaper to draw than
-    normal deviates); after the Gaussian, which sums dozens of them per pixel, it is Gaussian to
-    the eye and to any probe, with the same spectrum.
-    """
-    count = shape[0] * shape[1]
-    raw = rng.bit_generator.random_raw(count // 8 + 1).view(np.int8)[:count]
-    white = raw.astype(np.float32).reshape(shape)
-    white *= 1.0 / (_INT8_SD * blur_noise_gain(blur) ** 2)
-    kernel = gaussian_kernel(blur)
-    return cv2.sepFilter2D(white, -1, kernel, kernel)
-
-
-_INT8_SD = math.sqrt((256**2 - 1) / 12)  # standard deviation of a uniform random int8
