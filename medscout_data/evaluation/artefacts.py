@@ -156,7 +156,12 @@ def learned_probe(
         if len(set(y[train])) < 2 or len(set(y[held])) < 2:
             return None, probability
         model = HistGradientBoostingClassifier(
-            max_iter=150, learning_rate=0.05, max_leaf_nodes=15, early_stopping=False, random_state=0
+            max_iter=150,
+            learning_rate=0.05,
+            max_leaf_nodes=15,
+            min_samples_leaf=5,
+            early_stopping=False,
+            random_state=0,
         )
         model.fit(x[train], y[train])
         probability[held] = model.predict_proba(x[held])[:, 1]

@@ -99,7 +99,7 @@ def matched_chain(
     noise = math.sqrt(float(target.mean()))
     if noise <= 0:
         return Resampling("matched", effective, out, blur)
-    return Resampling("matched", effective, out, blur, noise, grain_for(kept, target))
+    return Resampling("matched", effective, out, blur, noise, grain_for(kept, target, 2 / patch))
 
 
 def resample_crop(crop: np.ndarray, chain: Resampling, rng: np.random.Generator) -> tuple[np.ndarray, float]:
@@ -225,13 +225,23 @@ def _plane_basis(patch: int) -> tuple[np.ndarray, np.ndarray]:
     return basis.T.astype(np.float32), np.outer(hann, hann).astype(np.float32)
 
 
-def grain_for(kept: Mapping[tuple[int, int], np.ndarray], target: np.ndarray) -> dict[tuple[int, int], Grain]:
+def grain_for(
+    kept: Mapping[tuple[int, int], np.ndarray], target: np.ndarray, low: float = 0.0
+) -> dict[tuple[int, int], Grain]:
     """Per native crop shape, the grain that brings its kept noise spectrum to `target` (the upper
-    envelope of every shape's, so no crop would need noise taken away)."""
+    envelope of every shape's, so no crop would need noise taken away). Below `low` cycles per
+    pixel (two bins of the patch spectrum: the Hann window's main lobe and the removed plane,
+    where low-frequency anatomy leaks in) the lack is the ring above's, tapered linearly to 0;
+    the grain's mean is 0."""
+    radius = np.hypot(np.fft.fftfreq(target.shape[0])[:, None], np.fft.fftfreq(target.shape[1])[None, :])
     half = target.shape[1] // 2 + 1
     out = {}
     for s, spectrum in kept.items():
         lack = np.maximum(target - spectrum, 0.0)
+        inside, ring = radius < low, (radius >= low) & (radius < 1.5 * low)
+        if inside.any() and ring.any():  # below the patch spectrum's resolution: tapered to 0
+            lack[inside] = lack[ring].mean() * radius[inside] / low
+        lack[0, 0] = 0.0  # zero-mean grain: the crop's mean brightness is the anatomy's
         out[s] = Grain(np.sqrt(lack[:, :half]).astype(np.float32), math.sqrt(float(lack.mean())))
     return out
 
