@@ -54,10 +54,10 @@ def _level_crops(image: np.ndarray, seed: int, grain: bool = True) -> tuple[np.n
 @pytest.mark.parametrize("kernel", ["ramp", "smooth"])
 def test_correlated_noise_looks_the_same_at_both_levels(kernel) -> None:
     """On pure correlated noise, the artefact features of Level-1 and Level-2 crops agree within a
-    few percent after the chain; without the grain the Level-1 crop's noise is far weaker."""
+    few percent after the chain (within 10%); without the grain the Level-1 crop's noise is far weaker."""
     names = artefacts.ARTEFACT_FEATURES
     watched = [names.index(n) for n in ("noise", "nps_band1", "nps_band2", "laplacian_std")]
-    for grain, tolerance in ((True, 0.08), (False, None)):
+    for grain, tolerance in ((True, 0.10), (False, None)):
         level1, level2 = [], []
         for seed in range(6):
             a, b = _level_crops(_noise_field(seed, kernel), seed, grain)

@@ -6,7 +6,7 @@ classifier on a crop's own statistics and report its AUC on held-out crops:
 
 - `artefacts`: what the resampling leaves, nothing about the anatomy: the
   pixel-noise level, the noise power spectrum in four radial bands (read in
-  the crop's flattest patches), statistics of the Laplacian over the flatter
+  the crop's flattest patches, each less its best-fit plane), statistics of the Laplacian over the flatter
   half of the pixels, and the compressed PNG size per pixel.
 - `content`: what the crop shows: its grey-level histogram, the spread of its
   block means, its coarse gradients and its low-frequency power. A Level-2
@@ -21,6 +21,7 @@ never sees a test image's pixels. scikit-learn is an optional extra
 
 from __future__ import annotations
 
+import functools
 import itertools
 from collections.abc import Sequence
 
@@ -30,6 +31,7 @@ import numpy as np
 from medscout_data.tasks.content import block_means, noise_level
 
 PATCH = 16  # pixels: the patches the noise spectrum is read in
+FLAT_SHARE = 0.25  # ... the flattest quarter of them: a Level-1 crop shows more edges per patch
 BANDS = (0.0, 0.125, 0.25, 0.375, 0.5001)  # cycles per pixel: the noise spectrum's radial bands
 ARTEFACT_FEATURES = (
     "noise",
@@ -121,11 +123,21 @@ def _noise_spectrum(values: np.ndarray) -> np.ndarray:
     if unsaturated.sum() >= 4:
         patches = patches[unsaturated]
     coarse = patches.reshape(-1, 4, PATCH // 4, 4, PATCH // 4).mean(axis=(2, 4)).std(axis=(1, 2))
-    patches = patches[coarse <= np.median(coarse)]
-    patches = patches - patches.mean(axis=(1, 2), keepdims=True)
-    power = (np.abs(np.fft.rfft2(patches)) ** 2).mean(axis=0) / PATCH**2
+    patches = patches[coarse <= np.quantile(coarse, FLAT_SHARE)]
+    flat = patches.reshape(len(patches), -1).astype(np.float64)
+    basis = _plane_basis()
+    residual = flat - (flat @ basis) @ basis.T  # the best-fit plane: anatomy's shading, not noise
+    power = (np.abs(np.fft.rfft2(residual.reshape(-1, PATCH, PATCH))) ** 2).mean(axis=0) / PATCH**2
     radius = np.hypot(np.fft.fftfreq(PATCH)[:, None], np.fft.rfftfreq(PATCH)[None, :])
     return np.array([power[(radius > lo) & (radius <= hi)].mean() for lo, hi in itertools.pairwise(BANDS)])
+
+
+@functools.lru_cache(maxsize=1)
+def _plane_basis() -> np.ndarray:
+    """Orthonormal basis (PATCH^2 x 3) of the constant and the two ramps over a patch."""
+    yy, xx = np.mgrid[0:PATCH, 0:PATCH].astype(np.float64)
+    basis, _ = np.linalg.qr(np.stack([np.ones(PATCH * PATCH), yy.ravel(), xx.ravel()], axis=1))
+    return basis
 
 
 def halves(groups: Sequence[str]) -> np.ndarray:

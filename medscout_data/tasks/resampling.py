@@ -28,8 +28,12 @@ resolution and the same noise power spectrum before the common size:
    added only on unsaturated pixels. Measured, not modelled: the image's own
    noise, correlated or not, and any texture go through the real filters,
    and a scale-free texture (which looks alike at every level) asks for no
-   grain. The anatomy is not touched: the grain is zero-mean and
-   independent of it.
+   grain. Where the smallest crop, which averaged nothing away, would need
+   more grain than the largest and than the image has noise (Immerkaer's
+   white-equivalent level), the flattest patches showed anatomy, not noise
+   (a radiograph has few flat ones), and the noise is taken as white at the
+   image's own level instead (issue 17's model). The anatomy is not
+   touched: the grain is zero-mean and independent of it.
 3. the effective-grid image is enlarged to the common size (bicubic), the
    same step for every crop.
 
@@ -45,13 +49,17 @@ from dataclasses import dataclass, field
 
 import cv2
 import numpy as np
+from scipy.ndimage import uniform_filter
 
 from medscout_data.imaging import resize
+from medscout_data.tasks.content import noise_level
 
 RESAMPLINGS = ("direct", "matched")
 NPS_PATCHES = (32, 16)  # effective-grid pixels: patch sizes the noise spectra are read in (16: small images)
 MIN_GAIN = 1e-3  # the Gaussian's power gain below which a spectrum is not read back through it
 NPS_MIN_PATCHES = 4  # the fewest flat, unsaturated patches a noise spectrum is read from
+NPS_REGION = 448  # native pixels: the noise spectra are read in the image's central window of this size
+NOISE_WINDOW = 128  # the image's white-equivalent noise level is read in its central window
 
 
 @dataclass(frozen=True)
@@ -88,18 +96,40 @@ def matched_chain(
     if not match_noise:
         return Resampling("matched", effective, out, blur)
     unique = sorted({(int(h), int(w)) for h, w in shapes})
+    grain, target = _measured_grain(image, unique, effective, blur)
+    by_area = sorted(unique, key=lambda s: s[0] * s[1])
+    level = noise_level(_centre(image, NOISE_WINDOW))
+    if grain is not None and grain[by_area[0]].sd > max(grain[by_area[-1]].sd, level):
+        # The smallest crop, which averaged nothing away, would need more grain than the largest
+        # and than the image has noise: the flattest patches showed anatomy, not noise (a
+        # radiograph has few flat ones). Fall back on white noise at the image's own level.
+        white = np.random.default_rng(0).normal(128.0, level, image.shape)
+        grain, target = _measured_grain(
+            np.clip(np.rint(white), 1, 254).astype(np.uint8), unique, effective, blur
+        )
+    if grain is None or target <= 0:
+        return Resampling("matched", effective, out, blur)
+    return Resampling("matched", effective, out, blur, target, grain)
+
+
+def _measured_grain(
+    image: np.ndarray, shapes: Sequence[tuple[int, int]], effective: tuple[int, int], blur: float
+) -> tuple[dict[tuple[int, int], Grain] | None, float]:
+    """(grain per crop shape, standard deviation of the target noise); None when too few flat
+    unsaturated patches can be read at any patch size."""
     for patch in NPS_PATCHES:
-        spectra = {s: level_spectrum(image, s, effective, blur, patch) for s in unique}
+        spectra = {s: level_spectrum(image, s, effective, blur, patch) for s in shapes}
         if all(spectrum is not None for spectrum in spectra.values()):
-            break
-    else:  # no flat unsaturated patch to read the noise in: nothing to match
-        return Resampling("matched", effective, out, blur)
-    kept = dict(spectra)
-    target = np.maximum.reduce(list(kept.values()))
-    noise = math.sqrt(float(target.mean()))
-    if noise <= 0:
-        return Resampling("matched", effective, out, blur)
-    return Resampling("matched", effective, out, blur, noise, grain_for(kept, target, 2 / patch))
+            target = np.maximum.reduce(list(spectra.values()))
+            return grain_for(spectra, target, 2 / patch), math.sqrt(float(target.mean()))
+    return None, 0.0
+
+
+def _centre(image: np.ndarray, window: int) -> np.ndarray:
+    height, width = image.shape
+    h, w = min(window, height), min(window, width)
+    y0, x0 = (height - h) // 2, (width - w) // 2
+    return image[y0 : y0 + h, x0 : x0 + w]
 
 
 def resample_crop(crop: np.ndarray, chain: Resampling, rng: np.random.Generator) -> tuple[np.ndarray, float]:
@@ -143,6 +173,7 @@ def level_spectrum(
     Gaussian), then `flat_patch_spectrum` of the result. Measured rather than modelled, so the
     image's own noise, correlated or not, and any scale-free texture are taken through the real
     filters; the same estimator reads every level. None: too few flat patches."""
+    image = _centre(image, NPS_REGION)
     height, width = image.shape
     shrunk = tuple(shape) != tuple(effective)
     values = image.astype(np.float32)
@@ -167,33 +198,41 @@ def flat_patch_spectrum(
     values: np.ndarray, saturated: np.ndarray, patch: int = 32, gain: np.ndarray | None = None
 ) -> np.ndarray | None:
     """Noise power spectrum (patch x patch, `np.fft.fft2` layout, mean = variance) read in the
-    half of the unsaturated patch x patch patches whose 4 x 4 block means vary least (flat
-    tissue: noise rather than edges), each with its best-fit plane removed and a Hann window,
-    smoothed over neighbouring frequencies (after dividing out `gain`, a known filter's power
-    gain, so the smoothing acts on a flat spectrum). None with fewer than NPS_MIN_PATCHES patches."""
-    height, width = (s - s % patch for s in values.shape)
-    if height == 0 or width == 0:
+    half of the unsaturated patch x patch patches whose 4 x 4 block
+    means vary least (flat tissue: noise rather than edges), each with its best-fit plane
+    removed and a Hann window, smoothed over neighbouring frequencies (after dividing out
+    `gain`, a known filter's power gain, so the smoothing acts on a flat spectrum). None with
+    fewer than NPS_MIN_PATCHES patches."""
+    rows, cols = values.shape[0] // patch, values.shape[1] // patch
+    if rows == 0 or cols == 0:
         return None
-
-    def cut(array: np.ndarray) -> np.ndarray:
-        tiles = array[:height, :width].reshape(height // patch, patch, width // patch, patch)
-        return tiles.swapaxes(1, 2).reshape(-1, patch, patch)
-
-    patches = cut(values)[~cut(saturated).any(axis=(1, 2))]
-    if len(patches) < NPS_MIN_PATCHES:
+    height, width = rows * patch, cols * patch
+    values = values[:height, :width]
+    means = cv2.resize(values, (cols * 4, rows * 4), interpolation=cv2.INTER_AREA)
+    coarse = means.reshape(rows, 4, cols, 4).std(axis=(1, 3)).ravel()
+    hit = cv2.resize(
+        saturated[:height, :width].astype(np.float32), (cols, rows), interpolation=cv2.INTER_AREA
+    )
+    usable = np.flatnonzero(hit.ravel() == 0)
+    if len(usable) < NPS_MIN_PATCHES:
         return None
-    block = patch // 4
-    coarse = patches.reshape(-1, 4, block, 4, block).mean(axis=(2, 4)).std(axis=(1, 2))
-    patches = np.ascontiguousarray(patches[coarse <= np.median(coarse)])
+    keep = max(len(usable) // 2, NPS_MIN_PATCHES)  # one share for every level: alike selections
+    chosen = usable[np.argsort(coarse[usable], kind="stable")[:keep]]
+    tiles = values.reshape(rows, patch, cols, patch).swapaxes(1, 2).reshape(-1, patch, patch)
+    patches = np.ascontiguousarray(tiles[chosen])
     design, window = _plane_basis(patch)
     flat = patches.reshape(len(patches), -1)
     fit = cv2.gemm(cv2.gemm(flat, design, 1.0, None, 0.0, flags=cv2.GEMM_2_T), design, 1.0, None, 0.0)
     windowed = (flat - fit).reshape(-1, patch, patch) * window  # the best-fit plane removed
-    power = (np.abs(np.fft.fft2(windowed)) ** 2).mean(axis=0) / float((window**2).sum())
+    half = np.abs(np.fft.rfft2(windowed)) ** 2
+    power = np.empty((patch, patch), np.float64)  # the fft2 layout, from the rfft2 half by symmetry
+    power[:, : patch // 2 + 1] = half.mean(axis=0)
+    mirror = np.arange(patch // 2 + 1, patch)
+    power[:, mirror] = power[(-np.arange(patch)) % patch][:, patch - mirror]
+    power /= float((window**2).sum())
     if gain is not None:  # smoothed where the spectrum is flat: before the known Gaussian
         power = power / np.maximum(gain, MIN_GAIN)
-    smooth = sum(np.roll(power, (dy, dx), axis=(0, 1)) for dy in (-1, 0, 1) for dx in (-1, 0, 1)) / 9
-    return smooth.astype(np.float64)
+    return uniform_filter(power, size=3, mode="wrap")
 
 
 def _to_grid(spectrum: np.ndarray, effective: tuple[int, int]) -> np.ndarray:
@@ -233,7 +272,7 @@ def grain_for(
     pixel (two bins of the patch spectrum: the Hann window's main lobe and the removed plane,
     where low-frequency anatomy leaks in) the lack is the ring above's, tapered linearly to 0;
     the grain's mean is 0."""
-    radius = np.hypot(np.fft.fftfreq(target.shape[0])[:, None], np.fft.fftfreq(target.shape[1])[None, :])
+    radius = _radius(*target.shape)
     half = target.shape[1] // 2 + 1
     out = {}
     for s, spectrum in kept.items():
@@ -244,6 +283,14 @@ def grain_for(
         lack[0, 0] = 0.0  # zero-mean grain: the crop's mean brightness is the anatomy's
         out[s] = Grain(np.sqrt(lack[:, :half]).astype(np.float32), math.sqrt(float(lack.mean())))
     return out
+
+
+@functools.lru_cache(maxsize=64)
+def _radius(height: int, width: int) -> np.ndarray:
+    """Radial frequency (cycles per pixel) at every fft2 frequency of a grid."""
+    radius = np.hypot(np.fft.fftfreq(height)[:, None], np.fft.fftfreq(width)[None, :])
+    radius.setflags(write=False)
+    return radius
 
 
 @functools.lru_cache(maxsize=64)
