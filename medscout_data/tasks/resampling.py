@@ -56,7 +56,6 @@ from medscout_data.tasks.content import noise_level
 
 RESAMPLINGS = ("direct", "matched")
 NPS_PATCHES = (32, 16)  # effective-grid pixels: patch sizes the noise spectra are read in (16: small images)
-MIN_GAIN = 1e-3  # the Gaussian's power gain below which a spectrum is not read back through it
 NPS_MIN_PATCHES = 4  # the fewest flat, unsaturated patches a noise spectrum is read from
 NPS_REGION = 448  # native pixels: the noise spectra are read in the image's central window of this size
 NOISE_WINDOW = 128  # the image's white-equivalent noise level is read in its central window
@@ -103,10 +102,11 @@ def matched_chain(
         # The smallest crop, which averaged nothing away, would need more grain than the largest
         # and than the image has noise: the flattest patches showed anatomy, not noise (a
         # radiograph has few flat ones). Fall back on white noise at the image's own level.
-        white = np.random.default_rng(0).normal(128.0, level, image.shape)
-        grain, target = _measured_grain(
-            np.clip(np.rint(white), 1, 254).astype(np.uint8), unique, effective, blur
-        )
+        spectra = _white_spectra(_centre(image, NPS_REGION).shape, tuple(unique), effective, blur)
+        spectra = {s: spectrum * level * level for s, spectrum in spectra.items()}
+        target_spectrum = np.maximum.reduce(list(spectra.values()))
+        grain = grain_for(spectra, target_spectrum, 2 / NPS_PATCHES[0])
+        target = math.sqrt(float(target_spectrum.mean()))
     if grain is None or target <= 0:
         return Resampling("matched", effective, out, blur)
     return Resampling("matched", effective, out, blur, target, grain)
@@ -123,6 +123,17 @@ def _measured_grain(
             target = np.maximum.reduce(list(spectra.values()))
             return grain_for(spectra, target, 2 / patch), math.sqrt(float(target.mean()))
     return None, 0.0
+
+
+@functools.lru_cache(maxsize=32)
+def _white_spectra(
+    region: tuple[int, int], shapes: tuple[tuple[int, int], ...], effective: tuple[int, int], blur: float
+) -> dict[tuple[int, int], np.ndarray]:
+    """Each level's measured spectrum of unit white noise (a fixed-seed field: the same on every
+    machine), measured like an image's, so the fallback goes through the same estimator."""
+    field = np.random.default_rng(0).normal(128.0, 16.0, region)
+    noise = np.clip(np.rint(field), 1, 254).astype(np.uint8)
+    return {s: level_spectrum(noise, s, effective, blur) / 256.0 for s in shapes}
 
 
 def _centre(image: np.ndarray, window: int) -> np.ndarray:
@@ -169,15 +180,15 @@ def level_spectrum(
     image: np.ndarray, shape: tuple[int, int], effective: tuple[int, int], blur: float, patch: int = 32
 ) -> np.ndarray | None:
     """The noise spectrum a crop of native `shape` shows on the effective grid, measured: the
-    whole image taken through that crop's chain (area average by the same factors, the same
-    Gaussian), then `flat_patch_spectrum` of the result. Measured rather than modelled, so the
+    image's central NPS_REGION taken through that crop's area average (the same factors), its
+    `flat_patch_spectrum`, times the power gain of the crop's Gaussian. Measured rather than modelled, so the
     image's own noise, correlated or not, and any scale-free texture are taken through the real
     filters; the same estimator reads every level. None: too few flat patches."""
     image = _centre(image, NPS_REGION)
     height, width = image.shape
     shrunk = tuple(shape) != tuple(effective)
     values = image.astype(np.float32)
-    saturated = ((image == 0) | (image == 255)).astype(np.float32)
+    saturated = ((image == 0) | (image == 255)).view(np.uint8) * np.uint8(255)
     if shrunk:
         size = (
             max(1, round(width * effective[1] / shape[1])),
@@ -185,24 +196,19 @@ def level_spectrum(
         )
         values = cv2.resize(values, size, interpolation=cv2.INTER_AREA)
         saturated = cv2.resize(saturated, size, interpolation=cv2.INTER_AREA)
-    sigma = effective_sigma(blur, shrunk)
-    kernel = gaussian_kernel(sigma)
-    values = cv2.sepFilter2D(values, cv2.CV_32F, kernel, kernel)
-    spectrum = flat_patch_spectrum(values, saturated > 0, patch, gaussian_power(sigma, patch, patch))
+    spectrum = flat_patch_spectrum(values, saturated > 0, patch)
     if spectrum is None:
         return None
-    return _to_grid(spectrum, effective) * gaussian_power(sigma, *effective)
+    # the Gaussian is linear and shift-invariant: its power gain, applied to the measured spectrum
+    return _to_grid(spectrum, effective) * gaussian_power(effective_sigma(blur, shrunk), *effective)
 
 
-def flat_patch_spectrum(
-    values: np.ndarray, saturated: np.ndarray, patch: int = 32, gain: np.ndarray | None = None
-) -> np.ndarray | None:
+def flat_patch_spectrum(values: np.ndarray, saturated: np.ndarray, patch: int = 32) -> np.ndarray | None:
     """Noise power spectrum (patch x patch, `np.fft.fft2` layout, mean = variance) read in the
     half of the unsaturated patch x patch patches whose 4 x 4 block
     means vary least (flat tissue: noise rather than edges), each with its best-fit plane
-    removed and a Hann window, smoothed over neighbouring frequencies (after dividing out
-    `gain`, a known filter's power gain, so the smoothing acts on a flat spectrum). None with
-    fewer than NPS_MIN_PATCHES patches."""
+    removed and a Hann window, smoothed over neighbouring frequencies. None with fewer
+    than NPS_MIN_PATCHES patches."""
     rows, cols = values.shape[0] // patch, values.shape[1] // patch
     if rows == 0 or cols == 0:
         return None
@@ -210,10 +216,8 @@ def flat_patch_spectrum(
     values = values[:height, :width]
     means = cv2.resize(values, (cols * 4, rows * 4), interpolation=cv2.INTER_AREA)
     coarse = means.reshape(rows, 4, cols, 4).std(axis=(1, 3)).ravel()
-    hit = cv2.resize(
-        saturated[:height, :width].astype(np.float32), (cols, rows), interpolation=cv2.INTER_AREA
-    )
-    usable = np.flatnonzero(hit.ravel() == 0)
+    hit = saturated[:height, :width].reshape(rows, patch, cols, patch).any(axis=(1, 3))
+    usable = np.flatnonzero(~hit.ravel())
     if len(usable) < NPS_MIN_PATCHES:
         return None
     keep = max(len(usable) // 2, NPS_MIN_PATCHES)  # one share for every level: alike selections
@@ -230,8 +234,6 @@ def flat_patch_spectrum(
     mirror = np.arange(patch // 2 + 1, patch)
     power[:, mirror] = power[(-np.arange(patch)) % patch][:, patch - mirror]
     power /= float((window**2).sum())
-    if gain is not None:  # smoothed where the spectrum is flat: before the known Gaussian
-        power = power / np.maximum(gain, MIN_GAIN)
     return uniform_filter(power, size=3, mode="wrap")
 
 
