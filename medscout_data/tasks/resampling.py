@@ -181,9 +181,9 @@ def level_spectrum(
 ) -> np.ndarray | None:
     """The noise spectrum a crop of native `shape` shows on the effective grid, measured: the
     image's central NPS_REGION taken through that crop's area average (the same factors), its
-    `flat_patch_spectrum`, times the power gain of the crop's Gaussian. Measured rather than modelled, so the
-    image's own noise, correlated or not, and any scale-free texture are taken through the real
-    filters; the same estimator reads every level. None: too few flat patches."""
+    `flat_patch_spectrum`, times the power gain of the crop's Gaussian. Measured rather than
+    modelled, so the image's own noise, correlated or not, and any scale-free texture are taken
+    through the real filters; the same estimator reads every level. None: too few flat patches."""
     image = _centre(image, NPS_REGION)
     height, width = image.shape
     shrunk = tuple(shape) != tuple(effective)
