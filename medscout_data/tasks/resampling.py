@@ -102,10 +102,12 @@ def matched_chain(
         # The smallest crop, which averaged nothing away, would need more grain than the largest
         # and than the image has noise: the flattest patches showed anatomy, not noise (a
         # radiograph has few flat ones). Fall back on white noise at the image's own level.
-        spectra = _white_spectra(_centre(image, NPS_REGION).shape, tuple(unique), effective, blur)
-        spectra = {s: spectrum * level * level for s, spectrum in spectra.items()}
+        white = _white_spectra(_centre(image, NPS_REGION).shape, tuple(unique), effective, blur)
+        if white is None:
+            return Resampling("matched", effective, out, blur)
+        spectra = {s: spectrum * level * level for s, spectrum in white[0].items()}
         target_spectrum = np.maximum.reduce(list(spectra.values()))
-        grain = grain_for(spectra, target_spectrum, 2 / NPS_PATCHES[0])
+        grain = grain_for(spectra, target_spectrum, 2 / white[1])
         target = math.sqrt(float(target_spectrum.mean()))
     if grain is None or target <= 0:
         return Resampling("matched", effective, out, blur)
@@ -128,12 +130,17 @@ def _measured_grain(
 @functools.lru_cache(maxsize=32)
 def _white_spectra(
     region: tuple[int, int], shapes: tuple[tuple[int, int], ...], effective: tuple[int, int], blur: float
-) -> dict[tuple[int, int], np.ndarray]:
-    """Each level's measured spectrum of unit white noise (a fixed-seed field: the same on every
+) -> tuple[dict[tuple[int, int], np.ndarray], int] | None:
+    """(each level's measured spectrum of unit white noise, the patch size), None when the image
+    is too small to read one; unit white noise (a fixed-seed field: the same on every
     machine), measured like an image's, so the fallback goes through the same estimator."""
     field = np.random.default_rng(0).normal(128.0, 16.0, region)
     noise = np.clip(np.rint(field), 1, 254).astype(np.uint8)
-    return {s: level_spectrum(noise, s, effective, blur) / 256.0 for s in shapes}
+    for patch in NPS_PATCHES:
+        spectra = {s: level_spectrum(noise, s, effective, blur, patch) for s in shapes}
+        if all(spectrum is not None for spectrum in spectra.values()):
+            return {s: spectrum / 256.0 for s, spectrum in spectra.items()}, patch
+    return None
 
 
 def _centre(image: np.ndarray, window: int) -> np.ndarray:
