@@ -13,7 +13,13 @@ Measured, per modality, on items made by the pipeline's own item functions:
    0.25 cycles/px; also at 0.15 and 0.35) and of the noise probe (pixel-noise
    level; also the spread of the Laplacian) for telling Level-2 from
    Level-1 crops, and the tier accuracy of a threshold learnt on half the
-   items. The same on textured test images (1/f^beta textures).
+   items; and the held-out AUC of the learned probes (issue 21: gradient
+   boosting on a crop's artefact features, and apart on its content
+   features, trained on the crops of half the source images). The same on
+   textured test images: 1/f^beta textures with white noise, and CT-like
+   slices whose noise is correlated (white noise through a ramp or a smooth
+   reconstruction kernel, in HU, before the W400/L40 window), with a
+   scale-free tissue texture or with organs.
 2. Degenerate content: jigsaw and scale items from CT slices whose air is
    stored as 0 HU (a flat grey background the -500 HU mask keeps), with and
    without the content check.
@@ -42,12 +48,14 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))  # the synthetic textures of the validity tests
 
-from validityfixture import power_law_texture  # noqa: E402
+from validityfixture import ct_noise_texture, power_law_texture  # noqa: E402
 
+from medscout_data.evaluation.artefacts import artefact_features, content_features  # noqa: E402
 from medscout_data.evaluation.audit import (  # noqa: E402
     ItemRecord,
     folds,
     high_frequency_share,
+    learned_tier_probe,
     separability,
     solve_anomaly_intensity,
     tier_probe,
@@ -116,6 +124,7 @@ def scale_records(pairs: list, recipe: Recipe, count: int, cell: str) -> tuple[l
     records, extras = [], []
     for number in range(count):
         image, mask = pairs[number % len(pairs)]
+        group = str(number % len(pairs))
         variant = ("tier", "box")[number % 2]
         modality = cell if cell in MODALITIES else "ct"
         try:
@@ -128,11 +137,15 @@ def scale_records(pairs: list, recipe: Recipe, count: int, cell: str) -> tuple[l
             (high_frequency_share(c, 0.15), high_frequency_share(c, 0.35), _laplacian_spread(c))
             for c in content.images[1:]
         ]
-        records.append(
-            ItemRecord(
-                f"{number:06d}", cell, variant, truth, 0.5, levels=content.target["levels"], features=features
-            )
+        record = ItemRecord(
+            f"{number:06d}", cell, variant, truth, 0.5, levels=content.target["levels"], features=features
         )
+        record.group = group
+        record.learned = {
+            "artefacts": [artefact_features(c) for c in content.images[1:]],
+            "content": [content_features(c) for c in content.images[1:]],
+        }
+        records.append(record)
         extras.extend(extra)
     return records, extras
 
@@ -146,11 +159,17 @@ def tier_figures(records: list[ItemRecord], extra: list) -> str:
     levels = [level for r in records for level in r.levels]
     sharp, noise = tier_probe(records, fold, 0), tier_probe(records, fold, 1)
     variants = [separability([e[i] for e in extra], levels) for i in range(3)]
+    learned = {name: learned_tier_probe(records, name).auc for name in ("artefacts", "content")}
     return (
         f"sharpness AUC {sharp.auc:.2f} (tier acc {sharp.accuracy:.2f}) | noise AUC {noise.auc:.2f} "
         f"(tier acc {noise.accuracy:.2f}) | hf>0.15 {variants[0]:.2f} hf>0.35 {variants[1]:.2f} "
-        f"laplacian-std {variants[2]:.2f} | {len(records)} items"
+        f"laplacian-std {variants[2]:.2f} | learned: artefacts {_auc(learned['artefacts'])} "
+        f"content {_auc(learned['content'])} | {len(records)} items"
     )
+
+
+def _auc(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.2f}"
 
 
 def tier_shortcuts(images: dict[str, list], count: int) -> None:
@@ -160,6 +179,11 @@ def tier_shortcuts(images: dict[str, list], count: int) -> None:
         "texture 1/f^2": [(power_law_texture(512, s, 2.0, 0.0), None) for s in range(24)],
         "texture 1/f^1 + noise": [(power_law_texture(512, s, 1.0, 6.0), None) for s in range(24)],
         "texture 1/f^3 + noise": [(power_law_texture(512, s, 3.0, 6.0), None) for s in range(24)],
+        "CT-like, ramp kernel": [(ct_noise_texture(512, s, "ramp"), None) for s in range(24)],
+        "CT-like, smooth kernel": [(ct_noise_texture(512, s, "smooth"), None) for s in range(24)],
+        "organs, ramp kernel": [(ct_noise_texture(512, s, "ramp", organs=True), None) for s in range(24)],
+        "organs, smooth kernel": [(ct_noise_texture(512, s, "smooth", organs=True), None) for s in range(24)],
+        "organs, no noise": [(ct_noise_texture(512, s, "ramp", 0.0, organs=True), None) for s in range(24)],
     }
     sets = {m: [(p, k) for _, p, k in images[m]] for m in MODALITIES}
     sets.update({name: [(t, np.ones(t.shape, bool)) for t, _ in pairs] for name, pairs in textures.items()})
@@ -341,9 +365,10 @@ def build_items_per_second(work: Path, settings: dict, items_per_cell: int) -> f
     return report.info["items"] / seconds
 
 
-SPEED_SETTINGS = {  # before issue 17, the content check alone, and what the recipes ship
+SPEED_SETTINGS = {  # before issue 17, the content check alone, the chain without grain, what ships
     "before": {"resampling": "direct", "min_structure": 0.0},
     "check": {"resampling": "direct"},
+    "no grain": {"resampling": "matched", "match_noise": False},
     "shipped": {"resampling": "matched"},
 }
 
@@ -368,9 +393,11 @@ def speed(images: dict[str, list], work: Path, items_per_cell: int, rounds: int 
         best = {k: max(v) for k, v in figures.items()}
         chain = best["check"] / best["shipped"] - 1
         whole = best["before"] / best["shipped"] - 1
+        grain = 1000 / best["shipped"] - 1000 / best["no grain"]
         print(
             f"  {name:40s} before {best['before']:6.1f}/s, content check {best['check']:6.1f}/s, "
-            f"shipped {best['shipped']:6.1f}/s: the chain {100 * chain:+.1f}% time per item, "
+            f"matched without grain {best['no grain']:6.1f}/s, shipped {best['shipped']:6.1f}/s: "
+            f"the chain {100 * chain:+.1f}% time per item, the grain {grain:+.2f} ms CPU per item, "
             f"the whole change {100 * whole:+.1f}% (load {os.getloadavg()[0]:.2f})"
         )
 

@@ -37,7 +37,7 @@ from medscout_data.tasks.geometry import (
     tiles,
 )
 from medscout_data.tasks.items import anomaly_difference, anomaly_item, jigsaw_item, scale_item
-from medscout_data.tasks.resampling import Resampling, resample_crop
+from medscout_data.tasks.resampling import Resampling, matched_chain, resample_crop
 
 RECIPE = load_recipe("sample")
 PAPER = load_recipe("med-scout-bench")
@@ -119,13 +119,13 @@ def test_without_the_check_the_same_head_makes_flat_crops() -> None:
     """The check is what keeps the crops above: with the threshold at 0 flat squares come out."""
     recipe = _with_scale(PAPER, crop_size=112, min_structure=0.0, min_match_iou=0.0)
     flat_crops = 0
-    for seed in range(20):
+    for seed in range(40):
         image, mask = flat_background_head(256, seed)
         content = scale_item(image, mask, np.random.default_rng(seed), recipe, "ct", "box")
         flat_crops += sum(
             structure(image[y0:y1, x0:x1]) < 3 for x0, y0, x1, y1 in content.provenance["crops_px"]
         )
-    assert flat_crops >= 5
+    assert flat_crops >= 8
 
 
 def test_anomaly_rejects_a_featureless_neighbourhood_and_names_it() -> None:
@@ -184,12 +184,17 @@ def test_every_crop_of_an_item_goes_through_the_smallest_levels_native_grid(heig
 
 
 def _crop_pair(
-    image: np.ndarray, mode: str, noise: float = 0.0, out: int = 224
+    image: np.ndarray, mode: str, grain: bool = False, out: int = 224, seed: int = 0
 ) -> tuple[np.ndarray, np.ndarray]:
     """(Level-1 crop, Level-2 crop) of one image, both at the centre, through one chain."""
     height, width = image.shape
-    chain = Resampling(mode, crop_shape(height, width, 0.0625), (out, out), 1.2, noise)
-    rng = np.random.default_rng(0)
+    effective = crop_shape(height, width, 0.0625)
+    if grain:
+        shapes = [crop_shape(height, width, area) for area in (0.20, 0.0625)]
+        chain = matched_chain(image, effective, (out, out), 1.2, shapes)
+    else:
+        chain = Resampling(mode, effective, (out, out), 1.2)
+    rng = np.random.default_rng(seed)
     out = []
     for area in (0.20, 0.0625):
         h, w = crop_shape(height, width, area)
@@ -209,7 +214,7 @@ def test_both_levels_reach_the_same_effective_resolution(seed) -> None:
     for k in range(6):
         white = np.random.default_rng([seed, k]).normal(128, 20, (448, 448)).clip(0, 255).astype(np.uint8)
         for mode in shares:
-            level1, level2 = _crop_pair(white, mode, noise=20.0 if mode == "matched" else 0.0)
+            level1, level2 = _crop_pair(white, mode, grain=mode == "matched")
             shares[mode].append(
                 [[high_frequency_share(c, cutoff) for cutoff in (0.05, 0.1, 0.15)] for c in (level1, level2)]
             )
@@ -224,17 +229,16 @@ def test_grain_gives_every_level_the_same_noise(seed) -> None:
     """On a flat image every pixel is noise: after the chain both levels show the same noise
     (standard deviation), without the grain the larger crop is visibly smoother."""
     flat = _flat(448, 448, seed, level=120, noise=10.0)
-    noise = noise_level(flat)
-    level1, level2 = _crop_pair(flat, "matched", noise)
+    level1, level2 = _crop_pair(flat, "matched", grain=True)
     assert level1.std() == pytest.approx(level2.std(), rel=0.15)
-    level1, level2 = _crop_pair(flat, "matched", 0.0)
+    level1, level2 = _crop_pair(flat, "matched")
     assert level1.std() < 0.7 * level2.std()
 
 
 def test_grain_stays_off_clipped_pixels() -> None:
     image = _flat(448, 448, 1, level=120, noise=10.0)
     image[:, :224] = 0  # air, clipped by the window
-    level1, _ = _crop_pair(image, "matched", noise_level(image))
+    level1, _ = _crop_pair(image, "matched", grain=True)
     assert level1[:, :30].max() == 0
 
 

@@ -50,3 +50,47 @@ def flat_background_head(size: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     image[head] = inside[head]
     image += rng.normal(0, 6.0, image.shape).astype(np.float32)
     return np.clip(np.rint(image), 0, 255).astype(np.uint8), np.ones((size, size), bool)
+
+
+def ct_noise_texture(
+    size: int, seed: int, kernel: str = "ramp", noise_hu: float = 12.0, organs: bool = False
+) -> np.ndarray:
+    """A CT-like slice in Hounsfield units, windowed (W400/L40) to 8 bits as ingest renders it: a
+    scale-free tissue texture (1/f^2, 70 HU around 40 HU), or with `organs` regions of uniform
+    attenuation (fat -100, muscle 50, liver 65, bone 500 HU) with smooth borders and a faint
+    parenchymal texture (1/f^2, 8 HU); plus correlated noise. The scale-free texture looks alike
+    at every scale, so only artefacts can tell a Level-2 crop; organs do not (a Level-2 crop is
+    more often inside one organ), so there content tells the level too.
+
+    The noise is white noise filtered by a reconstruction kernel before the window: `ramp`
+    (filtered back-projection, ramp x Hann: a noise power spectrum peaking at mid frequencies,
+    no power at 0) or `smooth` (a soft kernel: power falling off from low frequencies, grains
+    of 2-3 pixels). The pixel noise is then not white, unlike the grain of `power_law_texture`.
+    """
+    rng = np.random.default_rng(seed)
+    fy = np.fft.fftfreq(size)[:, None]
+    fx = np.fft.fftfreq(size)[None, :]
+    radius = np.hypot(fy, fx)
+    safe = np.where(radius > 0, radius, 1.0)
+
+    def field(beta: float) -> np.ndarray:
+        spectrum = (rng.normal(size=(size, size)) + 1j * rng.normal(size=(size, size))) / safe ** (beta / 2)
+        values = np.real(np.fft.ifft2(spectrum))
+        return (values - values.mean()) / values.std()
+
+    if organs:
+        regions = cv2.GaussianBlur(field(4.0), (0, 0), 1.0)
+        hu = np.select([regions < -1.0, regions < 0.3, regions < 1.6], [-100.0, 50.0, 65.0], 500.0)
+        hu = cv2.GaussianBlur(hu, (0, 0), 1.2) + 8 * field(2.0)
+    else:
+        hu = 70 * field(2.0) + 40
+    if kernel == "ramp":
+        shape = radius * np.where(radius < 0.5, 0.5 + 0.5 * np.cos(np.pi * radius / 0.5), 0.0)
+    elif kernel == "smooth":
+        shape = np.exp(-((radius / 0.12) ** 2))
+    else:
+        raise ValueError(f"unknown kernel {kernel!r}")
+    noise = np.real(np.fft.ifft2(np.fft.fft2(rng.normal(size=(size, size))) * np.sqrt(shape)))
+    hu += noise / noise.std() * noise_hu
+    grey = (hu - (40 - 200)) / 400 * 255
+    return np.clip(np.rint(grey), 0, 255).astype(np.uint8)

@@ -11,6 +11,11 @@ official accuracy) the answers of:
 - scale: `sharpness` (share of high-frequency power of each crop) and
   `noise` (its pixel-noise level), each turned into a tier label by a
   threshold; tier items only, with the crops' AUC (0.5: no information);
+  and two learned probes (`evaluation/artefacts.py`, scikit-learn): a
+  gradient-boosting classifier on a crop's `artefacts` (noise level and
+  spectrum, Laplacian statistics, PNG size) and on its `content` (what the
+  crop shows), trained on the crops of half of the source images and tested
+  on the other half;
 - jigsaw: `seams` (seam continuity with the background-frame prior, the
   classical solver) and `centroid` (the body's bright mass nearest the
   centre, no seams at all);
@@ -45,6 +50,12 @@ from tqdm import tqdm
 
 from medscout_data import MODALITIES, TASKS
 from medscout_data.errors import StageError
+from medscout_data.evaluation.artefacts import (
+    ProbeUnavailable,
+    artefact_features,
+    content_features,
+    learned_probe,
+)
 from medscout_data.evaluation.baselines import (
     META_COLUMNS,
     AnswerShape,
@@ -74,7 +85,7 @@ HIGH_FREQUENCY = 0.25  # cycles per pixel: the upper half of the band counts as 
 BOX_CHANCE_DRAWS = 64
 INTENSITY_BAND = 2  # pixels on each side of a cell border whose mean brightness is compared
 PROBES = {
-    "scale": ("prior", "sharpness", "noise", "classical"),
+    "scale": ("prior", "sharpness", "noise", "artefacts", "content", "classical"),
     "jigsaw": ("prior", "seams", "centroid", "classical"),
     "anomaly": ("prior", "seams", "intensity", "classical"),
 }
@@ -82,6 +93,8 @@ PROBE_TITLES = {
     "prior": "text-only prior (best constant answer)",
     "sharpness": "tier from crop sharpness (high-frequency power)",
     "noise": "tier from crop noise level",
+    "artefacts": "tier from a classifier on crop artefact features (learned, held-out images)",
+    "content": "tier from a classifier on crop content features (learned, held-out images)",
     "seams": "seam continuity / seam strength",
     "centroid": "body centroid",
     "intensity": "intensity step at the cell border",
@@ -185,6 +198,8 @@ class ItemRecord:
     answers: dict[str, str] = field(default_factory=dict)
     levels: list[int] = field(default_factory=list)  # scale: the crops' true levels
     features: list[tuple[float, float]] = field(default_factory=list)  # scale: (sharpness, noise)
+    group: str = ""  # scale: the source image (the learned probes' split unit)
+    learned: dict[str, list[np.ndarray]] = field(default_factory=dict)  # scale: artefacts / content
 
 
 def record_item(row: dict[str, Any], classical: Any = None) -> ItemRecord:
@@ -211,6 +226,11 @@ def record_item(row: dict[str, Any], classical: Any = None) -> ItemRecord:
     if row["task"] == "scale":
         record.levels = [int(v) for v in json.loads(row["target"])["levels"]]
         record.features = crop_features(images)
+        record.group = str(row.get("source_id") or row["id"])
+        record.learned = {
+            "artefacts": [artefact_features(crop) for crop in images[1:]],
+            "content": [content_features(crop) for crop in images[1:]],
+        }
         if len(record.features) != len(record.levels):
             raise UnsupportedItem(f"{len(record.features)} crops but {len(record.levels)} levels")
     return record
@@ -308,6 +328,13 @@ def audit_cell(cell: str, records: Sequence[ItemRecord]) -> CellAudit:
     if task == "scale":
         for index, name in enumerate(("sharpness", "noise")):
             probes[name] = tier_probe(records, fold, index)
+        for name in ("artefacts", "content"):
+            if not all(name in r.learned for r in records):
+                continue
+            try:
+                probes[name] = learned_tier_probe(records, name)
+            except ProbeUnavailable as exc:
+                log.warning("%s: probe %s left out: %s", cell, name, exc)
     for name in PROBES[task]:
         if name in probes or name == "prior":
             continue
@@ -352,6 +379,24 @@ def tier_probe(records: Sequence[ItemRecord], fold: Sequence[int], feature: int)
                 scores.append(accuracy_reward(answer, record.truth))
                 chances.append(record.chance)
     return ProbeScore(_mean(scores), _mean(chances), len(scores), separability(values, levels))
+
+
+def learned_tier_probe(records: Sequence[ItemRecord], name: str) -> ProbeScore:
+    """Tier items labelled by a classifier on the crops' `name` features, trained on the crops
+    of the other half of the source images; the AUC is over held-out crops (None when a half
+    lacks a level: the cell is too small to learn from)."""
+    features = np.array([f for r in records for f in r.learned[name]])
+    levels = [level for r in records for level in r.levels]
+    groups = [r.group for r in records for _ in r.levels]
+    auc, probability = learned_probe(features, levels, groups)
+    scores, chances, start = [], [], 0
+    for record in records:
+        held = probability[start : start + len(record.levels)]
+        start += len(record.levels)
+        if record.truth.kind == "tier" and auc is not None:
+            scores.append(accuracy_reward(tier_text([2 if p > 0.5 else 1 for p in held]), record.truth))
+            chances.append(record.chance)
+    return ProbeScore(_mean(scores), _mean(chances), len(scores), auc)
 
 
 def _mean(values: Sequence[float]) -> float:

@@ -259,9 +259,11 @@ def _resampling_text(scale: ScaleConfig) -> str:
             "the anatomy (see the audit below)."
         )
     grain = (
-        " The larger crops then receive grain with the spectrum of the smallest crop's noise, predicted "
-        "from the image's own noise level (only where the window did not clip the pixel), so a magnified "
-        "noise grain does not tell the level either; the anatomy is not touched."
+        " Every crop of an item then ends with one noise power spectrum: the image's own noise spectrum "
+        "(correlated, as CT noise is, not assumed white) is measured as each level's chain shows it, and "
+        "each crop receives zero-mean grain with the part of the common spectrum it lacks (only where the "
+        "window did not clip the pixel), so the noise's level and texture do not tell the level either; "
+        "the anatomy is not touched."
         if scale.match_noise
         else ""
     )
@@ -320,6 +322,12 @@ items; AUC over all crops); `seams` is seam continuity (jigsaw) or seam strength
 consistent brightness step at its border; `classical` is the classical baseline. Thresholds and
 the prior are learnt on one half of each cell and scored on the other. A probe far above chance
 marks a cue that answers without the geometry; `classical` is the no-learning ceiling.
+`artefacts` and `content` are learned probes (gradient boosting, trained on the crops of half of
+the source images, AUC on the other half): `artefacts` reads only what resampling leaves (noise
+level and spectrum, Laplacian statistics, PNG size) and should sit near 0.5; `content` reads what
+a crop shows (grey levels, block structure, coarse gradients), and is expected to be well above
+0.5: a Level-2 crop shows the anatomy about 1.8x larger, and seeing that is the task itself, not
+a shortcut.
 
 {table}"""
 

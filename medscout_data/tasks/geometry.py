@@ -25,13 +25,12 @@ import numpy as np
 
 from medscout_data.imaging import fit_longest_side
 from medscout_data.recipe import ScaleConfig
-from medscout_data.tasks.content import TaskRejected, noise_level, structure
-from medscout_data.tasks.resampling import Resampling, resample_crop
+from medscout_data.tasks.content import TaskRejected, structure
+from medscout_data.tasks.resampling import Resampling, matched_chain, resample_crop
 
 __all__ = ["TaskRejected"]  # re-exported: build and the tests import it from here
 
 Box = tuple[int, int, int, int]
-NOISE_WINDOW = 48  # the image's noise level is read in its central window of this size
 
 
 # ---------------------------------------------------------------- scale
@@ -115,17 +114,10 @@ def scale_chain(image: np.ndarray, config: ScaleConfig) -> Resampling:
             f"({effective[1]}x{effective[0]} px) would be enlarged {enlargement:.2f}x to "
             f"{config.crop_size} px (scale.max_enlargement {config.max_enlargement:g})"
         )
-    matched = config.resampling == "matched"
-    noise = central_noise(image) if matched and config.match_noise else 0.0
-    return Resampling(config.resampling, effective, out, config.resample_blur, noise)
-
-
-def central_noise(image: np.ndarray, window: int = NOISE_WINDOW) -> float:
-    """The image's pixel noise (grey levels), read in its central window (mostly anatomy)."""
-    height, width = image.shape
-    h, w = min(window, height), min(window, width)
-    y0, x0 = (height - h) // 2, (width - w) // 2
-    return noise_level(image[y0 : y0 + h, x0 : x0 + w])
+    if config.resampling != "matched":
+        return Resampling(config.resampling, effective, out, config.resample_blur)
+    shapes = [crop_shape(height, width, area) for area in config.level_areas]
+    return matched_chain(image, effective, out, config.resample_blur, shapes, config.match_noise)
 
 
 def _anatomical_box(

@@ -1,0 +1,181 @@
+"""Learned tier probes: can a classifier tell a Level-2 crop from a Level-1 crop by its statistics?
+
+A single feature with a threshold (audit's `sharpness`, `noise`) misses cues
+that only show in combination. These probes train a gradient-boosting
+classifier on a crop's own statistics and report its AUC on held-out crops:
+
+- `artefacts`: what the resampling leaves, nothing about the anatomy: the
+  pixel-noise level, the noise power spectrum in four radial bands (read in
+  the crop's flattest patches, each less its best-fit plane), statistics of the Laplacian over the flatter
+  half of the pixels, and the compressed PNG size per pixel.
+- `content`: what the crop shows: its grey-level histogram, the spread of its
+  block means, its coarse gradients and its low-frequency power. A Level-2
+  crop shows the anatomy 1.8x larger, so this probe is expected to tell the
+  levels apart: that is the task, not a shortcut.
+
+The classifier is trained on the crops of half of the source images and tested
+on the other half, and the other way round (the mean of the two AUCs), so it
+never sees a test image's pixels. scikit-learn is an optional extra
+(`pip install 'medscout-data[audit]'`).
+"""
+
+from __future__ import annotations
+
+import functools
+import itertools
+from collections.abc import Sequence
+
+import cv2
+import numpy as np
+
+from medscout_data.tasks.content import block_means, noise_level
+
+PATCH = 16  # pixels: the patches the noise spectrum is read in
+FLAT_SHARE = 0.25  # ... the flattest quarter of them: a Level-1 crop shows more edges per patch
+BANDS = (0.0, 0.125, 0.25, 0.375, 0.5001)  # cycles per pixel: the noise spectrum's radial bands
+ARTEFACT_FEATURES = (
+    "noise",
+    "nps_band1",
+    "nps_band2",
+    "nps_band3",
+    "nps_band4",
+    "nps_log_total",
+    "laplacian_std",
+    "laplacian_mad",
+    "laplacian_kurtosis",
+    "png_bits_per_pixel",
+)
+CONTENT_FEATURES = (
+    "mean",
+    "std",
+    "p10",
+    "p50",
+    "p90",
+    "saturated",
+    "block_spread",
+    "coarse_gradient",
+    "low_frequency_share",
+)
+INSTALL_HINT = "the learned probes need scikit-learn: pip install 'medscout-data[audit]'"
+
+
+class ProbeUnavailable(RuntimeError):
+    """scikit-learn is not installed."""
+
+
+def artefact_features(crop: np.ndarray) -> np.ndarray:
+    """The crop's artefact statistics, in ARTEFACT_FEATURES order."""
+    values = crop.astype(np.float32)
+    nps = _noise_spectrum(values)
+    total = float(nps.sum())
+    shares = nps / total if total > 0 else nps
+    laplacian = cv2.Laplacian(values, cv2.CV_32F)[1:-1, 1:-1]
+    flat = _flatter_half(values)
+    lap = laplacian[flat] if flat.any() else laplacian.ravel()
+    centred = lap - lap.mean()
+    spread = float(centred.std())
+    kurtosis = float((centred**4).mean() / spread**4) if spread > 0 else 0.0
+    png = len(cv2.imencode(".png", crop)[1]) * 8 / crop.size
+    return np.array(
+        [noise_level(crop), *shares, np.log1p(total), spread, float(np.abs(centred).mean()), kurtosis, png],
+        np.float64,
+    )
+
+
+def content_features(crop: np.ndarray) -> np.ndarray:
+    """What the crop shows, in CONTENT_FEATURES order."""
+    values = crop.astype(np.float32)
+    p10, p50, p90 = np.percentile(values, (10, 50, 90))
+    saturated = float(((crop == 0) | (crop == 255)).mean())
+    small = cv2.resize(values, (values.shape[1] // 4, values.shape[0] // 4), interpolation=cv2.INTER_AREA)
+    gradient = float(np.hypot(*np.gradient(small)).mean())
+    power = np.abs(np.fft.rfft2(values - values.mean())) ** 2
+    radius = np.hypot(np.fft.fftfreq(values.shape[0])[:, None], np.fft.rfftfreq(values.shape[1])[None, :])
+    low = float(power[(radius > 0) & (radius < 0.05)].sum() / max(power.sum(), 1e-9))
+    spread = float(block_means(crop).std())
+    return np.array(
+        [values.mean(), values.std(), p10, p50, p90, saturated, spread, gradient, low], np.float64
+    )
+
+
+def _flatter_half(values: np.ndarray) -> np.ndarray:
+    """Inner pixels that are unsaturated and in the weaker-gradient half: where noise, not
+    anatomy, makes the Laplacian."""
+    gradient = np.abs(cv2.Sobel(values, cv2.CV_32F, 1, 0)) + np.abs(cv2.Sobel(values, cv2.CV_32F, 0, 1))
+    gradient, inner = gradient[1:-1, 1:-1], values[1:-1, 1:-1]
+    usable = (inner > 0.5) & (inner < 254.5)
+    if usable.sum() < 16:
+        return usable
+    cut = np.median(gradient[usable])
+    return usable & (gradient <= cut)
+
+
+def _noise_spectrum(values: np.ndarray) -> np.ndarray:
+    """Mean power per radial band of mean-free PATCH x PATCH patches, over the half of the
+    unsaturated patches whose block means vary least (flat tissue: the noise, not edges)."""
+    height, width = (s - s % PATCH for s in values.shape)
+    if height == 0 or width == 0:
+        return np.zeros(len(BANDS) - 1)
+    patches = (
+        values[:height, :width].reshape(height // PATCH, PATCH, width // PATCH, PATCH).swapaxes(1, 2)
+    ).reshape(-1, PATCH, PATCH)
+    unsaturated = ((patches > 0.5) & (patches < 254.5)).all(axis=(1, 2))
+    if unsaturated.sum() >= 4:
+        patches = patches[unsaturated]
+    coarse = patches.reshape(-1, 4, PATCH // 4, 4, PATCH // 4).mean(axis=(2, 4)).std(axis=(1, 2))
+    patches = patches[coarse <= np.quantile(coarse, FLAT_SHARE)]
+    flat = patches.reshape(len(patches), -1).astype(np.float64)
+    basis = _plane_basis()
+    residual = flat - (flat @ basis) @ basis.T  # the best-fit plane: anatomy's shading, not noise
+    power = (np.abs(np.fft.rfft2(residual.reshape(-1, PATCH, PATCH))) ** 2).mean(axis=0) / PATCH**2
+    radius = np.hypot(np.fft.fftfreq(PATCH)[:, None], np.fft.rfftfreq(PATCH)[None, :])
+    return np.array([power[(radius > lo) & (radius <= hi)].mean() for lo, hi in itertools.pairwise(BANDS)])
+
+
+@functools.lru_cache(maxsize=1)
+def _plane_basis() -> np.ndarray:
+    """Orthonormal basis (PATCH^2 x 3) of the constant and the two ramps over a patch."""
+    yy, xx = np.mgrid[0:PATCH, 0:PATCH].astype(np.float64)
+    basis, _ = np.linalg.qr(np.stack([np.ones(PATCH * PATCH), yy.ravel(), xx.ravel()], axis=1))
+    return basis
+
+
+def halves(groups: Sequence[str]) -> np.ndarray:
+    """0 / 1 per crop: alternate source images in sorted order, so no image is on both sides."""
+    order = {group: rank % 2 for rank, group in enumerate(sorted(set(groups)))}
+    return np.array([order[g] for g in groups])
+
+
+def learned_probe(
+    features: np.ndarray, levels: Sequence[int], groups: Sequence[str]
+) -> tuple[float | None, np.ndarray]:
+    """(mean held-out AUC of the two halves, each crop's held-out level-2 probability).
+
+    AUC 0.5: the features say nothing about the level; None when a half lacks a level.
+    """
+    try:
+        from sklearn.ensemble import HistGradientBoostingClassifier
+        from sklearn.metrics import roc_auc_score
+    except ImportError as exc:
+        raise ProbeUnavailable(INSTALL_HINT) from exc
+    x = np.asarray(features, np.float64)
+    y = np.asarray(levels) == 2
+    side = halves(groups)
+    probability = np.full(len(y), 0.5)
+    aucs = []
+    for test in (0, 1):
+        train, held = side != test, side == test
+        if len(set(y[train])) < 2 or len(set(y[held])) < 2:
+            return None, probability
+        model = HistGradientBoostingClassifier(
+            max_iter=150,
+            learning_rate=0.05,
+            max_leaf_nodes=15,
+            min_samples_leaf=5,
+            early_stopping=False,
+            random_state=0,
+        )
+        model.fit(x[train], y[train])
+        probability[held] = model.predict_proba(x[held])[:, 1]
+        aucs.append(roc_auc_score(y[held], probability[held]))
+    return float(np.mean(aucs)), probability
