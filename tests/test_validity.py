@@ -60,7 +60,10 @@ def _with_scale(recipe, **changes):
 @given(height=st.integers(16, 300), width=st.integers(16, 300), seed=seeds, noise=st.floats(0, 8))
 def test_a_flat_noisy_square_has_no_structure_and_anatomy_has(height, width, seed, noise) -> None:
     assert structure(_flat(height, width, seed, noise=noise)) < 3.0
-    assert structure(structured_image(height, width, seed)) > 5.0
+    # anatomy from 32 px on, the smallest patch a shipped recipe checks (the sample's 4x4 anomaly
+    # cells of 128 px images); a 16 px patch of the phantom can hold a single organ (structure ~4)
+    if min(height, width) >= 32:
+        assert structure(structured_image(height, width, seed)) > 5.0
 
 
 def test_noise_level_reads_the_pixel_noise_not_the_anatomy() -> None:
