@@ -26,6 +26,27 @@ QWEN_SPECIAL = {
 }
 
 
+# Qwen's ChatML form, written here (TRL and verl render prompts with the processor's template; ms-swift
+# uses its own qwen2_5_vl template): system / user / assistant turns; an image is
+# <|vision_start|><|image_pad|><|vision_end|>, which the processor expands to the image's tokens.
+CHAT_TEMPLATE = (
+    "{%- for message in messages -%}"
+    "{%- if loop.first and message['role'] != 'system' -%}"
+    "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n"
+    "{%- endif -%}"
+    "<|im_start|>{{ message['role'] }}\n"
+    "{%- if message['content'] is string -%}{{ message['content'] }}"
+    "{%- else -%}{%- for part in message['content'] -%}"
+    "{%- if part['type'] == 'image' or 'image' in part or 'image_url' in part -%}"
+    "<|vision_start|><|image_pad|><|vision_end|>"
+    "{%- elif 'text' in part -%}{{ part['text'] }}{%- endif -%}"
+    "{%- endfor -%}{%- endif -%}"
+    "<|im_end|>\n"
+    "{%- endfor -%}"
+    "{%- if add_generation_prompt -%}<|im_start|>assistant\n{%- endif -%}"
+)
+
+
 def tokenizer(texts):
     """A byte-level BPE trained on `texts`, with Qwen's special tokens at Qwen's ids."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
@@ -67,6 +88,7 @@ def main():
     out = request["out"]
     tok, size, readable = tokenizer(request["texts"])
     fast = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|im_end|>", pad_token="<|endoftext|>")
+    fast.chat_template = CHAT_TEMPLATE
     torch.manual_seed(request.get("seed", 0))
     ids = QWEN_SPECIAL
     special = {
@@ -117,6 +139,7 @@ def main():
         image_processor=Qwen2VLImageProcessor(min_pixels=56 * 56, max_pixels=112 * 112),
         tokenizer=fast,
         video_processor=Qwen2VLVideoProcessor(),
+        chat_template=CHAT_TEMPLATE,
     )
     processor.save_pretrained(out)
     print(json.dumps({"model": out, "files": sorted(p.name for p in Path(out).iterdir())}))
