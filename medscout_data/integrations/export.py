@@ -309,14 +309,19 @@ class ExportOptions:
     force: bool = False  # delete files in the way that medscout-data did not write (owned.py)
 
     def __post_init__(self) -> None:
-        for name, value, allowed in (
+        check_choices(
             ("split", self.split, EXPORT_SPLITS),
             ("format", self.format, JSONL_FORMATS),
             ("mode", self.mode, MODES),
             ("profile", self.profile, PROFILES),
-        ):
-            if value not in allowed:
-                raise ValueError(f"unknown {name} {value!r}; use one of {', '.join(allowed)}")
+        )
+
+
+def check_choices(*choices: tuple[str, str, Sequence[str]]) -> None:
+    """`ValueError` naming the first (name, value, allowed) whose value is not allowed."""
+    for name, value, allowed in choices:
+        if value not in allowed:
+            raise ValueError(f"unknown {name} {value!r}; use one of {', '.join(allowed)}")
 
 
 @dataclass

@@ -43,6 +43,7 @@ from medscout_data.integrations.export import (
     MIMIC_NOTE,
     MODES,
     TRAINER_FORMATS,
+    check_choices,
     count_rows,
     png_bytes,
     solution_text,
@@ -202,14 +203,12 @@ class TrainerExportOptions:
     force: bool = False  # delete files in the way that medscout-data did not write (owned.py)
 
     def __post_init__(self) -> None:
-        for name, value, allowed in (
+        check_choices(
             ("format", self.format, TRAINER_FORMATS),
             ("split", self.split, EXPORT_SPLITS),
             ("mode", self.mode, MODES),
             ("profile", self.profile, PROFILES),
-        ):
-            if value not in allowed:
-                raise ValueError(f"unknown {name} {value!r}; use one of {', '.join(allowed)}")
+        )
 
 
 @dataclass
