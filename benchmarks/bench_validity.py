@@ -79,6 +79,7 @@ from medscout_data.tasks.items import (  # noqa: E402
 
 MODALITIES = ("ct", "mri", "xray")
 SUBJECTS = 6  # CT and MRI sample subjects (x 40 slices)
+ITEMS = 120  # scale items per modality and chain
 CHAINS = {
     "direct": {"resampling": "direct"},
     "matched, no grain": {"resampling": "matched", "match_noise": False},
@@ -212,6 +213,8 @@ def tier_shortcuts(images: dict[str, list], count: int, figures: Figures) -> Non
         "recipe; AUC of telling Level-2 from Level-1 crops (0.5 = nothing); single features are "
         "max(AUC, 1 - AUC), learned probes the mean held-out AUC over the two halves of the source images."
     )
+    if count < ITEMS:
+        figures.note(f"Items per row reduced from the default {ITEMS} to {count} to keep the run short.")
 
 
 # ---------------------------------------------------------------- 2. degenerate content
@@ -422,7 +425,7 @@ def speed(images: dict[str, list], work: Path, items_per_cell: int, rounds: int 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--xray-subjects", type=int, default=40)
-    parser.add_argument("--items", type=int, default=120, help="items per modality and chain")
+    parser.add_argument("--items", type=int, default=ITEMS, help="items per modality and chain")
     parser.add_argument("--build-items", type=int, default=200, help="items per cell of the timed builds")
     parser.add_argument("--work", type=Path, default=None, help="reuse this folder (sample + ingest)")
     parser.add_argument("--only", choices=["tier", "content", "anomaly", "speed"], action="append")
