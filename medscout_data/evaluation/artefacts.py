@@ -4,10 +4,12 @@ A single feature with a threshold (audit's `sharpness`, `noise`) misses cues
 that only show in combination. These probes train a gradient-boosting
 classifier on a crop's own statistics and report its AUC on held-out crops:
 
-- `artefacts`: what the resampling leaves, nothing about the anatomy: the
-  pixel-noise level, the noise power spectrum in four radial bands (read in
-  the crop's flattest patches, each less its best-fit plane), statistics of the Laplacian over the flatter
-  half of the pixels, and the compressed PNG size per pixel.
+- `artefacts`: what the resampling leaves, nothing about the anatomy, read on
+  flat tissue only (`flat_pixels`: away from the borders found at a coarse
+  scale, so a Level-1 crop's extra organ borders are not read as noise): the
+  pixel-noise level, the noise power spectrum in four radial bands (in the
+  flat patches, each less its best-fit plane), statistics of the Laplacian,
+  and the compressed PNG size per pixel of the flat patches' noise residual.
 - `content`: what the crop shows: its grey-level histogram, the spread of its
   block means, its coarse gradients and its low-frequency power. A Level-2
   crop shows the anatomy 1.8x larger, so this probe is expected to tell the
