@@ -1,6 +1,7 @@
 """Benchmark: bench validity (issue 17) at the paper's sizes, and what the checks cost.
 
     python benchmarks/bench_validity.py [--xray-subjects 40] [--items 120] [--build-items 200] [--work DIR]
+                                        [--only tier] [--table docs/generated/validity.md]
 
 Setup (not timed): the sample sources at 512 px (CT, MRI, MIMIC-CXR-JPG),
 ingested with the paper's settings (images at most 512 px, crops 224 px).
@@ -44,6 +45,7 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+from common import Figures, add_output_args, cores
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))  # the synthetic textures of the validity tests
@@ -77,6 +79,7 @@ from medscout_data.tasks.items import (  # noqa: E402
 
 MODALITIES = ("ct", "mri", "xray")
 SUBJECTS = 6  # CT and MRI sample subjects (x 40 slices)
+ITEMS = 120  # scale items per modality and chain
 CHAINS = {
     "direct": {"resampling": "direct"},
     "matched, no grain": {"resampling": "matched", "match_noise": False},
@@ -154,12 +157,22 @@ def _laplacian_spread(image: np.ndarray) -> float:
     return float(cv2.Laplacian(image.astype(np.float32), cv2.CV_32F).std())
 
 
-def tier_figures(records: list[ItemRecord], extra: list) -> str:
+def tier_figures(records: list[ItemRecord], extra: list, cells: list | None = None) -> str:
+    """One printed line of a row's probes; `cells` (when given) gets the table's figures."""
     fold = folds(records)
     levels = [level for r in records for level in r.levels]
     sharp, noise = tier_probe(records, fold, 0), tier_probe(records, fold, 1)
     variants = [separability([e[i] for e in extra], levels) for i in range(3)]
     learned = {name: learned_tier_probe(records, name).auc for name in ("artefacts", "content")}
+    if cells is not None:
+        cells += [
+            f"{sharp.auc:.2f}",
+            f"{noise.auc:.2f}",
+            f"{variants[2]:.2f}",
+            f"**{_auc(learned['artefacts'])}**",
+            _auc(learned["content"]),
+            len(records),
+        ]
     return (
         f"sharpness AUC {sharp.auc:.2f} (tier acc {sharp.accuracy:.2f}) | noise AUC {noise.auc:.2f} "
         f"(tier acc {noise.accuracy:.2f}) | hf>0.15 {variants[0]:.2f} hf>0.35 {variants[1]:.2f} "
@@ -172,7 +185,7 @@ def _auc(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.2f}"
 
 
-def tier_shortcuts(images: dict[str, list], count: int) -> None:
+def tier_shortcuts(images: dict[str, list], count: int, figures: Figures) -> None:
     print("\n1. tier shortcuts: AUC of telling Level-2 from Level-1 crops (0.5 = none), 512 px, crops 224 px")
     textures = {
         "texture 1/f^2 + noise": [(power_law_texture(512, s, 2.0, 6.0), None) for s in range(24)],
@@ -191,10 +204,17 @@ def tier_shortcuts(images: dict[str, list], count: int) -> None:
         recipe = paper_recipe(**settings)
         for name, pairs in sets.items():
             picked = [pairs[i] for i in np.random.default_rng(0).permutation(len(pairs))]
-            print(
-                f"  {chain:18s} {name:22s} {tier_figures(*scale_records(picked, recipe, count, name))}",
-                flush=True,
-            )
+            cells: list = [chain, name]
+            line = tier_figures(*scale_records(picked, recipe, count, name), cells)
+            print(f"  {chain:18s} {name:22s} {line}", flush=True)
+            figures.row(*cells)
+    figures.note(
+        f"{count} scale items per row (tier / box alternating), 512 px images, 224 px crops, the paper "
+        "recipe; AUC of telling Level-2 from Level-1 crops (0.5 = nothing); single features are "
+        "max(AUC, 1 - AUC), learned probes the mean held-out AUC over the two halves of the source images."
+    )
+    if count < ITEMS:
+        figures.note(f"Items per row reduced from the default {ITEMS} to {count} to keep the run short.")
 
 
 # ---------------------------------------------------------------- 2. degenerate content
@@ -405,23 +425,38 @@ def speed(images: dict[str, list], work: Path, items_per_cell: int, rounds: int 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--xray-subjects", type=int, default=40)
-    parser.add_argument("--items", type=int, default=120, help="items per modality and chain")
+    parser.add_argument("--items", type=int, default=ITEMS, help="items per modality and chain")
     parser.add_argument("--build-items", type=int, default=200, help="items per cell of the timed builds")
     parser.add_argument("--work", type=Path, default=None, help="reuse this folder (sample + ingest)")
     parser.add_argument("--only", choices=["tier", "content", "anomaly", "speed"], action="append")
+    add_output_args(parser)
     args = parser.parse_args()
     work = args.work or Path(tempfile.mkdtemp(prefix="bench-validity-"))
-    print(f"bench_validity: {os.cpu_count()} cores, load {os.getloadavg()[0]:.2f}, work {work}")
+    print(f"bench_validity: {cores()} cores (nproc), load {os.getloadavg()[0]:.2f}, work {work}")
+    figures = Figures(
+        [
+            "chain",
+            "images",
+            "sharpness",
+            "noise",
+            "Laplacian spread",
+            "**artefacts (learned)**",
+            "content (learned)",
+            "items",
+        ],
+        "llrrrrrr",
+    )
     images = setup(work, args.xray_subjects)
     print("images: " + ", ".join(f"{m} {len(v)}" for m, v in images.items()))
     steps = {
-        "tier": lambda: tier_shortcuts(images, args.items),
+        "tier": lambda: tier_shortcuts(images, args.items, figures),
         "content": lambda: degenerate_content(images, 40),
         "anomaly": lambda: anomaly_paste(images, args.items),
         "speed": lambda: speed(images, work, args.build_items),
     }
     for name in args.only or steps:
         steps[name]()
+    figures.write(args.table)  # the tier table (the other steps print only)
 
 
 if __name__ == "__main__":

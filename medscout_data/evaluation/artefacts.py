@@ -4,10 +4,12 @@ A single feature with a threshold (audit's `sharpness`, `noise`) misses cues
 that only show in combination. These probes train a gradient-boosting
 classifier on a crop's own statistics and report its AUC on held-out crops:
 
-- `artefacts`: what the resampling leaves, nothing about the anatomy: the
-  pixel-noise level, the noise power spectrum in four radial bands (read in
-  the crop's flattest patches, each less its best-fit plane), statistics of the Laplacian over the flatter
-  half of the pixels, and the compressed PNG size per pixel.
+- `artefacts`: what the resampling leaves, nothing about the anatomy, read on
+  flat tissue only (`flat_pixels`: away from the borders found at a coarse
+  scale, so a Level-1 crop's extra organ borders are not read as noise): the
+  pixel-noise level, the noise power spectrum in four radial bands (in the
+  flat patches, each less its best-fit plane), statistics of the Laplacian,
+  and the compressed PNG size per pixel of the flat patches' noise residual.
 - `content`: what the crop shows: its grey-level histogram, the spread of its
   block means, its coarse gradients and its low-frequency power. A Level-2
   crop shows the anatomy 1.8x larger, so this probe is expected to tell the
@@ -28,10 +30,13 @@ from collections.abc import Sequence
 import cv2
 import numpy as np
 
-from medscout_data.tasks.content import block_means, noise_level
+from medscout_data.tasks.content import block_means
 
 PATCH = 16  # pixels: the patches the noise spectrum is read in
-FLAT_SHARE = 0.25  # ... the flattest quarter of them: a Level-1 crop shows more edges per patch
+COARSE_SIGMA = 3.0  # pixels: the smoothing borders are found at (noise averages out, borders stay)
+BORDER_GRADIENT = 3.0  # grey levels per pixel of the smoothed crop: steeper is a border
+BORDER_RADIUS = 6  # pixels: what lies this close to a border is not read
+MIN_PATCHES = 12  # ... the noise spectrum is read in at least this many patches (the least steep ones)
 BANDS = (0.0, 0.125, 0.25, 0.375, 0.5001)  # cycles per pixel: the noise spectrum's radial bands
 ARTEFACT_FEATURES = (
     "noise",
@@ -56,6 +61,7 @@ CONTENT_FEATURES = (
     "coarse_gradient",
     "low_frequency_share",
 )
+_NOISE_MASK = np.array([[1, -2, 1], [-2, 4, -2], [1, -2, 1]], np.float32)  # Immerkaer (1996)
 INSTALL_HINT = "the learned probes need scikit-learn: pip install 'medscout-data[audit]'"
 
 
@@ -64,22 +70,73 @@ class ProbeUnavailable(RuntimeError):
 
 
 def artefact_features(crop: np.ndarray) -> np.ndarray:
-    """The crop's artefact statistics, in ARTEFACT_FEATURES order."""
+    """The crop's artefact statistics, in ARTEFACT_FEATURES order, read on flat tissue only.
+
+    Every statistic is taken away from borders (`flat_pixels`): a Level-1 crop shows more organ
+    borders per pixel than a Level-2 crop, and a border read as noise tells the level by content.
+    """
     values = crop.astype(np.float32)
-    nps = _noise_spectrum(values)
+    flat, gradient = flat_pixels(values)
+    patches = _flat_patches(values, flat, gradient)
+    nps = _noise_spectrum(patches)
     total = float(nps.sum())
     shares = nps / total if total > 0 else nps
-    laplacian = cv2.Laplacian(values, cv2.CV_32F)[1:-1, 1:-1]
-    flat = _flatter_half(values)
-    lap = laplacian[flat] if flat.any() else laplacian.ravel()
-    centred = lap - lap.mean()
+    inner = flat[1:-1, 1:-1]
+    laplacian = cv2.Laplacian(values, cv2.CV_32F)[1:-1, 1:-1][inner]
+    immerkaer = np.abs(cv2.filter2D(values, -1, _NOISE_MASK))[1:-1, 1:-1][inner]
+    noise = float(immerkaer.mean()) * np.sqrt(np.pi / 2) / 6 if immerkaer.size else 0.0
+    centred = laplacian - laplacian.mean() if laplacian.size else np.zeros(1, np.float32)
     spread = float(centred.std())
     kurtosis = float((centred**4).mean() / spread**4) if spread > 0 else 0.0
-    png = len(cv2.imencode(".png", crop)[1]) * 8 / crop.size
-    return np.array(
-        [noise_level(crop), *shares, np.log1p(total), spread, float(np.abs(centred).mean()), kurtosis, png],
-        np.float64,
-    )
+    mad = float(np.abs(centred).mean())
+    return np.array([noise, *shares, np.log1p(total), spread, mad, kurtosis, _png_bits(patches)], np.float64)
+
+
+def flat_pixels(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(flat, coarse gradient): flat are the unsaturated pixels at least BORDER_RADIUS px from any
+    border, where the gradient of the image smoothed at COARSE_SIGMA (which pixel noise hardly
+    moves) exceeds BORDER_GRADIENT grey levels per pixel. An absolute threshold, so a border
+    counts alike in a crop of either level."""
+    smooth = cv2.GaussianBlur(values, (0, 0), COARSE_SIGMA)
+    gradient = np.hypot(cv2.Sobel(smooth, cv2.CV_32F, 1, 0), cv2.Sobel(smooth, cv2.CV_32F, 0, 1)) / 8
+    saturated = (values <= 0.5) | (values >= 254.5)
+    near = ((gradient > BORDER_GRADIENT) | saturated).astype(np.uint8)
+    size = 2 * BORDER_RADIUS + 1
+    near = cv2.dilate(near, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (size, size)))
+    return near == 0, gradient
+
+
+def _flat_patches(values: np.ndarray, flat: np.ndarray, gradient: np.ndarray) -> np.ndarray:
+    """The PATCH x PATCH patches (a regular grid) whose every pixel is flat, topped up to MIN_PATCHES
+    with the unsaturated patches of least coarse gradient (a textured crop may have no flat patch),
+    each less its best-fit plane (the tissue's shading, not noise): float64 (n, PATCH, PATCH)."""
+    height, width = (s - s % PATCH for s in values.shape)
+    if height == 0 or width == 0:
+        return np.zeros((0, PATCH, PATCH))
+
+    def cut(image: np.ndarray) -> np.ndarray:
+        grid = (height // PATCH, PATCH, width // PATCH, PATCH)
+        return image[:height, :width].reshape(grid).swapaxes(1, 2).reshape(-1, PATCH * PATCH)
+
+    patches = cut(values)
+    keep = cut(flat).all(axis=1)
+    if keep.sum() < MIN_PATCHES:
+        unsaturated = ((patches > 0.5) & (patches < 254.5)).all(axis=1)
+        steepest = np.where(unsaturated, cut(gradient).max(axis=1), np.inf)
+        order = np.argsort(steepest, kind="stable")[:MIN_PATCHES]
+        keep[order[np.isfinite(steepest[order])]] = True
+    chosen = patches[keep].astype(np.float64)
+    basis = _plane_basis()
+    return (chosen - (chosen @ basis) @ basis.T).reshape(-1, PATCH, PATCH)
+
+
+def _png_bits(patches: np.ndarray) -> float:
+    """Compressed PNG size per pixel of the flat patches' noise (each less its plane, centred on
+    grey 128, stacked): how compressible the noise is, with no border or shading in it."""
+    if len(patches) == 0:
+        return 0.0
+    stacked = np.clip(np.rint(patches.reshape(-1, PATCH) + 128), 0, 255).astype(np.uint8)
+    return len(cv2.imencode(".png", stacked)[1]) * 8 / stacked.size
 
 
 def content_features(crop: np.ndarray) -> np.ndarray:
@@ -98,36 +155,11 @@ def content_features(crop: np.ndarray) -> np.ndarray:
     )
 
 
-def _flatter_half(values: np.ndarray) -> np.ndarray:
-    """Inner pixels that are unsaturated and in the weaker-gradient half: where noise, not
-    anatomy, makes the Laplacian."""
-    gradient = np.abs(cv2.Sobel(values, cv2.CV_32F, 1, 0)) + np.abs(cv2.Sobel(values, cv2.CV_32F, 0, 1))
-    gradient, inner = gradient[1:-1, 1:-1], values[1:-1, 1:-1]
-    usable = (inner > 0.5) & (inner < 254.5)
-    if usable.sum() < 16:
-        return usable
-    cut = np.median(gradient[usable])
-    return usable & (gradient <= cut)
-
-
-def _noise_spectrum(values: np.ndarray) -> np.ndarray:
-    """Mean power per radial band of mean-free PATCH x PATCH patches, over the half of the
-    unsaturated patches whose block means vary least (flat tissue: the noise, not edges)."""
-    height, width = (s - s % PATCH for s in values.shape)
-    if height == 0 or width == 0:
+def _noise_spectrum(patches: np.ndarray) -> np.ndarray:
+    """Mean power per radial band of the flat patches' noise (zeros when there is none)."""
+    if len(patches) == 0:
         return np.zeros(len(BANDS) - 1)
-    patches = (
-        values[:height, :width].reshape(height // PATCH, PATCH, width // PATCH, PATCH).swapaxes(1, 2)
-    ).reshape(-1, PATCH, PATCH)
-    unsaturated = ((patches > 0.5) & (patches < 254.5)).all(axis=(1, 2))
-    if unsaturated.sum() >= 4:
-        patches = patches[unsaturated]
-    coarse = patches.reshape(-1, 4, PATCH // 4, 4, PATCH // 4).mean(axis=(2, 4)).std(axis=(1, 2))
-    patches = patches[coarse <= np.quantile(coarse, FLAT_SHARE)]
-    flat = patches.reshape(len(patches), -1).astype(np.float64)
-    basis = _plane_basis()
-    residual = flat - (flat @ basis) @ basis.T  # the best-fit plane: anatomy's shading, not noise
-    power = (np.abs(np.fft.rfft2(residual.reshape(-1, PATCH, PATCH))) ** 2).mean(axis=0) / PATCH**2
+    power = (np.abs(np.fft.rfft2(patches)) ** 2).mean(axis=0) / PATCH**2
     radius = np.hypot(np.fft.fftfreq(PATCH)[:, None], np.fft.rfftfreq(PATCH)[None, :])
     return np.array([power[(radius > lo) & (radius <= hi)].mean() for lo, hi in itertools.pairwise(BANDS)])
 

@@ -324,7 +324,8 @@ the prior are learnt on one half of each cell and scored on the other. A probe f
 marks a cue that answers without the geometry; `classical` is the no-learning ceiling.
 `artefacts` and `content` are learned probes (gradient boosting, trained on the crops of half of
 the source images, AUC on the other half): `artefacts` reads only what resampling leaves (noise
-level and spectrum, Laplacian statistics, PNG size) and should sit near 0.5; `content` reads what
+level and spectrum, Laplacian statistics, PNG size of the noise, all on flat tissue away from
+borders) and should sit near 0.5; `content` reads what
 a crop shows (grey levels, block structure, coarse gradients), and is expected to be well above
 0.5: a Level-2 crop shows the anatomy about 1.8x larger, and seeing that is the task itself, not
 a shortcut.
