@@ -155,32 +155,23 @@ def export(
 
 
 def _jsonl(layout, out: Path, settings: dict, modalities, tasks, quiet: bool) -> None:
-    from medscout_data.integrations.export import MIMIC_NOTE, ExportOptions, export_split
+    from medscout_data.integrations.export import ExportOptions, export_split
 
     options = ExportOptions(
         **settings, modalities=modalities or MODALITIES, tasks=tasks or TASKS, progress=not quiet
     )
     result = export_split(layout, out, options)
-    report = result.report
     click.echo(f"export: {result.items} items, {result.images} images -> {result.jsonl}")
-    for cell, count in result.cells.items():
-        click.echo(f"  {cell:<14} {count:>7}")
+    _cell_counts(result.cells)
     if result.system is not None:
         click.echo(f"system prompt: in every row's messages (also in {result.system}; no --system needed)")
     if result.plugin is not None:
-        from medscout_data.integrations.grpo_settings import RELEASED_SCRIPT_NOTE
-
         click.echo(f"reward plugin: {result.plugin}")
-        click.echo(f"train with (MODEL = yours; the paper's GRPO settings):\n  {result.command}")
-        click.echo(f"note: {RELEASED_SCRIPT_NOTE}")
-    _skipped(report, out)
-    if result.has_mimic:
-        click.echo(f"note: {MIMIC_NOTE}", err=True)
+        _train_with(result.command)
+    _closing(result.report, out, result.has_mimic)
 
 
 def _trainer(layout, out: Path, settings: dict, modalities, tasks, quiet: bool) -> None:
-    from medscout_data.integrations.export import MIMIC_NOTE
-    from medscout_data.integrations.grpo_settings import RELEASED_SCRIPT_NOTE
     from medscout_data.integrations.trainers import TrainerExportOptions, export_trainer
 
     options = TrainerExportOptions(
@@ -188,14 +179,10 @@ def _trainer(layout, out: Path, settings: dict, modalities, tasks, quiet: bool) 
     )
     result = export_trainer(layout, out, options)
     click.echo(f"export: {result.items} items, {result.images} images -> {out} ({len(result.data)} file(s))")
-    for cell, count in result.cells.items():
-        click.echo(f"  {cell:<14} {count:>7}")
+    _cell_counts(result.cells)
     click.echo(f"reward: {result.reward}")
-    click.echo(f"train with (MODEL = yours; the paper's GRPO settings):\n  {result.command}")
-    click.echo(f"note: {RELEASED_SCRIPT_NOTE}")
-    _skipped(result.report, out)
-    if result.has_mimic:
-        click.echo(f"note: {MIMIC_NOTE}", err=True)
+    _train_with(result.command)
+    _closing(result.report, out, result.has_mimic)
 
 
 def _lmms_eval(bench: str, out: Path, profile: str, force: bool) -> None:
@@ -209,22 +196,36 @@ def _lmms_eval(bench: str, out: Path, profile: str, force: bool) -> None:
 
 
 def _vlmeval(layout, out: Path, modalities, tasks, profile: str, quiet: bool, force: bool) -> None:
-    from medscout_data.integrations.export import MIMIC_NOTE
     from medscout_data.integrations.vlmeval_export import export_vlmeval
 
     result = export_vlmeval(layout, out, modalities or MODALITIES, tasks or TASKS, profile, not quiet, force)
     click.echo(f"export: {result.items} items -> {result.tsv}")
-    for cell, count in result.cells.items():
-        click.echo(f"  {cell:<14} {count:>7}")
+    _cell_counts(result.cells)
     click.echo(f"run: python {result.wrapper} --model NAME [--mode cot]")
-    _skipped(result.report, out)
-    if result.has_mimic:
-        click.echo(f"note: {MIMIC_NOTE}", err=True)
+    _closing(result.report, out, result.has_mimic)
 
 
-def _skipped(report, out: Path) -> None:
+def _cell_counts(cells: dict[str, int]) -> None:
+    for cell, count in cells.items():
+        click.echo(f"  {cell:<14} {count:>7}")
+
+
+def _train_with(command: str) -> None:
+    """The printed training command, with the note on where the authors' script differs."""
+    from medscout_data.integrations.grpo_settings import RELEASED_SCRIPT_NOTE
+
+    click.echo(f"train with (MODEL = yours; the paper's GRPO settings):\n  {command}")
+    click.echo(f"note: {RELEASED_SCRIPT_NOTE}")
+
+
+def _closing(report, out: Path, has_mimic: bool) -> None:
+    """What was skipped, and the licence note when MIMIC-CXR-derived images were written."""
+    from medscout_data.integrations.export import MIMIC_NOTE
+
     if report.skips:
         click.echo(f"skipped {len(report.skips)} item(s): {report.skipped_by_reason()} (see {out}/_reports/)")
+    if has_mimic:
+        click.echo(f"note: {MIMIC_NOTE}", err=True)
 
 
 @click.command(short_help="HTML page and contact sheets of items, truth drawn on.")
@@ -288,9 +289,14 @@ def preview(
     from medscout_data.layout import Layout
 
     if predictions:
-        return _preview_predictions(
-            shards, split, per_cell, size, out, modalities, tasks, predictions, mode, profile, force, quiet
-        )
+        from medscout_data.cli.score import _labelled
+        from medscout_data.integrations.failures import FailureOptions
+
+        failures = FailureOptions(
+            tuple(_labelled(predictions, "--predictions")), split, per_cell, size, mode, profile,
+            modalities or MODALITIES, tasks or TASKS, progress=not quiet, force=force,
+        )  # fmt: skip
+        return _preview_failures(shards, out, failures)
 
     options = PreviewOptions(
         split=split,
@@ -312,29 +318,12 @@ def preview(
         click.echo(f"skipped {len(result.report.skips)} item(s): {reasons} (listed on the page)")
 
 
-def _preview_predictions(
-    shards: str,
-    split: str,
-    per_cell: int,
-    size: int,
-    out: str,
-    modalities: tuple[str, ...],
-    tasks: tuple[str, ...],
-    predictions: tuple[str, ...],
-    mode: str,
-    profile: str,
-    force: bool,
-    quiet: bool,
-) -> None:
-    from medscout_data.cli.score import _labelled
+def _preview_failures(shards: str, out: str, options) -> None:
+    """`preview --predictions`: each cell's worst items with every file's answer (failures.py)."""
     from medscout_data.errors import StageError
-    from medscout_data.integrations.failures import FailureOptions, write_failures
+    from medscout_data.integrations.failures import write_failures
     from medscout_data.layout import Layout
 
-    options = FailureOptions(
-        tuple(_labelled(predictions, "--predictions")), split, per_cell, size, mode, profile,
-        modalities or MODALITIES, tasks or TASKS, progress=not quiet, force=force,
-    )  # fmt: skip
     try:
         result = write_failures(Layout.at(shards), Path(out), options)
     except StageError as exc:
