@@ -7,9 +7,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import pyarrow.parquet as pq
 import pytest
 from benchfixture import make_shards
+from chatserver import bench_rows
 from click.testing import CliRunner
 
 from medscout_data.cli import cli
@@ -34,11 +34,7 @@ def shards(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def rows(shards: Path) -> list[dict]:
-    return [
-        r
-        for p in sorted((shards / "bench").glob("*/*/test-*.parquet"))
-        for r in pq.read_table(p, columns=["id", "modality", "task", "answer", "images"]).to_pylist()
-    ]
+    return bench_rows(shards / "bench")
 
 
 def write_lines(path: Path, lines: list[str | dict], bom: bool = False) -> Path:

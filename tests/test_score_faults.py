@@ -10,9 +10,9 @@ import re
 import sys
 from pathlib import Path
 
-import pyarrow.parquet as pq
 import pytest
 from benchfixture import make_shards
+from chatserver import bench_rows
 from faultkit import REPO, child_env, cli, no_traceback
 
 from medscout_data.evaluation.predictions import MAX_EXAMPLES
@@ -25,11 +25,7 @@ def shards(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def rows(shards: Path) -> list[dict]:
-    return [
-        r
-        for p in sorted((shards / "bench").glob("*/*/test-*.parquet"))
-        for r in pq.read_table(p, columns=["id", "modality", "task", "answer", "images"]).to_pylist()
-    ]
+    return bench_rows(shards / "bench")
 
 
 def swift_line(images: list[str], response: str) -> str:

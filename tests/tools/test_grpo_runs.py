@@ -49,6 +49,12 @@ def _printed_command(text: str) -> tuple[dict[str, str], list[str]]:
     return env, [word for word in words if not re.fullmatch(r"[A-Z_]+=.*", word)]
 
 
+def _export(shards: Path, out: Path, fmt: str, split: str) -> None:
+    """`export --format FMT --split SPLIT --mode cot` of the test's split."""
+    cli_ok("export", "--format", fmt, "--split", split, "--mode", "cot", "--shards", str(shards),
+           "--out", str(out), "--quiet")  # fmt: skip
+
+
 def _run(argv: list[str], env: dict[str, str], cwd: Path) -> str:
     done = subprocess.run(
         argv, cwd=cwd, env=env, capture_output=True, text=True, timeout=TRAIN_TIMEOUT_S, check=False
@@ -82,20 +88,7 @@ def test_trl_grpo_trainer_runs_two_steps_on_the_export(
     swift4_python: str, split_shards: Path, tiny_qwen: Path, tmp_path: Path
 ) -> None:
     out = tmp_path / "trl"
-    cli_ok(
-        "export",
-        "--format",
-        "trl",
-        "--split",
-        "train",
-        "--mode",
-        "cot",
-        "--shards",
-        str(split_shards),
-        "--out",
-        str(out),
-        "--quiet",
-    )
+    _export(split_shards, out, "trl", "train")
     argv = [
         swift4_python,
         str(out / "train_grpo.py"),
@@ -130,20 +123,7 @@ def test_verl_dataset_class_and_reward_manager_take_the_export(
     verl_python: str, split_shards: Path, tiny_qwen: Path, tmp_path: Path
 ) -> None:
     out = tmp_path / "verl"
-    cli_ok(
-        "export",
-        "--format",
-        "verl",
-        "--split",
-        "bench",
-        "--mode",
-        "cot",
-        "--shards",
-        str(split_shards),
-        "--out",
-        str(out),
-        "--quiet",
-    )
+    _export(split_shards, out, "verl", "bench")
     rows = side_rows(split_shards)
     table = pq.read_table(out / "test.parquet").to_pylist()
     responses, expected = [], []
